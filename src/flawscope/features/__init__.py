@@ -1,0 +1,1 @@
+"""Backbones and multi-layer feature extraction shared by every feature-based method."""

@@ -1,0 +1,73 @@
+"""Nearest-neighbour search over a memory bank, behind one small interface.
+
+``TorchSearch`` (default) computes exact Euclidean distances with one matrix product per chunk
+of queries; the chunk size keeps the distance block under ``memory_budget_mb``, so memory stays
+bounded whatever the bank size. ``FaissSearch`` uses a faiss ``IndexFlatL2`` (exact, CPU) and needs
+the extra ``pip install flawscope[faiss]``. Both answer ``query(x, k) -> (distances, indices)``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from flawscope.errors import ConfigError
+
+SEARCH_BACKENDS = ("torch", "faiss")
+
+
+class TorchSearch:
+    """Exact k-NN with chunked ``|x|^2 - 2 x.b + |b|^2`` distances (works on CPU and CUDA)."""
+
+    def __init__(self, memory_budget_mb: int = 256) -> None:
+        self.memory_budget_mb = memory_budget_mb
+
+    def fit(self, bank: torch.Tensor) -> "TorchSearch":
+        """Index the ``M x D`` bank."""
+        self.bank = bank.contiguous()
+        self.bank_sq = bank.pow(2).sum(1)
+        return self
+
+    def query(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """``Q x D`` queries -> ``(Q x k distances, Q x k bank indices)``, nearest first."""
+        rows = max(1, (self.memory_budget_mb << 20) // (4 * self.bank.shape[0]))
+        distances, indices = [], []
+        for start in range(0, queries.shape[0], rows):
+            chunk = queries[start : start + rows]
+            squared = torch.addmm(self.bank_sq[None, :], chunk, self.bank.T, alpha=-2.0)
+            squared += chunk.pow(2).sum(1, keepdim=True)
+            if k == 1:
+                value, index = squared.min(dim=1, keepdim=True)
+            else:
+                value, index = squared.topk(k, dim=1, largest=False)
+            distances.append(value.clamp_(min=0.0).sqrt_())
+            indices.append(index)
+        return torch.cat(distances), torch.cat(indices)
+
+
+class FaissSearch:
+    """Exact k-NN with a faiss ``IndexFlatL2`` on the CPU (results moved back to the queries' device)."""
+
+    def fit(self, bank: torch.Tensor) -> "FaissSearch":
+        """Index the ``M x D`` bank."""
+        try:
+            import faiss
+        except ImportError as error:
+            raise ConfigError("search='faiss' needs faiss: pip install 'flawscope[faiss]' (faiss-cpu).") from error
+        self.index = faiss.IndexFlatL2(bank.shape[1])
+        self.index.add(bank.detach().float().cpu().contiguous().numpy())
+        return self
+
+    def query(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """``Q x D`` queries -> ``(Q x k distances, Q x k bank indices)``, nearest first."""
+        squared, index = self.index.search(queries.detach().float().cpu().contiguous().numpy(), k)
+        distances = torch.from_numpy(squared).clamp_(min=0.0).sqrt_().to(queries.device)
+        return distances, torch.from_numpy(index).to(queries.device)
+
+
+def make_search(backend: str) -> TorchSearch | FaissSearch:
+    """The search object for ``backend`` ('torch' or 'faiss')."""
+    if backend == "torch":
+        return TorchSearch()
+    if backend == "faiss":
+        return FaissSearch()
+    raise ConfigError(f"Unknown search backend {backend!r}; choose one of {SEARCH_BACKENDS}.")

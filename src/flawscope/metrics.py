@@ -1,0 +1,154 @@
+"""Evaluation metrics as used in the anomaly-detection literature.
+
+Image level: AUROC, AUPR (average precision), F1-max, balanced accuracy and the confusion
+matrix at a threshold. Pixel level: pixel AUROC and AUPRO, the per-region-overlap curve of the
+MVTec AD evaluation (Bergmann et al. 2021) integrated up to 30 % false-positive rate and divided
+by 0.3. Every function takes labels where 1 = defective and scores where higher = more anomalous.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from flawscope.errors import DataError
+
+
+def _check_binary(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.asarray(labels).ravel()
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    if labels.shape != scores.shape:
+        raise DataError(f"Got {labels.size} labels but {scores.size} scores.")
+    if not np.isfinite(scores).all():
+        raise DataError("Scores contain NaN or infinity.")
+    positives = labels == 1
+    if positives.all() or not positives.any():
+        raise DataError("A curve metric needs both good (0) and defective (1) samples.")
+    return positives, scores
+
+
+def _sorted_counts(positives: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = None):
+    """Cumulative true/false positives at each distinct threshold, from the highest score down."""
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores = scores[order]
+    sorted_positive = positives[order]
+    last_of_value = np.r_[np.flatnonzero(np.diff(sorted_scores)), sorted_scores.size - 1]
+    true_pos = np.cumsum(sorted_positive, dtype=np.float64)[last_of_value]
+    false_pos = (last_of_value + 1) - true_pos
+    weighted = None if weights is None else np.cumsum(weights[order], dtype=np.float64)[last_of_value]
+    return true_pos, false_pos, sorted_scores[last_of_value], weighted
+
+
+def roc_curve(labels: Sequence[int], scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(fpr, tpr, thresholds)``, starting at (0, 0); a sample is positive when score >= threshold."""
+    positives, scores = _check_binary(np.asarray(labels), np.asarray(scores))
+    true_pos, false_pos, thresholds, _ = _sorted_counts(positives, scores)
+    fpr = np.r_[0.0, false_pos / false_pos[-1]]
+    tpr = np.r_[0.0, true_pos / true_pos[-1]]
+    return fpr, tpr, np.r_[np.inf, thresholds]
+
+
+def auroc(labels: Sequence[int], scores: Sequence[float]) -> float:
+    """Area under the ROC curve."""
+    fpr, tpr, _ = roc_curve(labels, scores)
+    return float(np.trapezoid(tpr, fpr))
+
+
+def average_precision(labels: Sequence[int], scores: Sequence[float]) -> float:
+    """Area under the precision-recall curve as the step sum ``sum (R_n - R_{n-1}) P_n``."""
+    positives, scores = _check_binary(np.asarray(labels), np.asarray(scores))
+    true_pos, false_pos, _, _ = _sorted_counts(positives, scores)
+    precision = true_pos / (true_pos + false_pos)
+    recall = true_pos / true_pos[-1]
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def f1_max(labels: Sequence[int], scores: Sequence[float]) -> tuple[float, float]:
+    """``(best F1, threshold)`` over all thresholds; predict defective when ``score > threshold``."""
+    positives, scores = _check_binary(np.asarray(labels), np.asarray(scores))
+    true_pos, false_pos, thresholds, _ = _sorted_counts(positives, scores)
+    f1 = 2 * true_pos / (true_pos + false_pos + true_pos[-1])
+    best = int(np.argmax(f1))
+    lower = thresholds[best + 1] if best + 1 < thresholds.size else -np.inf
+    threshold = 0.5 * (thresholds[best] + lower) if np.isfinite(lower) else np.nextafter(thresholds[best], -np.inf)
+    return float(f1[best]), float(threshold)
+
+
+def confusion_matrix(labels: Sequence[int], predictions: Sequence[int]) -> list[list[int]]:
+    """``[[TN, FP], [FN, TP]]`` (rows: true good, true defective; columns: predicted)."""
+    labels = np.asarray(labels).astype(bool).ravel()
+    predictions = np.asarray(predictions).astype(bool).ravel()
+    return [
+        [int(np.sum(~labels & ~predictions)), int(np.sum(~labels & predictions))],
+        [int(np.sum(labels & ~predictions)), int(np.sum(labels & predictions))],
+    ]
+
+
+def balanced_accuracy(labels: Sequence[int], predictions: Sequence[int]) -> float:
+    """Mean of the recall on good and on defective samples."""
+    (tn, fp), (fn, tp) = confusion_matrix(labels, predictions)
+    if tn + fp == 0 or fn + tp == 0:
+        raise DataError("Balanced accuracy needs both good and defective samples.")
+    return 0.5 * (tn / (tn + fp) + tp / (fn + tp))
+
+
+def pixel_metrics(
+    anomaly_maps: Sequence[np.ndarray], masks: Sequence[np.ndarray], max_fpr: float = 0.3
+) -> dict[str, object]:
+    """Pixel AUROC and AUPRO over all pixels of all images (each map at its mask's size).
+
+    AUPRO follows the MVTec AD evaluation: connected components (8-connectivity) of every
+    ground-truth mask are the regions; at each threshold the per-region overlap (PRO) is the
+    mean over regions of the fraction of the region's pixels above the threshold, and the
+    false-positive rate is the fraction of all defect-free pixels above it. The PRO curve is
+    integrated over FPR in ``[0, max_fpr]`` (interpolated at ``max_fpr``) and divided by
+    ``max_fpr``.
+
+    Returns
+    -------
+    dict
+        ``pixel_auroc``, ``aupro``, ``n_regions`` and the curves ``roc`` = (fpr, tpr) and
+        ``pro`` = (fpr, pro) for plotting.
+    """
+    if len(anomaly_maps) != len(masks):
+        raise DataError(f"Got {len(anomaly_maps)} anomaly maps but {len(masks)} masks.")
+    region_weights, n_regions = [], 0
+    for index, (anomaly_map, mask) in enumerate(zip(anomaly_maps, masks)):
+        if anomaly_map.shape != mask.shape:
+            raise DataError(f"Anomaly map {index} has shape {anomaly_map.shape} but its mask {mask.shape}.")
+        regions, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+        sizes = np.bincount(regions.ravel(), minlength=count + 1).astype(np.float64)
+        inverse_size = np.zeros_like(sizes)
+        inverse_size[1:] = 1.0 / sizes[1:]
+        region_weights.append(inverse_size[regions].ravel())
+        n_regions += count
+    if n_regions == 0:
+        raise DataError("Pixel metrics need at least one defective pixel in the masks.")
+    scores = np.concatenate([np.asarray(m, dtype=np.float32).ravel() for m in anomaly_maps])
+    positives = np.concatenate([np.asarray(m, dtype=bool).ravel() for m in masks])
+    weights = np.concatenate(region_weights) / n_regions
+    del region_weights
+    true_pos, false_pos, _, overlap = _sorted_counts(positives, scores, weights)
+    fpr = np.r_[0.0, false_pos / false_pos[-1]]
+    tpr = np.r_[0.0, true_pos / true_pos[-1]]
+    pro = np.r_[0.0, overlap]
+    return {
+        "pixel_auroc": float(np.trapezoid(tpr, fpr)),
+        "aupro": integrate_to(fpr, pro, max_fpr) / max_fpr,
+        "n_regions": n_regions,
+        "roc": (fpr, tpr),
+        "pro": (fpr, pro),
+    }
+
+
+def integrate_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
+    """Trapezoid integral of the curve ``y(x)`` (x non-decreasing) from ``x[0]`` to ``x_max``."""
+    inside = x <= x_max
+    xs, ys = x[inside], y[inside]
+    if xs[-1] < x_max:
+        after = np.flatnonzero(~inside)[0]
+        y_at = np.interp(x_max, [x[after - 1], x[after]], [y[after - 1], y[after]])
+        xs, ys = np.r_[xs, x_max], np.r_[ys, y_at]
+    return float(np.trapezoid(ys, xs))

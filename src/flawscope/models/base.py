@@ -1,0 +1,341 @@
+"""The detector contract shared by every method: parameters, fit, calibrate, predict, save.
+
+A method subclasses :class:`Detector`, declares ``_parameter_constraints``, and implements
+four small hooks:
+
+* ``_fit(dataset)`` -- learn state from good images (attributes ending in ``_``);
+* ``_score_batch(batch)`` -- ``N x 3 x S x S`` tensor -> ``(scores (N,), maps (N, S, S))``;
+* ``_state_tensors()`` / ``_restore(tensors, state)`` -- what :mod:`flawscope.serialization` saves.
+
+Reading images, batching, resizing maps back to each image's size, thresholds, masks and boxes
+live here once and are never re-implemented by a method.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from flawscope._progress import progress_bar
+from flawscope._validation import validate_params
+from flawscope.data.datasets import DEFECTIVE, ImageDataset, Sample, as_dataset
+from flawscope.data.io import read_image
+from flawscope.data.transforms import to_model_input
+from flawscope.errors import ConfigError, DataError, FlawscopeError, NotFittedError
+from flawscope.postprocess import Box, boxes_from_mask, segment, threshold_from_scores, upsample_maps
+
+_REGISTRY: dict[str, type["Detector"]] = {}
+
+
+def register_detector(name: str):
+    """Class decorator: make a detector reachable as ``fs.create(name)``."""
+
+    def decorate(cls: type["Detector"]) -> type["Detector"]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ConfigError(f"A detector named {name!r} is registered already ({_REGISTRY[name].__name__}).")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered detector names matching the fnmatch ``pattern``, sorted."""
+    return sorted(name for name in _REGISTRY if fnmatch.fnmatch(name, pattern))
+
+
+def detector_class(name: str) -> type["Detector"]:
+    """The class registered as ``name``; unknown names list what exists and the closest match."""
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"Unknown model {name!r}.{hint} Registered models: {', '.join(list_models())}.")
+    return _REGISTRY[name]
+
+
+def create(name: str, **params: Any) -> "Detector":
+    """Create an unfitted detector by registry name, e.g. ``create("patchcore", coreset_ratio=0.1)``."""
+    cls = detector_class(name)
+    known = set(cls._param_names())
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ConfigError(f"{cls.__name__} has no parameter(s) {unknown}. Its parameters: {sorted(known)}.")
+    return cls(**params)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without CUDA is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' was asked for but torch sees no CUDA device; use device='auto' or 'cpu'.")
+    try:
+        return torch.device(device)
+    except RuntimeError as error:
+        raise ConfigError(f"Unknown device {device!r}; use 'auto', 'cpu' or 'cuda[:N]'.") from error
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What ``predict`` returns for N images.
+
+    ``anomaly_maps`` hold one float32 ``H_i x W_i`` map per image at that image's own size.
+    ``labels`` (True = NOT OK), ``masks`` and ``boxes`` (``(x0, y0, x1, y1, score)``, x1/y1
+    exclusive) need a calibrated detector and are None otherwise. ``errors`` maps the name of
+    every input that could not be read to the reason (only with ``on_error="skip"``).
+    """
+
+    names: list[str]
+    scores: np.ndarray
+    anomaly_maps: list[np.ndarray]
+    labels: np.ndarray | None = None
+    masks: list[np.ndarray] | None = None
+    boxes: list[list[Box]] | None = None
+    threshold: float | None = None
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        count = len(self.names)
+        sized = {"scores": self.scores, "anomaly_maps": self.anomaly_maps, "labels": self.labels, "masks": self.masks, "boxes": self.boxes}
+        for what, value in sized.items():
+            if value is not None and len(value) != count:
+                raise ValueError(f"Prediction has {count} names but {len(value)} {what}.")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+@dataclass(frozen=True)
+class ScoredImage:
+    """One image's result from :meth:`Detector.iter_predict` (``error`` set when it could not be read)."""
+
+    sample: Sample
+    score: float = float("nan")
+    anomaly_map: np.ndarray | None = None
+    error: str | None = None
+
+
+class Detector:
+    """Base class of every detector. See the module docstring for the hooks a method implements."""
+
+    name: ClassVar[str] = ""
+    _parameter_constraints: ClassVar[dict[str, Sequence]] = {}
+
+    # ------------------------------------------------------------------ parameters
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        signature = inspect.signature(cls.__init__)
+        return [p.name for p in signature.parameters.values() if p.name != "self" and p.kind == p.KEYWORD_ONLY]
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor parameters, as given."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> "Detector":
+        """Set constructor parameters (validated at the next ``fit``); returns self."""
+        unknown = sorted(set(params) - set(self._param_names()))
+        if unknown:
+            raise ConfigError(f"{type(self).__name__} has no parameter(s) {unknown}.")
+        for name, value in params.items():
+            setattr(self, name, value)
+        return self
+
+    def clone(self) -> "Detector":
+        """An unfitted detector with the same parameters."""
+        return type(self)(**self.get_params())
+
+    def __repr__(self) -> str:
+        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
+        changed = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items() if v != defaults.get(k))
+        return f"{type(self).__name__}({changed})"
+
+    def _validate(self) -> None:
+        validate_params(type(self).__name__, self.get_params(), self._parameter_constraints)
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, images: "ImageDataset | Sequence | str", *, progress: bool = True) -> "Detector":
+        """Learn what good looks like from good images only; returns self.
+
+        ``images`` is a dataset, a folder or a list of paths / arrays / PIL images. Labels, if
+        present, must all be good. Fitting again forgets the previous fit and calibration.
+        """
+        self._validate()
+        dataset = as_dataset(images, split="train")
+        if len(dataset) == 0:
+            raise DataError(f"{type(self).__name__}.fit got no images ({dataset!r}); it needs at least 1 good image.")
+        if (dataset.labels == DEFECTIVE).any():
+            raise DataError(f"{dataset!r} contains defective images; {type(self).__name__} learns from good images only.")
+        self.device_ = resolve_device(self.device)
+        self._forget_calibration()
+        self.show_progress_ = progress
+        self._fit(dataset)
+        return self
+
+    def _forget_calibration(self) -> None:
+        self.threshold_: float | None = None
+        self.pixel_threshold_: float | None = None
+        self.calibration_: dict[str, Any] = {}
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "device_"):
+            raise NotFittedError(
+                f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with appropriate "
+                "arguments before using this detector."
+            )
+
+    # ------------------------------------------------------------------ calibration
+    def calibrate(
+        self,
+        images: "ImageDataset | Sequence | str",
+        *,
+        rule: str = "sigma",
+        k: float = 3.0,
+        target_fpr: float = 0.01,
+        progress: bool = True,
+    ) -> "Detector":
+        """Set the OK / NOT OK threshold from validation images; returns self.
+
+        ``sigma`` (default): mean + k std of the good images' scores -- needs no defective
+        images. ``fpr``: the score quantile giving ``target_fpr`` false positives. ``f1``: best
+        F1, needs labelled good and defective images. The same rule on the per-image maxima of
+        the anomaly maps gives the pixel threshold used for masks and boxes.
+        """
+        self._check_fitted()
+        dataset = as_dataset(images, split="test")
+        labels = np.clip(dataset.labels, 0, 1)
+        scores, map_maxima = [], []
+        for result in self.iter_predict(dataset, progress=progress, description="calibrating"):
+            scores.append(result.score)
+            map_maxima.append(float(result.anomaly_map.max()))
+        self.threshold_ = threshold_from_scores(np.array(scores), rule, k, target_fpr, labels)
+        self.pixel_threshold_ = threshold_from_scores(np.array(map_maxima), rule, k, target_fpr, labels)
+        self.calibration_ = {"rule": rule, "k": k, "target_fpr": target_fpr, "n_images": len(dataset),
+                             "n_defective": int((labels == 1).sum())}
+        return self
+
+    @property
+    def is_calibrated(self) -> bool:
+        return getattr(self, "threshold_", None) is not None
+
+    # ------------------------------------------------------------------ prediction
+    def iter_predict(
+        self,
+        images: "ImageDataset | Sequence | str",
+        *,
+        batch_size: int | None = None,
+        on_error: str = "raise",
+        progress: bool = True,
+        description: str = "scoring",
+    ) -> Iterator[ScoredImage]:
+        """Score images one batch at a time, yielding one :class:`ScoredImage` per input, in order.
+
+        Memory stays bounded by one batch. With ``on_error="skip"`` an unreadable image yields a
+        result with ``error`` set instead of stopping the run.
+        """
+        self._check_fitted()
+        if on_error not in ("raise", "skip"):
+            raise ConfigError(f"on_error must be 'raise' or 'skip'. Got {on_error!r} instead.")
+        dataset = as_dataset(images, split="test")
+        size = batch_size or self.batch_size
+        with progress_bar(description, len(dataset), progress and getattr(self, "show_progress_", True)) as bar:
+            for start in range(0, len(dataset), size):
+                chunk = dataset.samples[start : start + size]
+                yield from self._predict_chunk(chunk, on_error)
+                bar.advance(len(chunk))
+
+    def _predict_chunk(self, chunk: list[Sample], on_error: str) -> Iterator[ScoredImage]:
+        results: list[ScoredImage | None] = [None] * len(chunk)
+        pixels, readable = [], []
+        for position, sample in enumerate(chunk):
+            try:
+                pixels.append(read_image(sample.image))
+                readable.append(position)
+            except DataError as error:
+                if on_error == "raise":
+                    raise
+                results[position] = ScoredImage(sample, error=str(error))
+        if pixels:
+            with torch.inference_mode():
+                scores, maps = self._score_batch(self._to_tensor(pixels).to(self.device_))
+                scores, maps = scores.float().cpu().numpy(), maps.float()
+                for index, (position, image) in enumerate(zip(readable, pixels)):
+                    anomaly_map = upsample_maps(maps[index : index + 1], image.shape[:2])[0].cpu().numpy()
+                    results[position] = ScoredImage(chunk[position], float(scores[index]), anomaly_map)
+        yield from results  # type: ignore[misc]
+
+    def predict(
+        self,
+        images: "ImageDataset | Sequence | str",
+        *,
+        batch_size: int | None = None,
+        opening: int = 3,
+        on_error: str = "raise",
+        progress: bool = True,
+    ) -> Prediction:
+        """Score images: scores, anomaly maps at each image's size, and -- once calibrated -- labels, masks, boxes.
+
+        ``opening`` is the side of the square used to open the thresholded map (0 = none).
+        """
+        names, scores, maps, errors = [], [], [], {}
+        for result in self.iter_predict(images, batch_size=batch_size, on_error=on_error, progress=progress):
+            if result.error is not None:
+                errors[result.sample.name] = result.error
+                continue
+            names.append(result.sample.name)
+            scores.append(result.score)
+            maps.append(result.anomaly_map)
+        score_array = np.asarray(scores, dtype=np.float64)
+        if not self.is_calibrated:
+            return Prediction(names, score_array, maps, errors=errors)
+        masks = [segment(anomaly_map, self.pixel_threshold_, opening) for anomaly_map in maps]
+        boxes = [boxes_from_mask(mask, anomaly_map) for mask, anomaly_map in zip(masks, maps)]
+        return Prediction(names, score_array, maps, score_array > self.threshold_, masks, boxes, self.threshold_, errors)
+
+    def _to_tensor(self, images: list[np.ndarray]) -> torch.Tensor:
+        mean, std = self._normalisation()
+        return to_model_input(images, self.image_size, mean, std)
+
+    # ------------------------------------------------------------------ saving
+    def save(self, path: str | Path) -> Path:
+        """Write ``path/config.json`` and ``path/model.safetensors``; returns the directory."""
+        from flawscope.serialization import save_detector
+
+        return save_detector(self, path)
+
+    def _calibration_state(self) -> dict[str, Any]:
+        return {"threshold": self.threshold_, "pixel_threshold": self.pixel_threshold_, "calibration": self.calibration_}
+
+    def _restore_calibration(self, state: dict[str, Any]) -> None:
+        self.threshold_ = state.get("threshold")
+        self.pixel_threshold_ = state.get("pixel_threshold")
+        self.calibration_ = state.get("calibration", {})
+
+    # ------------------------------------------------------------------ hooks
+    def _fit(self, dataset: ImageDataset) -> None:
+        raise NotImplementedError
+
+    def _score_batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _normalisation(self) -> tuple[Sequence[float], Sequence[float]]:
+        raise NotImplementedError
+
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _state_meta(self) -> dict[str, Any]:
+        return {}
+
+    def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+__all__ = ["Detector", "Prediction", "ScoredImage", "create", "list_models", "register_detector", "FlawscopeError"]

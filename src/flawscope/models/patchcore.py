@@ -1,0 +1,217 @@
+"""PatchCore (Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022).
+
+Recipe: locally aware patch features from two mid-level backbone stages (3x3 neighbourhood
+average, the deeper map upsampled to the finer one, concatenated); a memory bank of the patch
+features of all good training images reduced by greedy k-center coreset selection (10 % by
+default, on a 128-d random projection); each test patch scored by its Euclidean distance to the
+nearest memory-bank patch; image score = the largest patch score (optionally re-weighted as in
+eq. 7 of the paper); anomaly map = patch scores upsampled bilinearly to the input size and
+smoothed with a Gaussian of sigma 4.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from flawscope._progress import progress_bar
+from flawscope._validation import BOOLEAN, NONE, STRING, Interval, Options, int_sequence
+from flawscope.data.datasets import ImageDataset
+from flawscope.data.io import read_image
+from flawscope.errors import WeightsError
+from flawscope.features.coreset import greedy_coreset
+from flawscope.features.extractor import FeatureExtractor, local_patch_features
+from flawscope.features.neighbours import SEARCH_BACKENDS, make_search
+from flawscope.models.base import Detector, register_detector
+from flawscope.postprocess import gaussian_blur, upsample_maps
+
+
+def reweighted_scores(
+    patch_features: torch.Tensor,
+    patch_scores: torch.Tensor,
+    nearest: torch.Tensor,
+    memory_bank: torch.Tensor,
+    search,
+    neighbours: int,
+) -> torch.Tensor:
+    """Image scores with the paper's re-weighting (eq. 7).
+
+    For each image, ``m_test`` is its most anomalous patch and ``m*`` its nearest memory-bank
+    patch; with ``N_b(m*)`` the ``neighbours`` nearest bank patches of ``m*`` (``m*`` included),
+    the score ``s* = |m_test - m*|`` becomes
+    ``(1 - exp|m_test - m*| / sum_{m in N_b(m*)} exp|m_test - m|) * s*``.
+
+    Args: ``patch_features`` B x P x D, ``patch_scores`` B x P, ``nearest`` B x P bank indices.
+    Returns: ``(B,)`` scores.
+    """
+    best_score, best_patch = patch_scores.max(dim=1)
+    rows = torch.arange(patch_features.shape[0], device=patch_features.device)
+    test_patch = patch_features[rows, best_patch]  # B x D
+    bank_patch = memory_bank[nearest[rows, best_patch]]  # B x D
+    _, support = search.query(bank_patch, k=min(neighbours, memory_bank.shape[0]))  # B x b
+    support_distance = (memory_bank[support] - test_patch[:, None, :]).norm(dim=2)  # B x b
+    exp_all = torch.exp(support_distance - best_score[:, None]).sum(1)
+    weight = 1.0 - 1.0 / exp_all  # exp(s*) / sum exp(d), computed stably relative to s*
+    return weight * best_score
+
+
+@register_detector("patchcore")
+class PatchCore(Detector):
+    """PatchCore: nearest-neighbour distance of patch features to a coreset memory bank.
+
+    Parameters
+    ----------
+    backbone : str
+        timm architecture; ``tf_efficientnet_lite0`` (default) has offline ImageNet weights.
+    layers : sequence of int
+        timm ``out_indices`` of the two mid-level stages (EfficientNet-Lite: 2 and 3, strides 8
+        and 16; ResNet/WRN-50: 2 and 3 = layer2 and layer3).
+    weights : str or None
+        ``None`` for the offline weights of the EfficientNet-Lite backbones, a weights file, or
+        ``"hub"`` (download).
+    image_size : int
+        Images are resized to ``image_size x image_size`` (aspect ratio not kept, nothing cropped).
+    coreset_ratio : float in (0, 1]
+        Fraction of training patches kept in the memory bank (paper: 0.1, 0.01 or 0.25).
+    projection_dim : int
+        Dimension of the random projection used only while selecting the coreset (paper: 128).
+    reweight : bool
+        Apply the paper's image-score re-weighting (eq. 7) with ``reweight_neighbours`` neighbours.
+    smoothing_sigma : float
+        Gaussian sigma, in pixels of the input size, for the anomaly map (paper: 4; 0 = none).
+    search : {'torch', 'faiss'}
+        Nearest-neighbour backend (both exact).
+    batch_size : int
+        Images per forward pass.
+    device : str
+        ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
+    seed : int
+        Seeds the coreset's start point and random projection.
+    """
+
+    _parameter_constraints = {
+        "backbone": [STRING],
+        "layers": [int_sequence(0)],
+        "weights": [NONE, STRING],
+        "image_size": [Interval(int, 32, 4096)],
+        "coreset_ratio": [Interval(float, 0.0, 1.0, "right")],
+        "projection_dim": [Interval(int, 1, None)],
+        "reweight": [BOOLEAN],
+        "reweight_neighbours": [Interval(int, 1, None)],
+        "smoothing_sigma": [Interval(float, 0.0, None)],
+        "search": [Options(SEARCH_BACKENDS)],
+        "batch_size": [Interval(int, 1, None)],
+        "device": [STRING],
+        "seed": [Interval(int, 0, None)],
+    }
+
+    def __init__(
+        self,
+        *,
+        backbone: str = "tf_efficientnet_lite0",
+        layers: tuple[int, ...] = (2, 3),
+        weights: str | None = None,
+        image_size: int = 224,
+        coreset_ratio: float = 0.1,
+        projection_dim: int = 128,
+        reweight: bool = False,
+        reweight_neighbours: int = 9,
+        smoothing_sigma: float = 4.0,
+        search: str = "torch",
+        batch_size: int = 16,
+        device: str = "auto",
+        seed: int = 0,
+    ) -> None:
+        self.backbone = backbone
+        self.layers = layers
+        self.weights = weights
+        self.image_size = image_size
+        self.coreset_ratio = coreset_ratio
+        self.projection_dim = projection_dim
+        self.reweight = reweight
+        self.reweight_neighbours = reweight_neighbours
+        self.smoothing_sigma = smoothing_sigma
+        self.search = search
+        self.batch_size = batch_size
+        self.device = device
+        self.seed = seed
+
+    # ------------------------------------------------------------------ features
+    def _build_extractor(self) -> None:
+        extractor = FeatureExtractor(self.backbone, self.layers, self.weights).to(self.device_)
+        if self.device_.type == "cuda":
+            extractor = extractor.to(memory_format=torch.channels_last)
+        self.extractor_ = extractor
+
+    def _normalisation(self):
+        return self.extractor_.cfg.mean, self.extractor_.cfg.std
+
+    def _patch_features(self, batch: torch.Tensor) -> torch.Tensor:
+        """``B x 3 x S x S`` -> ``B x D x h x w`` locally aware patch features."""
+        if self.device_.type == "cuda":
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return local_patch_features(self.extractor_(batch)).float()
+
+    # ------------------------------------------------------------------ fit
+    def _fit(self, dataset: ImageDataset) -> None:
+        self._build_extractor()
+        features = self._training_features(dataset)
+        generator = torch.Generator().manual_seed(self.seed)
+        selected = greedy_coreset(features, self.coreset_ratio, generator, self.projection_dim, self.show_progress_)
+        self.memory_bank_ = features[selected].contiguous()
+        self.search_index_ = make_search(self.search).fit(self.memory_bank_)
+
+    def _training_features(self, dataset: ImageDataset) -> torch.Tensor:
+        """All training patch features as one ``(N * h * w) x D`` tensor, filled batch by batch."""
+        features: torch.Tensor | None = None
+        with torch.inference_mode(), progress_bar("features", len(dataset), self.show_progress_) as bar:
+            for start in range(0, len(dataset), self.batch_size):
+                chunk = dataset.samples[start : start + self.batch_size]
+                batch = self._to_tensor([read_image(sample.image) for sample in chunk]).to(self.device_)
+                patches = self._patch_features(batch)  # B x D x h x w
+                per_image = patches.shape[2] * patches.shape[3]
+                if features is None:
+                    features = torch.empty(len(dataset) * per_image, patches.shape[1], device=self.device_)
+                rows = patches.permute(0, 2, 3, 1).reshape(-1, patches.shape[1])  # (B*h*w) x D
+                features[start * per_image : start * per_image + rows.shape[0]] = rows
+                bar.advance(len(chunk))
+        return features
+
+    # ------------------------------------------------------------------ predict
+    def _score_batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        patches = self._patch_features(batch)
+        count, dim, height, width = patches.shape
+        queries = patches.permute(0, 2, 3, 1).reshape(-1, dim)  # (B*h*w) x D, row-major over (h, w)
+        distance, nearest = self.search_index_.query(queries, k=1)
+        patch_scores = distance[:, 0].reshape(count, height * width)
+        if self.reweight:
+            scores = reweighted_scores(
+                queries.reshape(count, height * width, dim), patch_scores, nearest[:, 0].reshape(count, -1),
+                self.memory_bank_, self.search_index_, self.reweight_neighbours,
+            )
+        else:
+            scores = patch_scores.max(dim=1).values
+        maps = upsample_maps(patch_scores.reshape(count, height, width), (batch.shape[2], batch.shape[3]))
+        return scores, gaussian_blur(maps, self.smoothing_sigma)
+
+    # ------------------------------------------------------------------ state
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        return {"memory_bank": self.memory_bank_}
+
+    def _state_meta(self) -> dict[str, Any]:
+        return {"backbone_fingerprint": self.extractor_.fingerprint, "feature_dim": int(self.memory_bank_.shape[1])}
+
+    def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        self._build_extractor()
+        if self.extractor_.fingerprint != meta["backbone_fingerprint"]:
+            raise WeightsError(
+                f"This model was fitted with backbone weights {meta['backbone_fingerprint']} but the weights "
+                f"found now are {self.extractor_.fingerprint}; the memory bank only matches the original weights."
+            )
+        dim = sum(self.extractor_.channels)
+        bank = tensors["memory_bank"]
+        if bank.ndim != 2 or bank.shape[1] != dim:
+            raise WeightsError(f"Saved memory bank has shape {tuple(bank.shape)}; backbone layers give {dim} features.")
+        self.memory_bank_ = bank.to(self.device_).contiguous()
+        self.search_index_ = make_search(self.search).fit(self.memory_bank_)

@@ -1,0 +1,105 @@
+"""Shared post-processing: map smoothing and resizing, thresholds, masks and boxes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from flawscope.errors import ConfigError, DataError
+
+THRESHOLD_RULES = ("sigma", "fpr", "f1")
+
+Box = tuple[int, int, int, int, float]
+
+
+def gaussian_kernel1d(sigma: float) -> torch.Tensor:
+    """Normalised 1-D Gaussian of radius ``ceil(4 sigma)``."""
+    radius = max(1, math.ceil(4.0 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian smoothing of ``N x H x W`` maps with reflected borders; ``sigma <= 0`` is a no-op."""
+    if sigma <= 0:
+        return maps
+    kernel = gaussian_kernel1d(sigma).to(maps.device, maps.dtype)
+    radius = kernel.numel() // 2
+    out = maps[:, None]  # N x 1 x H x W
+    pad_mode = "reflect" if min(maps.shape[-2:]) > radius else "replicate"
+    out = F.conv2d(F.pad(out, (radius, radius, 0, 0), mode=pad_mode), kernel.view(1, 1, 1, -1))
+    out = F.conv2d(F.pad(out, (0, 0, radius, radius), mode=pad_mode), kernel.view(1, 1, -1, 1))
+    return out[:, 0]
+
+
+def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of ``N x h x w`` maps to ``N x size[0] x size[1]``."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def threshold_from_scores(
+    scores: np.ndarray,
+    rule: str = "sigma",
+    k: float = 3.0,
+    target_fpr: float = 0.01,
+    labels: np.ndarray | None = None,
+) -> float:
+    """A decision threshold (score > threshold means NOT OK) from validation scores.
+
+    * ``sigma``: mean + ``k`` standard deviations of the good scores (no defective images needed).
+    * ``fpr``: the ``1 - target_fpr`` quantile of the good scores.
+    * ``f1``: the threshold of best F1 (needs good and defective images).
+
+    ``labels`` (0 good, 1 defective) selects the good scores for ``sigma`` and ``fpr``; without
+    labels every score is taken to be good.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if rule not in THRESHOLD_RULES:
+        raise ConfigError(f"The threshold rule must be one of {THRESHOLD_RULES}. Got {rule!r} instead.")
+    if labels is None:
+        labels = np.zeros(len(scores), dtype=np.int64)
+    labels = np.asarray(labels)
+    good = scores[labels == 0]
+    if rule == "f1":
+        from flawscope.metrics import f1_max
+
+        if not (labels == 1).any() or good.size == 0:
+            raise DataError("The 'f1' threshold rule needs both good and defective validation images.")
+        return f1_max(labels, scores)[1]
+    if good.size < 2:
+        raise DataError(f"Calibration needs at least 2 good images; got {good.size}.")
+    if rule == "sigma":
+        if k <= 0:
+            raise ConfigError(f"k must be positive for the 'sigma' rule. Got {k} instead.")
+        return float(good.mean() + k * good.std(ddof=1))
+    if not 0.0 < target_fpr < 1.0:
+        raise ConfigError(f"target_fpr must be in (0, 1). Got {target_fpr} instead.")
+    return float(np.quantile(good, 1.0 - target_fpr))
+
+
+def segment(anomaly_map: np.ndarray, threshold: float, opening: int = 3) -> np.ndarray:
+    """Bool mask of ``anomaly_map > threshold``, opened with a square of side ``opening`` (0 = none)."""
+    mask = anomaly_map > threshold
+    if opening > 1 and mask.any():
+        mask = ndimage.binary_opening(mask, structure=np.ones((opening, opening), dtype=bool))
+    return mask
+
+
+def boxes_from_mask(mask: np.ndarray, anomaly_map: np.ndarray) -> list[Box]:
+    """One ``(x0, y0, x1, y1, score)`` box per 8-connected region (x1, y1 exclusive), highest score first."""
+    regions, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    boxes: list[Box] = []
+    for index, region in enumerate(ndimage.find_objects(regions), start=1):
+        if region is None:
+            continue
+        rows, cols = region
+        score = float(anomaly_map[region][regions[region] == index].max())
+        boxes.append((cols.start, rows.start, cols.stop, rows.stop, score))
+    return sorted(boxes, key=lambda box: -box[4])
