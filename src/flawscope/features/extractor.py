@@ -28,12 +28,35 @@ class FeatureExtractor(nn.Module):
         super().__init__()
         self.cfg: BackboneCfg = backbone_cfg(backbone)
         self.model, self.fingerprint = create_feature_backbone(backbone, layers, weights)
+        _drop_unused_blocks(self.model)
         self.channels: list[int] = list(self.model.feature_info.channels())
         self.reductions: list[int] = list(self.model.feature_info.reduction())
 
+    # On a CPU small batches run faster (the activations stay in cache) and keep peak memory
+    # low: at 224 px on a 2-core machine, 6.0 ms/image at 2 images per pass against 13.6 at 16.
+    cpu_micro_batch = 2
+
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """``N x 3 x H x W`` normalised images -> one ``N x C_l x H_l x W_l`` map per layer."""
-        return self.model(images)
+        images = images.contiguous(memory_format=torch.channels_last)
+        if images.device.type != "cpu" or images.shape[0] <= self.cpu_micro_batch:
+            return self.model(images)
+        parts = [self.model(chunk) for chunk in images.split(self.cpu_micro_batch)]
+        return [torch.cat(maps) for maps in zip(*parts)]
+
+
+def _drop_unused_blocks(model: nn.Module) -> None:
+    """Cut the trailing ``blocks`` a timm EfficientNet-style feature model computes but never returns.
+
+    timm's ``EfficientNetFeatures`` runs every block even when the deepest requested stage is
+    in the middle; the blocks after it only cost time. Models without a ``blocks`` sequence (their
+    timm feature wrappers already stop at the last layer) are left as they are.
+    """
+    deepest = model.feature_info.module_name()[-1]
+    blocks = getattr(model, "blocks", None)
+    if isinstance(blocks, nn.Sequential) and deepest.startswith("blocks."):
+        last = int(deepest.split(".")[1])
+        model.blocks = blocks[: last + 1]
 
 
 def local_patch_features(feature_maps: Sequence[torch.Tensor], neighbourhood: int = 3) -> torch.Tensor:

@@ -20,7 +20,7 @@ from flawscope._validation import BOOLEAN, NONE, STRING, Interval, Options, int_
 from flawscope.data.datasets import ImageDataset
 from flawscope.data.io import read_image
 from flawscope.errors import WeightsError
-from flawscope.features.coreset import greedy_coreset
+from flawscope.features.coreset import greedy_coreset, projection_matrix
 from flawscope.features.extractor import FeatureExtractor, local_patch_features
 from flawscope.features.neighbours import SEARCH_BACKENDS, make_search
 from flawscope.models.base import Detector, register_detector
@@ -80,8 +80,8 @@ class PatchCore(Detector):
         Apply the paper's image-score re-weighting (eq. 7) with ``reweight_neighbours`` neighbours.
     smoothing_sigma : float
         Gaussian sigma, in pixels of the input size, for the anomaly map (paper: 4; 0 = none).
-    search : {'torch', 'faiss'}
-        Nearest-neighbour backend (both exact).
+    search : {'auto', 'torch', 'faiss'}
+        Nearest-neighbour backend, all exact; ``auto`` = faiss on CPU, torch on CUDA.
     batch_size : int
         Images per forward pass.
     device : str
@@ -118,7 +118,7 @@ class PatchCore(Detector):
         reweight: bool = False,
         reweight_neighbours: int = 9,
         smoothing_sigma: float = 4.0,
-        search: str = "torch",
+        search: str = "auto",
         batch_size: int = 16,
         device: str = "auto",
         seed: int = 0,
@@ -140,43 +140,75 @@ class PatchCore(Detector):
     # ------------------------------------------------------------------ features
     def _build_extractor(self) -> None:
         extractor = FeatureExtractor(self.backbone, self.layers, self.weights).to(self.device_)
-        if self.device_.type == "cuda":
-            extractor = extractor.to(memory_format=torch.channels_last)
-        self.extractor_ = extractor
+        self.extractor_ = extractor.to(memory_format=torch.channels_last)  # 2x faster convolutions, on CPU too
 
     def _normalisation(self):
         return self.extractor_.cfg.mean, self.extractor_.cfg.std
 
     def _patch_features(self, batch: torch.Tensor) -> torch.Tensor:
         """``B x 3 x S x S`` -> ``B x D x h x w`` locally aware patch features."""
-        if self.device_.type == "cuda":
-            batch = batch.contiguous(memory_format=torch.channels_last)
         return local_patch_features(self.extractor_(batch)).float()
 
     # ------------------------------------------------------------------ fit
     def _fit(self, dataset: ImageDataset) -> None:
-        self._build_extractor()
-        features = self._training_features(dataset)
-        generator = torch.Generator().manual_seed(self.seed)
-        selected = greedy_coreset(features, self.coreset_ratio, generator, self.projection_dim, self.show_progress_)
-        self.memory_bank_ = features[selected].contiguous()
-        self.search_index_ = make_search(self.search).fit(self.memory_bank_)
+        """Extract features, select the coreset on their projection, keep the selected patches.
 
-    def _training_features(self, dataset: ImageDataset) -> torch.Tensor:
-        """All training patch features as one ``(N * h * w) x D`` tensor, filled batch by batch."""
+        Only the projected features of all training patches are held at once (the paper's 128-d
+        projection); when a projection is used, the selected patches are read back in full
+        dimension by a second pass of the backbone, so peak memory stays near ``N x 128`` floats.
+        """
+        self._build_extractor()
+        generator = torch.Generator().manual_seed(self.seed)
+        matrix = projection_matrix(sum(self.extractor_.channels), self.projection_dim, generator)
+        projected = self._training_features(dataset, matrix, description="features")
+        selected = greedy_coreset(projected, self.coreset_ratio, generator, self.show_progress_)
+        if matrix is None:
+            bank = projected[selected]
+        else:
+            del projected
+            bank = self._training_features(dataset, None, rows=selected, description="memory bank")
+        self.memory_bank_ = bank.contiguous()
+        self.search_index_ = make_search(self.search, self.device_).fit(self.memory_bank_)
+
+    def _training_features(
+        self,
+        dataset: ImageDataset,
+        matrix: torch.Tensor | None,
+        rows: torch.Tensor | None = None,
+        description: str = "features",
+    ) -> torch.Tensor:
+        """Patch features of every training image as one ``(N * h * w) x D`` tensor, filled batch by batch.
+
+        ``matrix`` (``D x d``) projects each batch before it is stored. With ``rows``, only those
+        global patch indices are kept, in the order given.
+        """
         features: torch.Tensor | None = None
-        with torch.inference_mode(), progress_bar("features", len(dataset), self.show_progress_) as bar:
+        order = None if rows is None else torch.argsort(rows)
+        wanted = None if rows is None else rows[order].to(self.device_)
+        kept = 0
+        with torch.inference_mode(), progress_bar(description, len(dataset), self.show_progress_) as bar:
             for start in range(0, len(dataset), self.batch_size):
                 chunk = dataset.samples[start : start + self.batch_size]
-                batch = self._to_tensor([read_image(sample.image) for sample in chunk]).to(self.device_)
-                patches = self._patch_features(batch)  # B x D x h x w
+                patches = self._patch_features(self._to_tensor([read_image(s.image) for s in chunk]).to(self.device_))
                 per_image = patches.shape[2] * patches.shape[3]
+                batch_rows = patches.permute(0, 2, 3, 1).reshape(-1, patches.shape[1])  # (B*h*w) x D, row-major
+                if matrix is not None:
+                    batch_rows = batch_rows @ matrix.to(self.device_)
+                first_row, end_row = start * per_image, start * per_image + batch_rows.shape[0]
+                if wanted is not None:
+                    inside = wanted[(wanted >= first_row) & (wanted < end_row)]
+                    batch_rows = batch_rows[inside - first_row]
                 if features is None:
-                    features = torch.empty(len(dataset) * per_image, patches.shape[1], device=self.device_)
-                rows = patches.permute(0, 2, 3, 1).reshape(-1, patches.shape[1])  # (B*h*w) x D
-                features[start * per_image : start * per_image + rows.shape[0]] = rows
+                    total = len(dataset) * per_image if wanted is None else wanted.numel()
+                    features = torch.empty(total, batch_rows.shape[1], device=self.device_)
+                features[kept : kept + batch_rows.shape[0]] = batch_rows
+                kept += batch_rows.shape[0]
                 bar.advance(len(chunk))
-        return features
+        if order is None:
+            return features
+        restored = torch.empty_like(features)
+        restored[order.to(self.device_)] = features  # back to the selection order of ``rows``
+        return restored
 
     # ------------------------------------------------------------------ predict
     def _score_batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,4 +246,4 @@ class PatchCore(Detector):
         if bank.ndim != 2 or bank.shape[1] != dim:
             raise WeightsError(f"Saved memory bank has shape {tuple(bank.shape)}; backbone layers give {dim} features.")
         self.memory_bank_ = bank.to(self.device_).contiguous()
-        self.search_index_ = make_search(self.search).fit(self.memory_bank_)
+        self.search_index_ = make_search(self.search, self.device_).fit(self.memory_bank_)
