@@ -8,6 +8,7 @@ from flawscope.data.datasets import (  # noqa: F401
     MVTecLayout,
     Sample,
     holdout_split,
+    open_data,
     open_dataset,
 )
 from flawscope.data.synthetic import make_texture_set, write_mvtec_layout  # noqa: F401

@@ -206,6 +206,19 @@ def open_dataset(root: str | os.PathLike, split: str) -> ImageDataset:
     )
 
 
+def open_data(spec: str | os.PathLike, split: str) -> ImageDataset:
+    """A dataset from a command-line spec: a folder, or ``elpv:mono`` / ``elpv:poly`` / ``elpv:all``.
+
+    ``split`` is 'train', 'validation' (ELPV only) or 'test'.
+    """
+    text = str(spec)
+    if text.startswith("elpv:"):
+        return ELPV(split, cell_type=text.split(":", 1)[1])
+    if split == "validation":
+        raise DataError(f"{spec} has no validation split; hold out part of the training images instead.")
+    return open_dataset(spec, split)
+
+
 class InMemoryDataset(ImageDataset):
     """Images held in memory (arrays or PIL images), with optional labels and masks."""
 

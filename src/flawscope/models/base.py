@@ -295,9 +295,21 @@ class Detector:
         score_array = np.asarray(scores, dtype=np.float64)
         if not self.is_calibrated:
             return Prediction(names, score_array, maps, errors=errors)
-        masks = [segment(anomaly_map, self.pixel_threshold_, opening) for anomaly_map in maps]
-        boxes = [boxes_from_mask(mask, anomaly_map) for mask, anomaly_map in zip(masks, maps)]
-        return Prediction(names, score_array, maps, score_array > self.threshold_, masks, boxes, self.threshold_, errors)
+        decisions = [self.decide(score, anomaly_map, opening) for score, anomaly_map in zip(scores, maps)]
+        labels = np.array([label for label, _, _ in decisions], dtype=bool)
+        masks = [mask for _, mask, _ in decisions]
+        boxes = [box for _, _, box in decisions]
+        return Prediction(names, score_array, maps, labels, masks, boxes, self.threshold_, errors)
+
+    def decide(self, score: float, anomaly_map: np.ndarray, opening: int = 3) -> tuple[bool, np.ndarray, list[Box]]:
+        """``(NOT OK?, defect mask, boxes)`` for one scored image, at the calibrated thresholds."""
+        if not self.is_calibrated:
+            raise NotFittedError(
+                f"This {type(self).__name__} instance is not calibrated yet. Call 'calibrate' with good "
+                "validation images to set the OK / NOT OK threshold."
+            )
+        mask = segment(anomaly_map, self.pixel_threshold_, opening)
+        return bool(score > self.threshold_), mask, boxes_from_mask(mask, anomaly_map)
 
     def _to_tensor(self, images: list[np.ndarray]) -> torch.Tensor:
         mean, std = self._normalisation()

@@ -1,0 +1,302 @@
+"""The ``flawscope`` command line. It parses arguments and calls the public API, nothing more."""
+
+from __future__ import annotations
+
+import csv
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Visual anomaly detection for industrial inspection.")
+console = Console()
+errors = Console(stderr=True)
+
+DATA_HELP = "An MVTec-layout category (train/good, test/<type>, ground_truth/), a folder with good/ [defect/ masks/], or elpv:mono / elpv:poly."
+
+
+def _parse_params(pairs: list[str]) -> dict[str, Any]:
+    params = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise typer.BadParameter(f"--param takes KEY=VALUE; got {pair!r}.")
+        key, value = pair.split("=", 1)
+        try:
+            params[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key.replace("-", "_")] = value
+    return params
+
+
+def _fail(error: Exception) -> None:
+    errors.print(f"[red]error:[/red] {error}")
+    raise typer.Exit(code=2)
+
+
+def _metrics_table(metrics: dict[str, Any], title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("n_images", "n_good", "n_defective", "image_auroc", "image_aupr", "f1_max", "threshold", "balanced_accuracy", "accuracy", "pixel_auroc", "aupro"):
+        if key in metrics:
+            value = metrics[key]
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    (tn, fp), (fn, tp) = metrics["confusion_matrix"]
+    table.add_row("confusion [[TN, FP], [FN, TP]]", f"[[{tn}, {fp}], [{fn}, {tp}]]")
+    return table
+
+
+def _per_type_table(metrics: dict[str, Any]) -> Table:
+    table = Table(title="per defect type")
+    for column in ("type", "images", "image AUROC", "pixel AUROC", "AUPRO"):
+        table.add_column(column)
+    for name, entry in metrics["per_defect_type"].items():
+        table.add_row(name, *(f"{entry[k]:.4f}" if k in entry and isinstance(entry[k], float) else str(entry.get(k, "")) for k in ("n_images", "image_auroc", "pixel_auroc", "aupro")))
+    return table
+
+
+def fit_and_calibrate(model_name: str, data: str, params: dict[str, Any], val_fraction: float, rule: str, k: float, target_fpr: float, quiet: bool):
+    """Fit on the training split, calibrate on held-out good images; returns (model, fit seconds)."""
+    import flawscope as fs
+    from flawscope.data.datasets import holdout_split, open_data
+
+    train = open_data(data, "train")
+    if data.startswith("elpv:"):
+        validation = open_data(data, "validation")
+    else:
+        train, validation = holdout_split(train, val_fraction, params.get("seed", 0))
+    model = fs.create(model_name, **params)
+    started = time.perf_counter()
+    model.fit(train, progress=not quiet)
+    fit_seconds = time.perf_counter() - started
+    model.calibrate(validation, rule=rule, k=k, target_fpr=target_fpr, progress=not quiet)
+    return model, fit_seconds, len(train), len(validation)
+
+
+@app.command()
+def fit(
+    data: str = typer.Option(..., help=DATA_HELP),
+    out: Path = typer.Option(..., help="Directory to write the model to (config.json + model.safetensors)."),
+    model: str = typer.Option("patchcore", help="Method name; see 'flawscope list-models'."),
+    backbone: Optional[str] = typer.Option(None, help="timm backbone (default: the method's, tf_efficientnet_lite0)."),
+    weights: Optional[str] = typer.Option(None, help="Backbone weights file, or 'hub' to download (needs network)."),
+    device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
+    seed: int = typer.Option(0, help="Seed of every random step."),
+    param: list[str] = typer.Option([], help="Any other method parameter as KEY=VALUE (JSON values), repeatable."),
+    val_fraction: float = typer.Option(0.1, help="Fraction of the good training images held out to calibrate the threshold."),
+    threshold_rule: str = typer.Option("sigma", help="sigma (mean + k std of good scores), fpr or f1."),
+    k: float = typer.Option(3.0, help="k of the sigma rule."),
+    target_fpr: float = typer.Option(0.01, help="False-positive rate of the fpr rule."),
+    quiet: bool = typer.Option(False, help="No progress bars."),
+) -> None:
+    """Learn from good images and calibrate the OK / NOT OK threshold on held-out good ones."""
+    import flawscope as fs
+
+    params = {"device": device, "seed": seed, **_parse_params(param)}
+    if backbone is not None:
+        params["backbone"] = backbone
+    if weights is not None:
+        params["weights"] = weights
+    try:
+        detector, seconds, n_train, n_val = fit_and_calibrate(model, data, params, val_fraction, threshold_rule, k, target_fpr, quiet)
+        detector.save(out)
+    except fs.FlawscopeError as error:
+        _fail(error)
+    console.print(f"fitted {model} on {n_train} images in {seconds:.1f} s; threshold {detector.threshold_:.4f} "
+                  f"({threshold_rule} on {n_val} held-out good images); saved to {out}")
+
+
+def _unique_stem(path_name: str, used: set[str]) -> str:
+    stem = Path(path_name).stem or "image"
+    candidate, counter = stem, 1
+    while candidate in used:
+        counter += 1
+        candidate = f"{stem}_{counter}"
+    used.add(candidate)
+    return candidate
+
+
+@app.command()
+def predict(
+    model_dir: Path = typer.Argument(..., help="A model directory written by 'flawscope fit'."),
+    inputs: list[Path] = typer.Argument(..., help="Image files and/or folders of images."),
+    out: Path = typer.Option(..., help="Directory for overlays, masks and predictions.csv."),
+    device: Optional[str] = typer.Option(None, help="Override the saved device (auto, cpu, cuda)."),
+    opening: int = typer.Option(3, help="Side of the square that opens the defect masks (0 = none)."),
+    quiet: bool = typer.Option(False, help="No progress bars."),
+) -> None:
+    """Score images; write per image a heat-map overlay, a defect mask and a row of predictions.csv."""
+    import numpy as np
+    from PIL import Image
+
+    import flawscope as fs
+    from flawscope.data.datasets import ImageDataset, Sample, list_images
+    from flawscope.data.io import read_image
+    from flawscope.report import heatmap_overlay
+
+    try:
+        detector = fs.load(model_dir, device=device)
+        paths = [p for item in inputs for p in (list_images(item) if item.is_dir() else [item])]
+        if not paths:
+            raise fs.DataError(f"No images found in {', '.join(map(str, inputs))}.")
+    except fs.FlawscopeError as error:
+        _fail(error)
+    out.mkdir(parents=True, exist_ok=True)
+    vmax = 2.0 * detector.pixel_threshold_ if detector.is_calibrated else None
+    used: set[str] = set()
+    failures = 0
+    dataset = ImageDataset([Sample(path, str(path)) for path in paths], "inputs")
+    with open(out / "predictions.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "score", "label", "boxes", "overlay", "mask", "error"])
+        for result in detector.iter_predict(dataset, on_error="skip", progress=not quiet):
+            if result.error is not None:
+                failures += 1
+                errors.print(f"[yellow]skipped[/yellow] {result.error}")
+                writer.writerow([result.sample.name, "", "", "", "", "", result.error])
+                continue
+            stem = _unique_stem(result.sample.name, used)
+            overlay_path = out / f"{stem}_overlay.png"
+            image = read_image(result.sample.image)
+            top = vmax if vmax is not None else float(result.anomaly_map.max())
+            Image.fromarray(heatmap_overlay(image, result.anomaly_map, top)).save(overlay_path)
+            label, boxes, mask_name = "", "", ""
+            if detector.is_calibrated:
+                not_ok, mask, found = detector.decide(result.score, result.anomaly_map, opening)
+                label = "NOT OK" if not_ok else "OK"
+                boxes = json.dumps([[int(v) for v in box[:4]] + [round(box[4], 4)] for box in found])
+                mask_name = f"{stem}_mask.png"
+                Image.fromarray((mask * 255).astype(np.uint8)).save(out / mask_name)
+            writer.writerow([result.sample.name, f"{result.score:.6f}", label, boxes, overlay_path.name, mask_name, ""])
+    console.print(f"scored {len(paths) - failures} images ({failures} unreadable) -> {out / 'predictions.csv'}")
+    if not detector.is_calibrated:
+        errors.print("[yellow]note:[/yellow] the model is not calibrated, so no labels or masks were written.")
+
+
+@app.command()
+def evaluate(
+    model_dir: Path = typer.Argument(..., help="A model directory written by 'flawscope fit'."),
+    data: str = typer.Option(..., help=DATA_HELP + " Its test split is used."),
+    out: Path = typer.Option(..., help="Directory for metrics.json and report.html."),
+    device: Optional[str] = typer.Option(None, help="Override the saved device (auto, cpu, cuda)."),
+    quiet: bool = typer.Option(False, help="No progress bars."),
+) -> None:
+    """Compute image AUROC, AUPR, F1-max, balanced accuracy, confusion matrix and (with masks) pixel AUROC and AUPRO."""
+    import flawscope as fs
+    from flawscope.data.datasets import open_data
+
+    try:
+        detector = fs.load(model_dir, device=device)
+        report = fs.evaluate(detector, open_data(data, "test"), progress=not quiet)
+    except fs.FlawscopeError as error:
+        _fail(error)
+    out.mkdir(parents=True, exist_ok=True)
+    report.write_json(out / "metrics.json")
+    report.write_html(out / "report.html", title=f"{detector.name} on {data}")
+    console.print(_metrics_table(report.metrics, f"{detector.name} on {data}"))
+    console.print(_per_type_table(report.metrics))
+    console.print(f"metrics: {out / 'metrics.json'}\nreport:  {out / 'report.html'}")
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process in MiB (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
+
+
+def run_benchmark(model: str, data: str, params: dict[str, Any], quiet: bool) -> dict[str, Any]:
+    """Fit + calibrate + evaluate in this process and return timings, peak memory and metrics."""
+    import platform
+
+    import torch
+
+    import flawscope as fs
+    from flawscope.data.datasets import open_data
+
+    detector, fit_seconds, n_train, n_val = fit_and_calibrate(model, data, params, 0.1, "sigma", 3.0, 0.01, quiet)
+    test = open_data(data, "test")
+    started = time.perf_counter()
+    report = fs.evaluate(detector, test, worst_cases=0, progress=not quiet)
+    predict_seconds = time.perf_counter() - started
+    return {
+        "model": model,
+        "data": data,
+        "params": detector.get_params(),
+        "n_train": n_train,
+        "n_calibration": n_val,
+        "n_test": len(test),
+        "fit_seconds": round(fit_seconds, 2),
+        "predict_seconds": round(predict_seconds, 2),
+        "predict_images_per_second": round(len(test) / predict_seconds, 2),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+        "metrics": {k: v for k, v in report.metrics.items() if k != "failed"},
+        "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__,
+                    "device": str(detector.device_), "flawscope": fs.__version__},
+    }
+
+
+@app.command()
+def benchmark(
+    data: str = typer.Option("elpv:mono", help=DATA_HELP),
+    model: str = typer.Option("patchcore", help="Method name."),
+    out: Optional[Path] = typer.Option(None, help="JSON file to write the results to."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    param: list[str] = typer.Option([], help="Method parameter as KEY=VALUE, repeatable."),
+    quiet: bool = typer.Option(True, help="No progress bars (they cost time)."),
+) -> None:
+    """Measure fit seconds, predict images/s, peak RSS and metrics in one process; write JSON."""
+    import flawscope as fs
+
+    try:
+        result = run_benchmark(model, data, {"device": device, **_parse_params(param)}, quiet)
+    except fs.FlawscopeError as error:
+        _fail(error)
+    text = json.dumps(result, indent=2)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    console.print(text)
+
+
+@app.command()
+def demo(
+    cell_type: str = typer.Option("mono", help="ELPV cells: mono, poly or all."),
+    out: Path = typer.Option(Path("runs/demo"), help="Where the model, metrics.json and report.html go."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+) -> None:
+    """PatchCore on the ELPV solar cells shipped with flawscope: fit on 200 good cells, calibrate, evaluate."""
+    import flawscope as fs
+    from flawscope.data.datasets import open_data
+
+    data = f"elpv:{cell_type}"
+    console.print(f"PatchCore (tf_efficientnet_lite0, 10 % coreset) on ELPV {cell_type}-crystalline cells")
+    try:
+        detector, seconds, n_train, n_val = fit_and_calibrate("patchcore", data, {"device": device}, 0.1, "sigma", 3.0, 0.01, False)
+        detector.save(out / "model")
+        report = fs.evaluate(detector, open_data(data, "test"))
+    except fs.FlawscopeError as error:
+        _fail(error)
+    report.write_json(out / "metrics.json")
+    report.write_html(out / "report.html", title=f"PatchCore on ELPV {cell_type}")
+    console.print(f"fit on {n_train} good cells in {seconds:.1f} s; threshold (mean + 3 std of {n_val} held-out good cells) {detector.threshold_:.3f}")
+    console.print(_metrics_table(report.metrics, f"held-out ELPV {cell_type} cells: good vs defect probability 1.0"))
+    console.print(f"model:   {out / 'model'}\nmetrics: {out / 'metrics.json'}\nreport:  {out / 'report.html'}")
+
+
+@app.command("list-models")
+def list_models_command() -> None:
+    """List the registered methods."""
+    import flawscope as fs
+
+    for name in fs.list_models():
+        console.print(name)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,122 @@
+"""Pictures for people: heat-map overlays and the self-contained HTML evaluation report."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from flawscope.evaluation import Report
+
+
+def heatmap_overlay(image: np.ndarray, anomaly_map: np.ndarray, vmax: float, vmin: float = 0.0, alpha: float = 0.45) -> np.ndarray:
+    """Blend a ``jet`` colouring of ``anomaly_map`` (clipped to [vmin, vmax]) over ``image``; uint8 ``H x W x 3``."""
+    from matplotlib import colormaps
+
+    scaled = np.clip((anomaly_map - vmin) / max(vmax - vmin, 1e-12), 0.0, 1.0)
+    heat = colormaps["jet"](scaled)[..., :3]
+    base = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
+    return np.round(255 * ((1 - alpha) * base + alpha * heat)).astype(np.uint8)
+
+
+def _figure_png(figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _curve_figures(report: "Report") -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = []
+    metrics, curves = report.metrics, report.curves
+    figure, axis = plt.subplots(figsize=(4.2, 4))
+    axis.plot(*curves["image_roc"], label=f"image, AUROC {metrics['image_auroc']:.3f}")
+    if "pixel_roc" in curves:
+        axis.plot(*curves["pixel_roc"], label=f"pixel, AUROC {metrics['pixel_auroc']:.3f}")
+    axis.plot([0, 1], [0, 1], ":", color="grey")
+    axis.set(xlabel="false-positive rate", ylabel="true-positive rate", title="ROC")
+    axis.legend(loc="lower right")
+    figures.append(("ROC curves", _figure_png(figure)))
+    if "pro" in curves:
+        figure, axis = plt.subplots(figsize=(4.2, 4))
+        fpr, pro = np.array(curves["pro"][0]), np.array(curves["pro"][1])
+        limit = metrics["aupro_max_fpr"]
+        axis.plot(fpr, pro)
+        axis.axvline(limit, ls=":", color="grey")
+        axis.set(xlabel="false-positive rate", ylabel="per-region overlap", title=f"PRO, AUPRO@{limit:g} = {metrics['aupro']:.3f}", xlim=(0, min(1, 3 * limit)))
+        figures.append(("Per-region overlap", _figure_png(figure)))
+    figure, axis = plt.subplots(figsize=(5, 4))
+    scores = np.array([row["score"] for row in report.rows])
+    labels = np.array([row["label"] for row in report.rows])
+    bins = np.linspace(scores.min(), scores.max(), 40)
+    axis.hist(scores[labels == 0], bins=bins, alpha=0.6, label="good")
+    axis.hist(scores[labels == 1], bins=bins, alpha=0.6, label="defective")
+    axis.axvline(metrics["threshold"], color="black", ls="--", label="threshold")
+    axis.set(xlabel="anomaly score", ylabel="images", title="Score histograms")
+    axis.legend()
+    figures.append(("Score histograms", _figure_png(figure)))
+    return figures
+
+
+def _case_figures(report: "Report") -> list[tuple[str, str]]:
+    import matplotlib.pyplot as plt
+
+    figures = []
+    vmax = max((float(case.anomaly_map.max()) for case in report.cases), default=1.0)
+    for case in report.cases:
+        figure, axes = plt.subplots(1, 2, figsize=(6, 3))
+        shown = case.image[..., 0] if case.image.shape[2] == 1 else case.image
+        axes[0].imshow(shown, cmap="gray", vmin=0, vmax=1)
+        axes[1].imshow(heatmap_overlay(case.image, case.anomaly_map, vmax))
+        for axis in axes:
+            axis.axis("off")
+        row = case.row
+        kind = "good, scored high" if row["label"] == 0 else f"defective ({row['defect_type']}), scored low"
+        caption = f"{Path(row['name']).name}: {kind}, score {row['score']:.3f}"
+        figures.append((caption, _figure_png(figure)))
+    return figures
+
+
+def write_html_report(report: "Report", path: Path, title: str) -> Path:
+    """Write ``report`` as one HTML file with embedded PNG figures."""
+    metrics = report.metrics
+    scalar = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{_format(v)}</td></tr>" for k, v in scalar.items())
+    (tn, fp), (fn, tp) = metrics["confusion_matrix"]
+    confusion = (
+        "<table><tr><th></th><th>predicted good</th><th>predicted defective</th></tr>"
+        f"<tr><th>good</th><td>{tn}</td><td>{fp}</td></tr><tr><th>defective</th><td>{fn}</td><td>{tp}</td></tr></table>"
+    )
+    per_type = "".join(
+        f"<tr><th>{html.escape(name)}</th>" + "".join(f"<td>{_format(entry.get(k, ''))}</td>" for k in ("n_images", "image_auroc", "pixel_auroc", "aupro")) + "</tr>"
+        for name, entry in metrics["per_defect_type"].items()
+    )
+    failed = "".join(f"<li>{html.escape(name)}: {html.escape(reason)}</li>" for name, reason in metrics["failed"].items())
+    curves = "".join(f'<figure><img src="data:image/png;base64,{png}"><figcaption>{html.escape(c)}</figcaption></figure>' for c, png in _curve_figures(report))
+    cases = "".join(f'<figure><img src="data:image/png;base64,{png}"><figcaption>{html.escape(c)}</figcaption></figure>' for c, png in _case_figures(report))
+    document = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}figure{{display:inline-block;margin:0.5em}}</style></head><body>
+<h1>{html.escape(title)}</h1><h2>Metrics</h2><table>{rows}</table><h2>Confusion matrix at the threshold</h2>{confusion}
+<h2>Per defect type</h2><table><tr><th>type</th><th>images</th><th>image AUROC</th><th>pixel AUROC</th><th>AUPRO</th></tr>{per_type}</table>
+<h2>Curves</h2>{curves}<h2>Worst-scored images</h2>{cases or "<p>none kept</p>"}
+<h2>Images that could not be read</h2><ul>{failed or "<li>none</li>"}</ul></body></html>"""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(document)
+    return path
+
+
+def _format(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else html.escape(str(value))
