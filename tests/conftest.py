@@ -1,0 +1,28 @@
+"""Shared fixtures: small synthetic data and one fitted PatchCore reused read-only across tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import flawscope as fs
+from flawscope.data.synthetic import make_texture_set
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def texture_train():
+    return make_texture_set(12, 0, size=(96, 96), seed=0)
+
+
+@pytest.fixture(scope="session")
+def texture_test():
+    return make_texture_set(12, 12, size=(96, 96), seed=1)
+
+
+@pytest.fixture(scope="session")
+def fitted_patchcore(texture_train):
+    """A small PatchCore fitted on synthetic textures. Tests must not modify it."""
+    model = fs.create("patchcore", image_size=96, coreset_ratio=0.25, device="cpu", seed=0)
+    return model.fit(texture_train, progress=False)

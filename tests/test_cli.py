@@ -1,0 +1,85 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from flawscope.cli import app
+from flawscope.data.synthetic import write_mvtec_layout
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def category(tmp_path_factory):
+    return write_mvtec_layout(tmp_path_factory.mktemp("data") / "texture", n_train=14, n_test_good=5, n_test_defective=6, size=(96, 96))
+
+
+@pytest.fixture(scope="module")
+def model_dir(category, tmp_path_factory):
+    out = tmp_path_factory.mktemp("models") / "model"
+    result = runner.invoke(app, ["fit", "--data", str(category), "--out", str(out), "--device", "cpu", "--quiet",
+                                 "--param", "image_size=96", "--param", "coreset_ratio=0.25", "--val-fraction", "0.25"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_fit_writes_a_calibrated_model(model_dir):
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["model"] == "patchcore" and config["params"]["image_size"] == 96
+    assert config["calibration"]["calibration"]["rule"] == "sigma" and config["calibration"]["threshold"] > 0
+    assert (model_dir / "model.safetensors").stat().st_size > 0
+
+
+def test_predict_writes_overlays_masks_and_csv_and_survives_bad_files(model_dir, category, tmp_path):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for path in list((category / "test" / "defect").iterdir())[:2] + list((category / "test" / "good").iterdir())[:1]:
+        (inputs / path.name).write_bytes(path.read_bytes())
+    (inputs / "broken.png").write_bytes(b"garbage")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["predict", str(model_dir), str(inputs), "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert len(rows) == 4
+    broken = [r for r in rows if r["path"].endswith("broken.png")][0]
+    assert "broken.png" in broken["error"] and broken["score"] == ""
+    scored = [r for r in rows if not r["error"]]
+    assert {r["label"] for r in scored} <= {"OK", "NOT OK"}
+    for row in scored:
+        overlay = np.asarray(Image.open(out / row["overlay"]))
+        mask = np.asarray(Image.open(out / row["mask"]))
+        assert overlay.shape == (96, 96, 3) and mask.shape == (96, 96)
+        assert isinstance(json.loads(row["boxes"]), list)
+    defect_rows = [r for r in scored if "texture" in r["path"] and r["label"] == "NOT OK"]
+    assert defect_rows, "at least one defective image is flagged"
+
+
+def test_evaluate_writes_metrics_and_report(model_dir, category, tmp_path):
+    out = tmp_path / "eval"
+    result = runner.invoke(app, ["evaluate", str(model_dir), "--data", str(category), "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("image_auroc", "image_aupr", "f1_max", "balanced_accuracy", "confusion_matrix", "threshold", "pixel_auroc", "aupro"):
+        assert key in metrics
+    assert metrics["image_auroc"] >= 0.9 and metrics["pixel_auroc"] >= 0.9
+    assert "defect" in metrics["per_defect_type"]
+    html = (out / "report.html").read_text()
+    assert "ROC" in html and "data:image/png;base64," in html
+
+
+def test_clear_errors_for_bad_input(tmp_path):
+    (tmp_path / "empty" / "train" / "good").mkdir(parents=True)
+    result = runner.invoke(app, ["fit", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "m"), "--quiet"])
+    assert result.exit_code == 2 and "holds no images" in result.output
+    result = runner.invoke(app, ["fit", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "m"), "--model", "patchcor"])
+    assert result.exit_code == 2
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "nomodel"), "--data", str(tmp_path), "--out", str(tmp_path / "e")])
+    assert result.exit_code == 2 and "config.json is missing" in result.output
+
+
+def test_list_models():
+    result = runner.invoke(app, ["list-models"])
+    assert result.exit_code == 0 and "patchcore" in result.output

@@ -1,0 +1,83 @@
+"""Checks every registered detector must pass (scikit-learn's check_estimator, in our terms)."""
+
+import numpy as np
+import pytest
+
+import flawscope as fs
+from flawscope.errors import ConfigError, DataError, ModelFileError, NotFittedError
+
+SMALL = {"patchcore": {"image_size": 64, "coreset_ratio": 0.25, "device": "cpu"}}
+
+
+@pytest.fixture(params=fs.list_models())
+def name(request):
+    return request.param
+
+
+def test_every_registered_model_has_small_settings(name):
+    assert name in SMALL, f"add small test settings for {name!r} to SMALL"
+
+
+def test_fit_returns_self_and_seed_gives_same_scores(name, texture_train, texture_test):
+    first = fs.create(name, seed=3, **SMALL[name])
+    assert first.fit(texture_train, progress=False) is first
+    second = fs.create(name, seed=3, **SMALL[name]).fit(texture_train, progress=False)
+    np.testing.assert_array_equal(first.predict(texture_test, progress=False).scores, second.predict(texture_test, progress=False).scores)
+
+
+def test_not_fitted_error_before_fit(name):
+    with pytest.raises(NotFittedError, match="not fitted yet"):
+        fs.create(name).predict([np.zeros((32, 32), np.uint8)])
+    assert issubclass(NotFittedError, AttributeError)
+
+
+def test_save_load_round_trip_gives_identical_results(name, texture_train, texture_test, tmp_path):
+    model = fs.create(name, **SMALL[name]).fit(texture_train[:9], progress=False)
+    model.calibrate(texture_train[9:], progress=False)
+    before = model.predict(texture_test, progress=False)
+    loaded = fs.load(model.save(tmp_path / "model"))
+    after = loaded.predict(texture_test, progress=False)
+    np.testing.assert_array_equal(before.scores, after.scores)
+    assert loaded.threshold_ == model.threshold_ and loaded.calibration_ == model.calibration_
+    assert all(np.array_equal(a, b) for a, b in zip(before.masks, after.masks))
+
+
+def test_higher_means_more_anomalous(name, texture_train, texture_test):
+    model = fs.create(name, **SMALL[name]).fit(texture_train, progress=False)
+    scores = model.predict(texture_test, progress=False).scores
+    labels = texture_test.labels
+    assert scores[labels == 1].mean() > scores[labels == 0].mean()
+
+
+def test_bad_parameters_give_sklearn_style_errors(name, texture_train):
+    model = fs.create(name, batch_size=0)
+    with pytest.raises(ConfigError, match=r"The 'batch_size' parameter of \w+ must be an int in \[1, inf\]. Got 0 instead."):
+        model.fit(texture_train, progress=False)
+    with pytest.raises(ConfigError, match="has no parameter"):
+        fs.create(name, no_such_parameter=1)
+
+
+def test_fit_refuses_empty_or_defective_data(name, texture_test):
+    with pytest.raises(DataError, match="at least 1 good image"):
+        fs.create(name, **SMALL[name]).fit([], progress=False)
+    with pytest.raises(DataError, match="defective"):
+        fs.create(name, **SMALL[name]).fit(texture_test, progress=False)
+
+
+def test_unknown_model_lists_the_registry():
+    with pytest.raises(ConfigError, match="Did you mean 'patchcore'.*Registered models: patchcore"):
+        fs.create("patchcor")
+
+
+def test_damaged_or_foreign_model_directories(fitted_patchcore, tmp_path):
+    path = fitted_patchcore.save(tmp_path / "model")
+    config = (path / "config.json").read_text()
+    (path / "config.json").write_text(config.replace('"format_version": 1', '"format_version": 99'))
+    with pytest.raises(ModelFileError, match="format version 99"):
+        fs.load(path)
+    (path / "config.json").write_text(config)
+    (path / "model.safetensors").write_bytes(b"\x00" * 20)
+    with pytest.raises(ModelFileError, match="damaged"):
+        fs.load(path)
+    with pytest.raises(ModelFileError, match="config.json is missing"):
+        fs.load(tmp_path / "nowhere")

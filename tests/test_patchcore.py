@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+import torch
+
+import flawscope as fs
+from flawscope.data.synthetic import make_texture_set
+from flawscope.metrics import auroc, pixel_metrics
+from flawscope.models.patchcore import reweighted_scores
+from flawscope.features.neighbours import TorchSearch
+
+
+def test_detects_synthetic_defects(fitted_patchcore, texture_test):
+    prediction = fitted_patchcore.predict(texture_test, progress=False)
+    assert auroc(texture_test.labels, prediction.scores) >= 0.95
+    masks = [sample.read_mask(m.shape) for sample, m in zip(texture_test, prediction.anomaly_maps)]
+    assert pixel_metrics(prediction.anomaly_maps, masks)["pixel_auroc"] >= 0.9
+
+
+def test_maps_come_back_at_each_image_size(fitted_patchcore):
+    images = [make_texture_set(1, 0, size=size, seed=5)[0].image for size in ((70, 130), (150, 60))]
+    prediction = fitted_patchcore.predict(images, progress=False)
+    assert [m.shape for m in prediction.anomaly_maps] == [(70, 130), (150, 60)]
+    assert all(m.dtype == np.float32 for m in prediction.anomaly_maps)
+
+
+def test_image_score_is_the_largest_patch_distance(fitted_patchcore, texture_test):
+    batch = fitted_patchcore._to_tensor([np.asarray(texture_test[15].image, np.float32)[..., None] / 255])
+    with torch.inference_mode():
+        patches = fitted_patchcore._patch_features(batch)
+        queries = patches.permute(0, 2, 3, 1).reshape(-1, patches.shape[1])
+        exact = torch.cdist(queries, fitted_patchcore.memory_bank_).min(1).values.max()
+        score, _ = fitted_patchcore._score_batch(batch)
+    assert float(score[0]) == pytest.approx(float(exact), rel=1e-4)
+
+
+def test_search_backends_agree(texture_train, texture_test):
+    scores = {}
+    for backend in ("torch", "faiss"):
+        model = fs.create("patchcore", image_size=64, coreset_ratio=0.2, search=backend, device="cpu")
+        scores[backend] = model.fit(texture_train, progress=False).predict(texture_test, progress=False).scores
+    np.testing.assert_allclose(scores["torch"], scores["faiss"], rtol=1e-4)
+
+
+def test_reweighting_matches_equation_7():
+    generator = torch.Generator().manual_seed(0)
+    bank = torch.randn(50, 4, generator=generator)
+    features = torch.randn(1, 6, 4, generator=generator)
+    search = TorchSearch().fit(bank)
+    distance, nearest = search.query(features[0], k=1)
+    patch_scores, nearest = distance[:, 0][None], nearest[:, 0][None]
+    score = reweighted_scores(features, patch_scores, nearest, bank, search, neighbours=3)
+    worst = int(patch_scores.argmax())
+    m_test, m_star = features[0, worst], bank[nearest[0, worst]]
+    support = torch.cdist(m_star[None], bank)[0].topk(3, largest=False).indices
+    exp_sum = torch.exp((bank[support] - m_test).norm(dim=1)).sum()
+    expected = (1 - torch.exp((m_test - m_star).norm()) / exp_sum) * patch_scores.max()
+    assert float(score[0]) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_reweight_option_changes_scores_but_keeps_detection(texture_train, texture_test):
+    model = fs.create("patchcore", image_size=64, coreset_ratio=0.2, reweight=True, device="cpu")
+    scores = model.fit(texture_train, progress=False).predict(texture_test, progress=False).scores
+    assert auroc(texture_test.labels, scores) >= 0.9
+
+
+def test_calibrated_prediction_has_labels_masks_and_boxes(texture_train, texture_test):
+    model = fs.create("patchcore", image_size=96, coreset_ratio=0.25, device="cpu")
+    model.fit(texture_train[:8], progress=False).calibrate(texture_train[8:], rule="sigma", k=3, progress=False)
+    prediction = model.predict(texture_test, progress=False)
+    assert prediction.labels.dtype == bool and prediction.threshold == model.threshold_
+    defective = texture_test.labels == 1
+    assert prediction.labels[defective].mean() >= 0.8
+    found = [i for i in np.flatnonzero(defective) if prediction.boxes[i]]
+    assert len(found) >= 8
+    for i in found:  # the strongest box overlaps the true defect
+        x0, y0, x1, y1, _ = prediction.boxes[i][0]
+        assert texture_test[i].mask[y0:y1, x0:x1].any()
