@@ -67,3 +67,23 @@ def test_bad_inputs():
         pixel_metrics([np.zeros((3, 3))], [np.zeros((3, 4), bool)])
     with pytest.raises(DataError, match="NaN"):
         auroc([0, 1], [np.nan, 1.0])
+
+
+def test_binned_pixel_metrics_agree_with_exact(monkeypatch):
+    import flawscope.metrics as fm
+
+    rng = np.random.default_rng(1)
+    masks, maps = [], []
+    for _ in range(4):
+        mask = np.zeros((120, 150), bool)
+        y, x = rng.integers(10, 100, 2)
+        mask[y : y + 15, x : x + 25] = True
+        masks.append(mask)
+        maps.append((rng.normal(size=mask.shape) + 2.5 * mask).astype(np.float32))
+    exact = pixel_metrics(maps, masks)
+    monkeypatch.setattr(fm, "EXACT_PIXEL_LIMIT", 0)
+    monkeypatch.setattr(fm, "PIXEL_BINS", 4096)
+    binned = pixel_metrics(maps, masks)
+    assert exact["exact"] and not binned["exact"]
+    assert binned["pixel_auroc"] == pytest.approx(exact["pixel_auroc"], abs=2e-4)
+    assert binned["aupro"] == pytest.approx(exact["aupro"], abs=2e-3)

@@ -7,8 +7,10 @@ cannot change the result (Elkan's triangle-inequality bound, as in accelerated k
 
 every point remembers its nearest chosen centre ``c_j`` and its distance ``r`` to it. A new centre
 ``c`` can only come closer to that point if ``d(c, c_j) < 2 r``, because otherwise
-``d(x, c) >= d(c, c_j) - r >= r``. One matrix-vector product gives ``d(c, c_j)`` for all centres;
-only points failing the test get a new distance. The selection is the same as the plain loop's
+``d(x, c) >= d(c, c_j) - r >= r``. One matrix-vector product gives ``d(c, c_j)`` for all centres.
+Points that fail this test get a second, cheap one: their distance to ``c`` within the top 16
+principal axes of the data is a lower bound of the full distance (an orthonormal projection never
+lengthens a vector), and only points whose bound is below ``r`` get the full distance. The selection is the same as the plain loop's
 (up to float ties) while the work per step falls to a small fraction of N late in the selection.
 Memory is O(N + coreset size): no N x N matrix is ever built.
 """
@@ -20,7 +22,9 @@ import torch
 from flawscope._progress import progress_bar
 from flawscope.errors import ConfigError, DataError
 
-_SLACK = 2.0 * (1.0 + 1e-4)  # the factor 2 of the bound, widened so float rounding never skips a point wrongly
+_TOLERANCE = 1.0 + 1e-4  # widens every bound so float rounding never skips a point wrongly
+_SLACK = 2.0 * _TOLERANCE  # the factor 2 of the triangle-inequality test
+_PRINCIPAL_AXES = 16
 
 
 def projection_matrix(dim_in: int, dim_out: int, generator: torch.Generator) -> torch.Tensor | None:
@@ -63,15 +67,25 @@ def _squared_distances(points: torch.Tensor, squared_norms: torch.Tensor, centre
     return torch.addmv(squared_norms, points, centre, alpha=-2.0).add_(centre_sq).clamp_(min=0.0)
 
 
+def principal_axes(points: torch.Tensor, count: int) -> torch.Tensor:
+    """``D x count`` orthonormal top principal axes of ``N x D`` points."""
+    centred_gram = points.T @ points - points.shape[0] * torch.outer(points.mean(0), points.mean(0))
+    _, vectors = torch.linalg.eigh(centred_gram.double())
+    return vectors[:, -count:].flip(1).to(points.dtype).contiguous()
+
+
 def _greedy_pruned(points: torch.Tensor, n_select: int, first: int, progress: bool) -> torch.Tensor:
     count = points.shape[0]
     full_pass_above = count // 4  # with more candidates than this, one GEMV over all points is cheaper than a gather
     squared_norms = torch.linalg.vector_norm(points, dim=1).pow_(2)  # no N x D temporary
+    axes = principal_axes(points, min(_PRINCIPAL_AXES, points.shape[1]))
+    coordinates = points @ axes  # N x 16: distances here are lower bounds of the full ones
     chosen = torch.empty(n_select, dtype=torch.long)
     centres = torch.empty(n_select, points.shape[1], dtype=points.dtype, device=points.device)
     centre_sq = torch.empty(n_select, dtype=points.dtype, device=points.device)
-    nearest = torch.zeros(count, dtype=torch.long, device=points.device)  # each point's nearest centre
+    nearest = torch.zeros(count, dtype=torch.int32, device=points.device)  # each point's nearest centre
     distance = _squared_distances(points, squared_norms, points[first], squared_norms[first]).sqrt_()
+    bound = distance * _SLACK  # a centre closer than this to a point's centre may come closer to the point
     chosen[0], centres[0], centre_sq[0] = first, points[first], squared_norms[first]
     with progress_bar("coreset", n_select, progress) as bar:
         for step in range(1, n_select):
@@ -79,19 +93,21 @@ def _greedy_pruned(points: torch.Tensor, n_select: int, first: int, progress: bo
             centre, new_sq = points[new], squared_norms[new]
             chosen[step], centres[step], centre_sq[step] = new, centre, new_sq
             centre_gap = _squared_distances(centres[:step], centre_sq[:step], centre, new_sq).sqrt_()
-            may_change = centre_gap[nearest] < _SLACK * distance
-            n_candidates = int(may_change.sum())
-            if n_candidates > full_pass_above:
+            candidates = torch.nonzero(centre_gap[nearest] < bound).squeeze(1)
+            if candidates.numel() > full_pass_above:
                 new_distance = _squared_distances(points, squared_norms, centre, new_sq).sqrt_()
                 closer = new_distance < distance
                 distance = torch.where(closer, new_distance, distance)
+                bound = distance * _SLACK
                 nearest[closer] = step
-            elif n_candidates:
-                candidates = torch.nonzero(may_change).squeeze(1)
+            elif candidates.numel():
+                low = (coordinates[candidates] - coordinates[new]).pow_(2).sum(1)
+                candidates = candidates[low < (distance[candidates] * _TOLERANCE).pow_(2)]
                 new_distance = _squared_distances(points[candidates], squared_norms[candidates], centre, new_sq).sqrt_()
                 closer = new_distance < distance[candidates]
                 moved = candidates[closer]
                 distance[moved] = new_distance[closer]
+                bound[moved] = distance[moved] * _SLACK
                 nearest[moved] = step
             if step % 256 == 0:
                 bar.advance(256)
