@@ -35,7 +35,8 @@ def main() -> None:
     if not args.skip_elpv:
         for cell_type in ("mono", "poly"):
             run(f"elpv:{cell_type}", f"elpv-{cell_type}", [])
-        run("elpv:mono", "elpv-mono_reweight", ["reweight=true"])
+        for seed in (1, 2, 3):  # the coreset's start point and projection: seed-to-seed spread
+            run("elpv:mono", f"elpv-mono_seed{seed}", [f"seed={seed}"])
     if args.magnetic_tile:
         run(str(args.magnetic_tile), "magnetic_tile", [])
 
