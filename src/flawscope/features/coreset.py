@@ -10,7 +10,9 @@ every point remembers its nearest chosen centre ``c_j`` and its distance ``r`` t
 ``d(x, c) >= d(c, c_j) - r >= r``. One matrix-vector product gives ``d(c, c_j)`` for all centres.
 Points that fail this test get a second, cheap one: their distance to ``c`` within the top 16
 principal axes of the data is a lower bound of the full distance (an orthonormal projection never
-lengthens a vector), and only points whose bound is below ``r`` get the full distance. The selection is the same as the plain loop's
+lengthens a vector), and only points whose bound is below ``r`` get the full distance. Early in the
+selection, when the first test passes for many points, the 16-d bound is computed for every point
+instead (a tenth of the memory traffic of a full 128-d pass). The selection is the same as the plain loop's
 (up to float ties) while the work per step falls to a small fraction of N late in the selection.
 Memory is O(N + coreset size): no N x N matrix is ever built.
 """
@@ -94,6 +96,12 @@ def _greedy_pruned(points: torch.Tensor, n_select: int, first: int, progress: bo
             chosen[step], centres[step], centre_sq[step] = new, centre, new_sq
             centre_gap = _squared_distances(centres[:step], centre_sq[:step], centre, new_sq).sqrt_()
             candidates = torch.nonzero(centre_gap[nearest] < bound).squeeze(1)
+            if candidates.numel() > full_pass_above:  # early on: the 16-d bound over all points is cheaper
+                low = (coordinates - coordinates[new]).pow_(2).sum(1)
+                candidates = torch.nonzero(low < (distance * _TOLERANCE).pow_(2)).squeeze(1)
+            else:
+                low = (coordinates[candidates] - coordinates[new]).pow_(2).sum(1)
+                candidates = candidates[low < (distance[candidates] * _TOLERANCE).pow_(2)]
             if candidates.numel() > full_pass_above:
                 new_distance = _squared_distances(points, squared_norms, centre, new_sq).sqrt_()
                 closer = new_distance < distance
@@ -101,8 +109,6 @@ def _greedy_pruned(points: torch.Tensor, n_select: int, first: int, progress: bo
                 bound = distance * _SLACK
                 nearest[closer] = step
             elif candidates.numel():
-                low = (coordinates[candidates] - coordinates[new]).pow_(2).sum(1)
-                candidates = candidates[low < (distance[candidates] * _TOLERANCE).pow_(2)]
                 new_distance = _squared_distances(points[candidates], squared_norms[candidates], centre, new_sq).sqrt_()
                 closer = new_distance < distance[candidates]
                 moved = candidates[closer]
