@@ -148,7 +148,8 @@ def predict(
     except fs.FlawscopeError as error:
         _fail(error)
     out.mkdir(parents=True, exist_ok=True)
-    vmax = 2.0 * detector.pixel_threshold_ if detector.is_calibrated else None
+    # colour scale: the pixel threshold sits in the middle (green-yellow), red is 1.5x above it
+    scale = (0.5 * detector.pixel_threshold_, 1.5 * detector.pixel_threshold_) if detector.is_calibrated else None
     used: set[str] = set()
     failures = 0
     dataset = ImageDataset([Sample(path, str(path)) for path in paths], "inputs")
@@ -164,8 +165,8 @@ def predict(
             stem = _unique_stem(result.sample.name, used)
             overlay_path = out / f"{stem}_overlay.png"
             image = read_image(result.sample.image)
-            top = vmax if vmax is not None else float(result.anomaly_map.max())
-            Image.fromarray(heatmap_overlay(image, result.anomaly_map, top)).save(overlay_path)
+            low, high = scale or (float(result.anomaly_map.min()), float(result.anomaly_map.max()))
+            Image.fromarray(heatmap_overlay(image, result.anomaly_map, vmax=high, vmin=low)).save(overlay_path)
             label, boxes, mask_name = "", "", ""
             if detector.is_calibrated:
                 not_ok, mask, found = detector.decide(result.score, result.anomaly_map, opening)
