@@ -1,11 +1,13 @@
 """The detector contract shared by every method: parameters, fit, calibrate, predict, save.
 
 A method subclasses :class:`Detector`, declares ``_parameter_constraints``, and implements
-four small hooks:
+small hooks:
 
 * ``_fit(dataset)`` -- learn state from good images (attributes ending in ``_``);
+* ``_normalisation()`` -- the ``(mean, std)`` its input tensors are normalised with;
 * ``_score_batch(batch)`` -- ``N x 3 x S x S`` tensor -> ``(scores (N,), maps (N, S, S))``;
-* ``_state_tensors()`` / ``_restore(tensors, state)`` -- what :mod:`flawscope.serialization` saves.
+* ``_state_tensors()`` / ``_state_meta()`` / ``_restore(tensors, meta)`` -- what
+  :mod:`flawscope.serialization` saves and how it is brought back.
 
 Reading images, batching, resizing maps back to each image's size, thresholds, masks and boxes
 live here once and are never re-implemented by a method.
