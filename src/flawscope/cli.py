@@ -62,7 +62,10 @@ def _per_type_table(metrics: dict[str, Any]) -> Table:
 
 
 def fit_and_calibrate(model_name: str, data: str, params: dict[str, Any], val_fraction: float, rule: str, k: float, target_fpr: float, quiet: bool):
-    """Fit on the training split, calibrate on held-out good images; returns (model, fit seconds)."""
+    """Fit on the training split, calibrate on held-out good images.
+
+    Returns ``(model, fit seconds, training images, calibration images)``.
+    """
     import flawscope as fs
     from flawscope.data.datasets import holdout_split, open_data
 
@@ -137,7 +140,6 @@ def predict(
 
     import flawscope as fs
     from flawscope.data.datasets import ImageDataset, Sample, list_images
-    from flawscope.data.io import read_image
     from flawscope.report import heatmap_overlay
 
     try:
@@ -164,9 +166,8 @@ def predict(
                 continue
             stem = _unique_stem(result.sample.name, used)
             overlay_path = out / f"{stem}_overlay.png"
-            image = read_image(result.sample.image)
             low, high = scale or (float(result.anomaly_map.min()), float(result.anomaly_map.max()))
-            Image.fromarray(heatmap_overlay(image, result.anomaly_map, vmax=high, vmin=low)).save(overlay_path)
+            Image.fromarray(heatmap_overlay(result.image, result.anomaly_map, vmax=high, vmin=low)).save(overlay_path)
             label, boxes, mask_name = "", "", ""
             if detector.is_calibrated:
                 not_ok, mask, found = detector.decide(result.score, result.anomaly_map, opening)

@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 
 from flawscope.data.datasets import DEFECTIVE, GOOD, as_dataset
-from flawscope.data.io import read_image
 from flawscope.errors import DataError
 from flawscope.metrics import auroc, average_precision, balanced_accuracy, confusion_matrix, f1_max, pixel_metrics, roc_curve
 from flawscope.models.base import Detector
@@ -54,14 +53,14 @@ class _WorstCases:
         self.count = count
         self.kept: dict[bool, list[tuple[float, Case]]] = {True: [], False: []}
 
-    def offer(self, row: dict[str, Any], source, anomaly_map: np.ndarray) -> None:
-        """Keep this image if it is among the worst so far (the pixels are read only then)."""
+    def offer(self, row: dict[str, Any], image: np.ndarray, anomaly_map: np.ndarray) -> None:
+        """Keep this image if it is among the worst so far."""
         is_good = row["label"] == GOOD
         badness = row["score"] if is_good else -row["score"]
         kept = self.kept[is_good]
         if self.count == 0 or (len(kept) == self.count and badness <= kept[-1][0]):
             return
-        kept.append((badness, Case(row, read_image(source), anomaly_map)))
+        kept.append((badness, Case(row, image, anomaly_map)))
         kept.sort(key=lambda item: -item[0])
         del kept[self.count :]
 
@@ -104,7 +103,7 @@ def evaluate(
         if with_masks:
             maps.append(result.anomaly_map)
             masks.append(sample.read_mask(result.anomaly_map.shape))
-        worst.offer(row, sample.image, result.anomaly_map)
+        worst.offer(row, result.image, result.anomaly_map)
     labels = np.array([row["label"] for row in rows])
     scores = np.array([row["score"] for row in rows])
     metrics, curves = _image_metrics(model, labels, scores)

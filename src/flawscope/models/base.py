@@ -117,12 +117,17 @@ class Prediction:
 
 @dataclass(frozen=True)
 class ScoredImage:
-    """One image's result from :meth:`Detector.iter_predict` (``error`` set when it could not be read)."""
+    """One image's result from :meth:`Detector.iter_predict` (``error`` set when it could not be read).
+
+    ``image`` holds the pixels as read (float ``H x W x C``), so a consumer that draws overlays
+    does not decode the file a second time.
+    """
 
     sample: Sample
     score: float = float("nan")
     anomaly_map: np.ndarray | None = None
     error: str | None = None
+    image: np.ndarray | None = None
 
 
 class Detector:
@@ -270,7 +275,7 @@ class Detector:
                 scores, maps = scores.float().cpu().numpy(), maps.float()
                 for index, (position, image) in enumerate(zip(readable, pixels)):
                     anomaly_map = upsample_maps(maps[index : index + 1], image.shape[:2])[0].cpu().numpy()
-                    results[position] = ScoredImage(chunk[position], float(scores[index]), anomaly_map)
+                    results[position] = ScoredImage(chunk[position], float(scores[index]), anomaly_map, image=image)
         yield from results  # type: ignore[misc]
 
     def predict(
