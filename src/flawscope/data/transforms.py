@@ -23,17 +23,25 @@ def to_model_input(
 ) -> torch.Tensor:
     """Stack float ``H x W x C`` images into a normalised ``N x 3 x S x S`` float32 tensor."""
     resized = [resize_image(image, image_size) for image in images]
-    batch = torch.stack(resized)
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return normalise(torch.stack(resized), mean, std)
+
+
+def normalise(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """``N x 3 x H x W`` in [0, 1] -> ``(x - mean) / std`` per channel."""
+    mean_t = torch.tensor(mean, dtype=batch.dtype, device=batch.device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=batch.dtype, device=batch.device).view(1, 3, 1, 1)
     return (batch - mean_t) / std_t
+
+
+def rgb_tensor(image: np.ndarray) -> torch.Tensor:
+    """One float ``H x W x C`` image to a ``3 x H x W`` tensor (grey repeated to three channels)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)  # C x H x W
+    return tensor.expand(3, -1, -1) if tensor.shape[0] == 1 else tensor
 
 
 def resize_image(image: np.ndarray, image_size: int) -> torch.Tensor:
     """One float ``H x W x C`` image to a ``3 x S x S`` tensor in [0, 1]."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)  # C x H x W
-    if tensor.shape[0] == 1:
-        tensor = tensor.expand(3, -1, -1)
+    tensor = rgb_tensor(image)
     if tensor.shape[1:] != (image_size, image_size):
         tensor = F.interpolate(tensor[None], size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)[0]
     return tensor.clamp(0.0, 1.0).contiguous()

@@ -5,7 +5,8 @@ small hooks:
 
 * ``_fit(dataset)`` -- learn state from good images (attributes ending in ``_``);
 * ``_normalisation()`` -- the ``(mean, std)`` its input tensors are normalised with;
-* ``_score_batch(batch)`` -- ``N x 3 x S x S`` tensor -> ``(scores (N,), maps (N, S, S))``;
+* ``_score_batch(batch)`` -- ``N x 3 x S x S`` tensor -> ``(scores (N,), maps (N, S, S))``
+  (or ``_score_images(images)`` for a method that scores each image at its own resolution);
 * ``_state_tensors()`` / ``_state_meta()`` / ``_restore(tensors, meta)`` -- what
   :mod:`flawscope.serialization` saves and how it is brought back.
 
@@ -30,7 +31,8 @@ from flawscope._validation import validate_params
 from flawscope.data.datasets import DEFECTIVE, ImageDataset, Sample, as_dataset
 from flawscope.data.io import read_image
 from flawscope.data.transforms import to_model_input
-from flawscope.errors import ConfigError, DataError, FlawscopeError, NotFittedError
+from flawscope.features.extractor import FeatureExtractor
+from flawscope.errors import ConfigError, DataError, FlawscopeError, NotFittedError, WeightsError
 from flawscope.postprocess import Box, boxes_from_mask, segment, threshold_from_scores, upsample_maps
 
 _REGISTRY: dict[str, type["Detector"]] = {}
@@ -271,10 +273,10 @@ class Detector:
                 results[position] = ScoredImage(sample, error=str(error))
         if pixels:
             with torch.inference_mode():
-                scores, maps = self._score_batch(self._to_tensor(pixels).to(self.device_))
-                scores, maps = scores.float().cpu().numpy(), maps.float()
+                scores, maps = self._score_images(pixels)
+                scores = scores.float().cpu().numpy()
                 for index, (position, image) in enumerate(zip(readable, pixels)):
-                    anomaly_map = upsample_maps(maps[index : index + 1], image.shape[:2])[0].cpu().numpy()
+                    anomaly_map = upsample_maps(maps[index][None].float(), image.shape[:2])[0].cpu().numpy()
                     results[position] = ScoredImage(chunk[position], float(scores[index]), anomaly_map, image=image)
         yield from results  # type: ignore[misc]
 
@@ -318,6 +320,14 @@ class Detector:
         mask = segment(anomaly_map, self.pixel_threshold_, opening)
         return bool(score > self.threshold_), mask, boxes_from_mask(mask, anomaly_map)
 
+    def _score_images(self, images: list[np.ndarray]) -> tuple[torch.Tensor, Sequence[torch.Tensor]]:
+        """Scores ``(N,)`` and one map per image (any size; resized to the image afterwards).
+
+        By default the images are resized to one tensor for ``_score_batch``; a method that works
+        at each image's own resolution overrides this instead.
+        """
+        return self._score_batch(self._to_tensor(images).to(self.device_))
+
     def _to_tensor(self, images: list[np.ndarray]) -> torch.Tensor:
         mean, std = self._normalisation()
         return to_model_input(images, self.image_size, mean, std)
@@ -357,4 +367,43 @@ class Detector:
         raise NotImplementedError
 
 
-__all__ = ["Detector", "Prediction", "ScoredImage", "create", "list_models", "register_detector", "FlawscopeError"]
+class BackboneDetector(Detector):
+    """A detector on a frozen pretrained backbone (parameters ``backbone``, ``layers``, ``weights``).
+
+    Builds the shared :class:`FeatureExtractor`, normalises input the way the backbone was
+    trained, reads training images batch by batch, and refuses to load a model whose backbone
+    weights differ from those it was fitted with.
+    """
+
+    backbone: str
+    layers: Sequence[int]
+    weights: str | None
+
+    def _build_extractor(self) -> None:
+        self.extractor_ = FeatureExtractor(self.backbone, self.layers, self.weights).to(self.device_)
+
+    def _normalisation(self) -> tuple[Sequence[float], Sequence[float]]:
+        return self.extractor_.cfg.mean, self.extractor_.cfg.std
+
+    def _training_batches(self, dataset: ImageDataset, description: str) -> Iterator[torch.Tensor]:
+        """Model-input tensors of the training images, ``batch_size`` at a time, with a progress bar."""
+        with progress_bar(description, len(dataset), self.show_progress_) as bar:
+            for start in range(0, len(dataset), self.batch_size):
+                chunk = dataset.samples[start : start + self.batch_size]
+                yield self._to_tensor([read_image(sample.image) for sample in chunk]).to(self.device_)
+                bar.advance(len(chunk))
+
+    def _state_meta(self) -> dict[str, Any]:
+        return {"backbone_fingerprint": self.extractor_.fingerprint}
+
+    def _restore_extractor(self, meta: dict[str, Any]) -> None:
+        """Rebuild the extractor and check it has the weights the saved state was fitted with."""
+        self._build_extractor()
+        if self.extractor_.fingerprint != meta["backbone_fingerprint"]:
+            raise WeightsError(
+                f"This {type(self).__name__} was fitted with backbone weights {meta['backbone_fingerprint']} but the "
+                f"weights found now are {self.extractor_.fingerprint}; its state only matches the original weights."
+            )
+
+
+__all__ = ["BackboneDetector", "Detector", "Prediction", "ScoredImage", "create", "list_models", "register_detector", "FlawscopeError"]

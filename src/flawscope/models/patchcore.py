@@ -15,15 +15,13 @@ from typing import Any
 
 import torch
 
-from flawscope._progress import progress_bar
 from flawscope._validation import BOOLEAN, NONE, STRING, Interval, Options, int_sequence
 from flawscope.data.datasets import ImageDataset
-from flawscope.data.io import read_image
 from flawscope.errors import WeightsError
 from flawscope.features.coreset import greedy_coreset, projection_matrix
-from flawscope.features.extractor import FeatureExtractor, local_patch_features, patch_rows
+from flawscope.features.extractor import local_patch_features, patch_rows
 from flawscope.features.neighbours import SEARCH_BACKENDS, make_search
-from flawscope.models.base import Detector, register_detector
+from flawscope.models.base import BackboneDetector, register_detector
 from flawscope.postprocess import gaussian_blur, upsample_maps
 
 
@@ -57,7 +55,7 @@ def reweighted_scores(
 
 
 @register_detector("patchcore")
-class PatchCore(Detector):
+class PatchCore(BackboneDetector):
     """PatchCore: nearest-neighbour distance of patch features to a coreset memory bank.
 
     Parameters
@@ -138,12 +136,6 @@ class PatchCore(Detector):
         self.seed = seed
 
     # ------------------------------------------------------------------ features
-    def _build_extractor(self) -> None:
-        self.extractor_ = FeatureExtractor(self.backbone, self.layers, self.weights).to(self.device_)
-
-    def _normalisation(self):
-        return self.extractor_.cfg.mean, self.extractor_.cfg.std
-
     def _patch_features(self, batch: torch.Tensor) -> torch.Tensor:
         """``B x 3 x S x S`` -> ``B x D x h x w`` locally aware patch features."""
         return local_patch_features(self.extractor_(batch)).float()
@@ -185,16 +177,15 @@ class PatchCore(Detector):
         features: torch.Tensor | None = None
         order = None if rows is None else torch.argsort(rows)
         wanted = None if rows is None else rows[order].to(self.device_)
-        kept = 0
-        with torch.inference_mode(), progress_bar(description, len(dataset), self.show_progress_) as bar:
-            for start in range(0, len(dataset), self.batch_size):
-                chunk = dataset.samples[start : start + self.batch_size]
-                patches = self._patch_features(self._to_tensor([read_image(s.image) for s in chunk]).to(self.device_))
+        kept = first_row = 0
+        with torch.inference_mode():
+            for batch in self._training_batches(dataset, description):
+                patches = self._patch_features(batch)
                 per_image = patches.shape[2] * patches.shape[3]
                 batch_rows = patch_rows(patches)
                 if matrix is not None:
                     batch_rows = batch_rows @ matrix
-                first_row, end_row = start * per_image, start * per_image + batch_rows.shape[0]
+                end_row = first_row + batch_rows.shape[0]
                 if wanted is not None:
                     inside = wanted[(wanted >= first_row) & (wanted < end_row)]
                     batch_rows = batch_rows[inside - first_row]
@@ -203,7 +194,7 @@ class PatchCore(Detector):
                     features = torch.empty(total, batch_rows.shape[1], device=self.device_)
                 features[kept : kept + batch_rows.shape[0]] = batch_rows
                 kept += batch_rows.shape[0]
-                bar.advance(len(chunk))
+                first_row = end_row
         if order is None:
             return features
         restored = torch.empty_like(features)
@@ -232,15 +223,10 @@ class PatchCore(Detector):
         return {"memory_bank": self.memory_bank_}
 
     def _state_meta(self) -> dict[str, Any]:
-        return {"backbone_fingerprint": self.extractor_.fingerprint, "feature_dim": int(self.memory_bank_.shape[1])}
+        return {**super()._state_meta(), "feature_dim": int(self.memory_bank_.shape[1])}
 
     def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        self._build_extractor()
-        if self.extractor_.fingerprint != meta["backbone_fingerprint"]:
-            raise WeightsError(
-                f"This model was fitted with backbone weights {meta['backbone_fingerprint']} but the weights "
-                f"found now are {self.extractor_.fingerprint}; the memory bank only matches the original weights."
-            )
+        self._restore_extractor(meta)
         dim = sum(self.extractor_.channels)
         bank = tensors["memory_bank"]
         if bank.ndim != 2 or bank.shape[1] != dim:
