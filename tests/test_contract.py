@@ -6,7 +6,13 @@ import pytest
 import flawscope as fs
 from flawscope.errors import ConfigError, DataError, ModelFileError, NotFittedError
 
-SMALL = {"patchcore": {"image_size": 64, "coreset_ratio": 0.25, "device": "cpu"}}
+SMALL = {
+    "patchcore": {"image_size": 64, "coreset_ratio": 0.25, "device": "cpu"},
+    "padim": {"image_size": 64, "n_features": 40, "device": "cpu"},
+    "feature_dictionary": {"layers": (3,), "patch_size": 32, "n_patches": 600, "n_centres": 5, "device": "cpu"},
+    "dfr": {"image_size": 64, "epochs": 3, "vectors_per_step": 512, "device": "cpu"},
+    "gmm_texture": {"image_size": 64, "levels": 2, "patch_size": 5, "n_components": 2, "samples_per_level": 2000, "device": "cpu"},
+}
 
 
 @pytest.fixture(params=fs.list_models())
@@ -65,7 +71,7 @@ def test_fit_refuses_empty_or_defective_data(name, texture_test):
 
 
 def test_unknown_model_lists_the_registry():
-    with pytest.raises(ConfigError, match="Did you mean 'patchcore'.*Registered models: patchcore"):
+    with pytest.raises(ConfigError, match="Did you mean 'patchcore'.*Registered models: .*patchcore"):
         fs.create("patchcor")
 
 

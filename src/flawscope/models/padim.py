@@ -1,0 +1,218 @@
+"""PaDiM (Defard et al., "PaDiM: a Patch Distribution Modeling Framework for Anomaly Detection and
+Localization", ICPR 2021).
+
+Recipe: the feature maps of three backbone stages, the deeper ones repeated (nearest
+upsampling) to the finest resolution and concatenated; a seeded random subset of the channels
+(100 for ResNet-18's 448); at every position ``(i, j)`` a multivariate Gaussian
+``N(mu_ij, Sigma_ij + 0.01 I)`` of the good training images' embeddings; the anomaly map is the
+Mahalanobis distance of each test embedding to its position's Gaussian, upsampled bilinearly
+to the input size and smoothed with a Gaussian of sigma 4; the image score is the map's maximum.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from flawscope._validation import NONE, STRING, Interval, int_sequence
+from flawscope.data.datasets import ImageDataset
+from flawscope.errors import ConfigError, WeightsError
+from flawscope.models.base import BackboneDetector, register_detector
+from flawscope.postprocess import gaussian_blur, upsample_maps
+
+_MEMORY_NOTICE_BYTES = 256 * 2**20
+
+
+def stacked_embedding(feature_maps: list[torch.Tensor], channels: torch.Tensor) -> torch.Tensor:
+    """Concatenate stage maps at the finest resolution (nearest upsampling) and keep ``channels``.
+
+    Returns ``B x d x H x W`` with ``d = len(channels)``.
+    """
+    height, width = feature_maps[0].shape[-2:]
+    resized = [m if m.shape[-2:] == (height, width) else F.interpolate(m, size=(height, width), mode="nearest")
+               for m in feature_maps]
+    return torch.cat(resized, dim=1)[:, channels].float()
+
+
+class GaussianAccumulator:
+    """Per-position mean and scatter matrix, merged batch by batch (Chan et al.'s parallel update).
+
+    Float32 stays accurate because every batch is centred on its own mean before it is merged.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mean: torch.Tensor | None = None  # P x d
+        self.scatter: torch.Tensor | None = None  # P x d x d
+
+    def update(self, embeddings: torch.Tensor) -> None:
+        """Add ``B x P x d`` embeddings (in place: no second ``P x d x d`` buffer)."""
+        batch_count = embeddings.shape[0]
+        batch_mean = embeddings.mean(dim=0)
+        centred = (embeddings - batch_mean).permute(1, 0, 2)  # P x B x d
+        if self.mean is None:
+            self.count, self.mean = batch_count, batch_mean
+            self.scatter = centred.transpose(1, 2) @ centred
+            return
+        total = self.count + batch_count
+        delta = batch_mean - self.mean
+        self.scatter.baddbmm_(centred.transpose(1, 2), centred)
+        self.scatter.baddbmm_(delta[:, :, None], delta[:, None, :], alpha=self.count * batch_count / total)
+        self.mean += delta * (batch_count / total)
+        self.count = total
+
+    def covariance(self, regularisation: float) -> torch.Tensor:
+        """Unbiased covariance plus ``regularisation * I`` (one image gives just the identity term)."""
+        assert self.scatter is not None
+        dim = self.scatter.shape[-1]
+        covariance = self.scatter / max(self.count - 1, 1)
+        return covariance + regularisation * torch.eye(dim, device=covariance.device)
+
+
+def mahalanobis(embeddings: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+    """``B x P x d`` embeddings -> ``B x P`` distances ``sqrt((x - mu)^T Sigma^-1 (x - mu))``."""
+    diff = (embeddings - mean).permute(1, 0, 2)  # P x B x d
+    squared = ((diff @ precision) * diff).sum(dim=2).clamp_min(0.0)  # P x B
+    return squared.sqrt().T
+
+
+def model_bytes(positions: int, n_features: int) -> int:
+    """Bytes of the per-position mean and precision matrices (float32)."""
+    return 4 * positions * n_features * (n_features + 1)
+
+
+@register_detector("padim")
+class PaDiM(BackboneDetector):
+    """PaDiM: a Gaussian per feature-map position, Mahalanobis distance as the anomaly map.
+
+    Parameters
+    ----------
+    backbone : str
+        timm architecture; ``tf_efficientnet_lite0`` (default) has offline ImageNet weights.
+    layers : sequence of int
+        timm ``out_indices`` of the three stages (EfficientNet-Lite: 1, 2, 3 = strides 4, 8, 16,
+        the counterparts of ResNet-18's layer1-3 used in the paper).
+    weights : str or None
+        ``None`` for the offline EfficientNet-Lite weights, a weights file, or ``"hub"``.
+    image_size : int
+        Images are resized to ``image_size x image_size`` (aspect ratio not kept, nothing cropped).
+    n_features : int
+        Size of the seeded random channel subset (paper: 100 of ResNet-18's 448). Must not exceed
+        the channels of ``layers`` (176 for EfficientNet-Lite0 stages 1-3).
+    regularisation : float
+        ``epsilon`` of ``Sigma + epsilon I`` (paper: 0.01).
+    smoothing_sigma : float
+        Gaussian sigma of the anomaly map, in input pixels (paper: 4; 0 = none).
+    batch_size : int
+        Images per forward pass.
+    device : str
+        ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
+    seed : int
+        Seeds the channel subset.
+    """
+
+    _parameter_constraints = {
+        "backbone": [STRING],
+        "layers": [int_sequence(0)],
+        "weights": [NONE, STRING],
+        "image_size": [Interval(int, 32, 4096)],
+        "n_features": [Interval(int, 1, None)],
+        "regularisation": [Interval(float, 0.0, None, "neither")],
+        "smoothing_sigma": [Interval(float, 0.0, None)],
+        "batch_size": [Interval(int, 1, None)],
+        "device": [STRING],
+        "seed": [Interval(int, 0, None)],
+    }
+
+    def __init__(
+        self,
+        *,
+        backbone: str = "tf_efficientnet_lite0",
+        layers: tuple[int, ...] = (1, 2, 3),
+        weights: str | None = None,
+        image_size: int = 224,
+        n_features: int = 100,
+        regularisation: float = 0.01,
+        smoothing_sigma: float = 4.0,
+        batch_size: int = 16,
+        device: str = "auto",
+        seed: int = 0,
+    ) -> None:
+        self.backbone = backbone
+        self.layers = layers
+        self.weights = weights
+        self.image_size = image_size
+        self.n_features = n_features
+        self.regularisation = regularisation
+        self.smoothing_sigma = smoothing_sigma
+        self.batch_size = batch_size
+        self.device = device
+        self.seed = seed
+
+    def _build_extractor(self) -> None:
+        super()._build_extractor()
+        available = sum(self.extractor_.channels)
+        if self.n_features > available:
+            raise ConfigError(
+                f"n_features={self.n_features} but layers {tuple(self.layers)} of {self.backbone} give only "
+                f"{available} channels; choose n_features <= {available}."
+            )
+
+    def _embedding(self, batch: torch.Tensor) -> torch.Tensor:
+        """``B x 3 x S x S`` -> ``B x P x d`` embeddings, positions row-major; remembers the grid size."""
+        embedding = stacked_embedding(self.extractor_(batch), self.channels_)
+        self.grid_ = tuple(embedding.shape[-2:])
+        return embedding.flatten(2).transpose(1, 2)
+
+    def _fit(self, dataset: ImageDataset) -> None:
+        self._build_extractor()
+        generator = torch.Generator().manual_seed(self.seed)
+        self.channels_ = torch.randperm(sum(self.extractor_.channels), generator=generator)[: self.n_features].to(self.device_)
+        self._announce_memory()
+        accumulator = GaussianAccumulator()
+        with torch.inference_mode():
+            for batch in self._training_batches(dataset, "features"):
+                accumulator.update(self._embedding(batch))
+            self.mean_ = accumulator.mean.contiguous()
+            self.precision_ = torch.linalg.inv(accumulator.covariance(self.regularisation)).contiguous()
+
+    def _announce_memory(self) -> None:
+        """Print the model's size when it is large (the covariance grows with positions x features^2)."""
+        side = -(-self.image_size // self.extractor_.reductions[0])
+        size = model_bytes(side * side, self.n_features)
+        if size >= _MEMORY_NOTICE_BYTES:
+            print(
+                f"PaDiM: {side}x{side} positions x {self.n_features}^2 covariance = {size / 2**20:.0f} MiB for the "
+                f"model (about twice that while fitting); lower image_size or n_features to shrink it.",
+                file=sys.stderr,
+            )
+
+    def _score_batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        distances = mahalanobis(self._embedding(batch), self.mean_, self.precision_).reshape(-1, *self.grid_)
+        maps = gaussian_blur(upsample_maps(distances, (batch.shape[2], batch.shape[3])), self.smoothing_sigma)
+        return maps.flatten(1).max(dim=1).values, maps
+
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        return {"mean": self.mean_, "precision": self.precision_, "channels": self.channels_}
+
+    def _state_meta(self) -> dict[str, Any]:
+        return {**super()._state_meta(), "grid": list(self.grid_)}
+
+    def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        self._restore_extractor(meta)
+        mean, precision, channels = tensors["mean"], tensors["precision"], tensors["channels"]
+        self.grid_ = tuple(meta["grid"])
+        positions, dim = self.grid_[0] * self.grid_[1], self.n_features
+        if tuple(mean.shape) != (positions, dim) or tuple(precision.shape) != (positions, dim, dim) \
+                or tuple(channels.shape) != (dim,):
+            raise WeightsError(
+                f"Saved PaDiM statistics have shapes mean {tuple(mean.shape)}, precision {tuple(precision.shape)}, "
+                f"channels {tuple(channels.shape)}; a {self.grid_} grid with n_features={dim} needs "
+                f"{(positions, dim)}, {(positions, dim, dim)}, {(dim,)}."
+            )
+        self.mean_ = mean.to(self.device_).contiguous()
+        self.precision_ = precision.to(self.device_).contiguous()
+        self.channels_ = channels.to(self.device_)
