@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+import flawscope as fs
 from flawscope.cli import app
 from flawscope.data.synthetic import write_mvtec_layout
 
@@ -82,4 +83,7 @@ def test_clear_errors_for_bad_input(tmp_path):
 
 def test_list_models():
     result = runner.invoke(app, ["list-models"])
-    assert result.exit_code == 0 and "patchcore" in result.output
+    assert result.exit_code == 0
+    lines = result.output.strip().splitlines()
+    assert [line.split()[0] for line in lines] == fs.list_models()
+    assert all(len(line.split()) > 3 for line in lines)  # every method has its one-line summary

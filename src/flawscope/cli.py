@@ -293,11 +293,13 @@ def demo(
 
 @app.command("list-models")
 def list_models_command() -> None:
-    """List the registered methods."""
+    """List the registered methods, each with its one-line summary."""
     import flawscope as fs
+    from flawscope.models.base import detector_class
 
     for name in fs.list_models():
-        console.print(name)
+        summary = (detector_class(name).__doc__ or "").strip().splitlines()[0]
+        typer.echo(f"{name:20s} {summary}")
 
 
 if __name__ == "__main__":

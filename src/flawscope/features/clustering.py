@@ -137,8 +137,10 @@ class GaussianMixture:
         eye = torch.eye(data.shape[1], dtype=data.dtype, device=data.device)
         chol = []
         for component in range(means.shape[0]):
-            centred = data - means[component]
-            covariance = (responsibilities[:, component, None] * centred).T @ centred / counts[component]
+            # E[x x^T] - mu mu^T: one weighted product per component, no centred copy of the data
+            # (float64 keeps the subtraction accurate).
+            second_moment = (data * responsibilities[:, component, None]).T @ data / counts[component]
+            covariance = second_moment - torch.outer(means[component], means[component])
             lower = torch.linalg.cholesky(covariance + regularisation * eye)
             chol.append(torch.linalg.solve_triangular(lower, eye, upper=False).T)  # U = L^-T
         return cls(counts / counts.sum(), means, torch.stack(chol))

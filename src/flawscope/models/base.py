@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from flawscope._progress import progress_bar
-from flawscope._validation import validate_params
+from flawscope._validation import NONE, STRING, Interval, int_sequence, validate_params
 from flawscope.data.datasets import DEFECTIVE, ImageDataset, Sample, as_dataset
 from flawscope.data.io import read_image
 from flawscope.data.transforms import to_model_input
@@ -36,6 +36,12 @@ from flawscope.errors import ConfigError, DataError, FlawscopeError, NotFittedEr
 from flawscope.postprocess import Box, boxes_from_mask, segment, threshold_from_scores, upsample_maps
 
 _REGISTRY: dict[str, type["Detector"]] = {}
+
+# Parameter constraints shared by methods: every method has the run parameters, every method on
+# a pretrained backbone the backbone ones. A method's table is ``{**BACKBONE_CONSTRAINTS, ...,
+# **RUN_CONSTRAINTS}``.
+RUN_CONSTRAINTS = {"batch_size": [Interval(int, 1, None)], "device": [STRING], "seed": [Interval(int, 0, None)]}
+BACKBONE_CONSTRAINTS = {"backbone": [STRING], "layers": [int_sequence(0)], "weights": [NONE, STRING]}
 
 
 def register_detector(name: str):

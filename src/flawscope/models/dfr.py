@@ -21,11 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from flawscope._progress import progress_bar
-from flawscope._validation import NONE, STRING, Interval, int_sequence
+from flawscope._validation import NONE, Interval
 from flawscope.data.datasets import ImageDataset
 from flawscope.errors import ConfigError, WeightsError
 from flawscope.features.clustering import PCA
-from flawscope.models.base import BackboneDetector, register_detector
+from flawscope.models.base import BACKBONE_CONSTRAINTS, RUN_CONSTRAINTS, BackboneDetector, register_detector
 from flawscope.postprocess import upsample_maps
 
 _PCA_SAMPLES = 100_000
@@ -96,18 +96,14 @@ class DFR(BackboneDetector):
     """
 
     _parameter_constraints = {
-        "backbone": [STRING],
-        "layers": [int_sequence(0)],
-        "weights": [NONE, STRING],
+        **BACKBONE_CONSTRAINTS,
         "image_size": [Interval(int, 32, 4096)],
         "latent_channels": [NONE, Interval(int, 1, None)],
         "epochs": [Interval(int, 1, None)],
         "learning_rate": [Interval(float, 0.0, None, "neither")],
         "vectors_per_step": [Interval(int, 2, None)],
         "max_train_vectors": [Interval(int, 100, None)],
-        "batch_size": [Interval(int, 1, None)],
-        "device": [STRING],
-        "seed": [Interval(int, 0, None)],
+        **RUN_CONSTRAINTS,
     }
 
     def __init__(
@@ -167,18 +163,25 @@ class DFR(BackboneDetector):
         self.autoencoder_.eval()
 
     def _training_vectors(self, dataset: ImageDataset, generator: torch.Generator) -> torch.Tensor:
-        """``M x C`` float16 feature vectors of the training images (at most ``max_train_vectors``)."""
+        """``M x C`` float16 feature vectors of the training images (at most ``max_train_vectors``).
+
+        Filled in place, batch by batch, so peak memory is the result plus one batch.
+        """
         grid = self._grid()
         per_image = min(grid[0] * grid[1], -(-self.max_train_vectors // len(dataset)))
-        parts = []
+        channels = sum(self.extractor_.channels)
+        vectors = torch.empty(len(dataset) * per_image, channels, dtype=torch.float16, device=self.device_)
+        filled = 0
         with torch.inference_mode():
             for batch in self._training_batches(dataset, "features"):
                 rows = self._features(batch).flatten(2).transpose(1, 2)  # B x P x C
                 for image_rows in rows:
                     if per_image < image_rows.shape[0]:
-                        image_rows = image_rows[torch.randperm(image_rows.shape[0], generator=generator)[:per_image].to(image_rows.device)]
-                    parts.append(image_rows.half())
-        return torch.cat(parts)
+                        chosen = torch.randperm(image_rows.shape[0], generator=generator)[:per_image]
+                        image_rows = image_rows[chosen.to(image_rows.device)]
+                    vectors[filled : filled + per_image] = image_rows
+                    filled += per_image
+        return vectors
 
     def _standardise(self, features: torch.Tensor, dim: int = 1) -> torch.Tensor:
         """Per-channel z-scores with the training statistics (``dim`` indexes the channels)."""

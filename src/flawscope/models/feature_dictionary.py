@@ -25,14 +25,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from flawscope._memory import release_freed_memory
 from flawscope._progress import progress_bar
-from flawscope._validation import NONE, STRING, Interval, int_sequence
+from flawscope._validation import Interval
 from flawscope.data.datasets import ImageDataset, Sample
 from flawscope.data.io import read_image
 from flawscope.data.transforms import normalise, rgb_tensor
 from flawscope.errors import ConfigError, WeightsError
 from flawscope.features.clustering import PCA, _squared_distances, kmeans
-from flawscope.models.base import BackboneDetector, register_detector
+from flawscope.models.base import BACKBONE_CONSTRAINTS, RUN_CONSTRAINTS, BackboneDetector, register_detector
 
 
 def mean_of_covering_patches(patch_scores: torch.Tensor, cells: int, stride: int, size: tuple[int, int]) -> torch.Tensor:
@@ -83,17 +84,13 @@ class FeatureDictionary(BackboneDetector):
     """
 
     _parameter_constraints = {
-        "backbone": [STRING],
-        "layers": [int_sequence(0)],
-        "weights": [NONE, STRING],
+        **BACKBONE_CONSTRAINTS,
         "patch_size": [Interval(int, 8, None)],
         "stride": [Interval(int, 1, None)],
         "n_patches": [Interval(int, 1, None)],
         "variance": [Interval(float, 0.0, 1.0, "right")],
         "n_centres": [Interval(int, 1, None)],
-        "batch_size": [Interval(int, 1, None)],
-        "device": [STRING],
-        "seed": [Interval(int, 0, None)],
+        **RUN_CONSTRAINTS,
     }
 
     def __init__(
@@ -138,6 +135,9 @@ class FeatureDictionary(BackboneDetector):
     def _descriptor_grid(self, image: np.ndarray) -> torch.Tensor:
         """``ny x nx x C`` descriptors of the patches on the ``stride`` grid of one image."""
         pixels = self._fit_patch(rgb_tensor(image))
+        if pixels.shape != getattr(self, "_last_shape", pixels.shape):
+            release_freed_memory()  # a new size: return what the previous size's buffers left behind
+        self._last_shape = pixels.shape
         reduction = self.extractor_.reductions[0]
         cells = self.patch_size // reduction
         height, width = pixels.shape[1:]

@@ -17,10 +17,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from flawscope._validation import NONE, STRING, Interval, int_sequence
+from flawscope._validation import Interval
 from flawscope.data.datasets import ImageDataset
 from flawscope.errors import ConfigError, WeightsError
-from flawscope.models.base import BackboneDetector, register_detector
+from flawscope.models.base import BACKBONE_CONSTRAINTS, RUN_CONSTRAINTS, BackboneDetector, register_detector
 from flawscope.postprocess import gaussian_blur, upsample_maps
 
 _MEMORY_NOTICE_BYTES = 256 * 2**20
@@ -64,12 +64,18 @@ class GaussianAccumulator:
         self.mean += delta * (batch_count / total)
         self.count = total
 
-    def covariance(self, regularisation: float) -> torch.Tensor:
-        """Unbiased covariance plus ``regularisation * I`` (one image gives just the identity term)."""
+    def precision(self, regularisation: float) -> torch.Tensor:
+        """``(Sigma + regularisation I)^-1`` per position, Sigma the unbiased covariance.
+
+        Consumes the accumulator: the scatter matrices are turned into covariances in place and
+        inverted through their Cholesky factors, so only one more ``P x d x d`` buffer is needed.
+        One image gives just the regularisation term.
+        """
         assert self.scatter is not None
-        dim = self.scatter.shape[-1]
-        covariance = self.scatter / max(self.count - 1, 1)
-        return covariance + regularisation * torch.eye(dim, device=covariance.device)
+        covariance = self.scatter.div_(max(self.count - 1, 1))
+        covariance.diagonal(dim1=1, dim2=2).add_(regularisation)
+        self.scatter = None
+        return torch.cholesky_inverse(torch.linalg.cholesky(covariance))
 
 
 def mahalanobis(embeddings: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
@@ -115,16 +121,12 @@ class PaDiM(BackboneDetector):
     """
 
     _parameter_constraints = {
-        "backbone": [STRING],
-        "layers": [int_sequence(0)],
-        "weights": [NONE, STRING],
+        **BACKBONE_CONSTRAINTS,
         "image_size": [Interval(int, 32, 4096)],
         "n_features": [Interval(int, 1, None)],
         "regularisation": [Interval(float, 0.0, None, "neither")],
         "smoothing_sigma": [Interval(float, 0.0, None)],
-        "batch_size": [Interval(int, 1, None)],
-        "device": [STRING],
-        "seed": [Interval(int, 0, None)],
+        **RUN_CONSTRAINTS,
     }
 
     def __init__(
@@ -177,7 +179,7 @@ class PaDiM(BackboneDetector):
             for batch in self._training_batches(dataset, "features"):
                 accumulator.update(self._embedding(batch))
             self.mean_ = accumulator.mean.contiguous()
-            self.precision_ = torch.linalg.inv(accumulator.covariance(self.regularisation)).contiguous()
+            self.precision_ = accumulator.precision(self.regularisation).contiguous()
 
     def _announce_memory(self) -> None:
         """Print the model's size when it is large (the covariance grows with positions x features^2)."""

@@ -15,13 +15,13 @@ from typing import Any
 
 import torch
 
-from flawscope._validation import BOOLEAN, NONE, STRING, Interval, Options, int_sequence
+from flawscope._validation import BOOLEAN, Interval, Options
 from flawscope.data.datasets import ImageDataset
 from flawscope.errors import WeightsError
 from flawscope.features.coreset import greedy_coreset, projection_matrix
 from flawscope.features.extractor import local_patch_features, patch_rows
 from flawscope.features.neighbours import SEARCH_BACKENDS, make_search
-from flawscope.models.base import BackboneDetector, register_detector
+from flawscope.models.base import BACKBONE_CONSTRAINTS, RUN_CONSTRAINTS, BackboneDetector, register_detector
 from flawscope.postprocess import gaussian_blur, upsample_maps
 
 
@@ -89,9 +89,7 @@ class PatchCore(BackboneDetector):
     """
 
     _parameter_constraints = {
-        "backbone": [STRING],
-        "layers": [int_sequence(0)],
-        "weights": [NONE, STRING],
+        **BACKBONE_CONSTRAINTS,
         "image_size": [Interval(int, 32, 4096)],
         "coreset_ratio": [Interval(float, 0.0, 1.0, "right")],
         "projection_dim": [Interval(int, 1, None)],
@@ -99,9 +97,7 @@ class PatchCore(BackboneDetector):
         "reweight_neighbours": [Interval(int, 1, None)],
         "smoothing_sigma": [Interval(float, 0.0, None)],
         "search": [Options(SEARCH_BACKENDS)],
-        "batch_size": [Interval(int, 1, None)],
-        "device": [STRING],
-        "seed": [Interval(int, 0, None)],
+        **RUN_CONSTRAINTS,
     }
 
     def __init__(
