@@ -334,6 +334,16 @@ class Detector:
         """
         return self._score_batch(self._to_tensor(images).to(self.device_))
 
+    def _training_batches(self, samples: "ImageDataset | Sequence[Sample]", description: str) -> Iterator[torch.Tensor]:
+        """Model-input tensors of ``samples`` (a dataset or a list of samples), ``batch_size`` at a
+        time, on the model's device, with a progress bar -- for the passes over good images in ``fit``."""
+        samples = samples.samples if isinstance(samples, ImageDataset) else list(samples)
+        with progress_bar(description, len(samples), self.show_progress_) as bar:
+            for start in range(0, len(samples), self.batch_size):
+                chunk = samples[start : start + self.batch_size]
+                yield self._to_tensor([read_image(sample.image) for sample in chunk]).to(self.device_)
+                bar.advance(len(chunk))
+
     def _to_tensor(self, images: list[np.ndarray]) -> torch.Tensor:
         mean, std = self._normalisation()
         return to_model_input(images, self.image_size, mean, std)
@@ -390,14 +400,6 @@ class BackboneDetector(Detector):
 
     def _normalisation(self) -> tuple[Sequence[float], Sequence[float]]:
         return self.extractor_.cfg.mean, self.extractor_.cfg.std
-
-    def _training_batches(self, dataset: ImageDataset, description: str) -> Iterator[torch.Tensor]:
-        """Model-input tensors of the training images, ``batch_size`` at a time, with a progress bar."""
-        with progress_bar(description, len(dataset), self.show_progress_) as bar:
-            for start in range(0, len(dataset), self.batch_size):
-                chunk = dataset.samples[start : start + self.batch_size]
-                yield self._to_tensor([read_image(sample.image) for sample in chunk]).to(self.device_)
-                bar.advance(len(chunk))
 
     def _state_meta(self) -> dict[str, Any]:
         return {"backbone_fingerprint": self.extractor_.fingerprint}

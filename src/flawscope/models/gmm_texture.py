@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from flawscope._progress import progress_bar
 from flawscope._validation import Interval
-from flawscope.data.datasets import ImageDataset
+from flawscope.data.datasets import ImageDataset, Sample
 from flawscope.data.io import read_image
 from flawscope.errors import ConfigError, DataError, WeightsError
 from flawscope.features.clustering import GaussianMixture
@@ -175,21 +175,18 @@ class GMMTexture(Detector):
                 bar.advance()
         return [torch.cat(patches)[: self.samples_per_level] for patches in level_patches]
 
-    def _normalise_levels(self, validation: list) -> None:
+    def _normalise_levels(self, validation: list[Sample]) -> None:
         """Set each level's mean and standard deviation of the NLL over the held-out good images."""
         sums = torch.zeros(self.levels, dtype=torch.float64)
         squares = torch.zeros(self.levels, dtype=torch.float64)
         count = torch.zeros(self.levels, dtype=torch.float64)
-        with torch.inference_mode(), progress_bar("normalising", len(validation), self.show_progress_) as bar:
-            for start in range(0, len(validation), self.batch_size):
-                chunk = validation[start : start + self.batch_size]
-                batch = self._to_tensor([read_image(s.image) for s in chunk]).to(self.device_)
+        with torch.inference_mode():
+            for batch in self._training_batches(validation, "normalising"):
                 for level, nll in enumerate(self._level_maps(batch)):
                     values = nll.double().cpu()
                     sums[level] += values.sum()
                     squares[level] += values.square().sum()
                     count[level] += values.numel()
-                bar.advance(len(chunk))
         mean = sums / count
         std = (squares / count - mean.square()).clamp_min(1e-12).sqrt()
         self.level_mean_ = mean.float().to(self.device_)
