@@ -387,8 +387,8 @@ class BackboneDetector(Detector):
     """A detector on a frozen pretrained backbone (parameters ``backbone``, ``layers``, ``weights``).
 
     Builds the shared :class:`FeatureExtractor`, normalises input the way the backbone was
-    trained, reads training images batch by batch, and refuses to load a model whose backbone
-    weights differ from those it was fitted with.
+    trained, and refuses to load a model whose backbone weights differ from those it was fitted
+    with.
     """
 
     backbone: str
