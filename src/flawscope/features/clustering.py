@@ -14,7 +14,7 @@ import torch
 from flawscope.errors import DataError
 
 
-def _squared_distances(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+def pairwise_squared_distances(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     """``N x K`` squared Euclidean distances, clamped at 0."""
     return (points.square().sum(1, keepdim=True) - 2.0 * points @ centres.T + centres.square().sum(1)).clamp_min(0.0)
 
@@ -23,7 +23,7 @@ def kmeans_plus_plus(points: torch.Tensor, k: int, generator: torch.Generator) -
     """k-means++ seeding (Arthur & Vassilvitskii 2007): ``k x D`` initial centres drawn from ``points``."""
     first = int(torch.randint(points.shape[0], (1,), generator=generator))
     centres = [points[first]]
-    nearest = _squared_distances(points, points[first : first + 1])[:, 0]
+    nearest = pairwise_squared_distances(points, points[first : first + 1])[:, 0]
     for _ in range(1, k):
         total = float(nearest.sum())
         if total <= 0.0:  # fewer distinct points than centres: repeat one
@@ -31,7 +31,7 @@ def kmeans_plus_plus(points: torch.Tensor, k: int, generator: torch.Generator) -
         else:
             index = int(torch.multinomial((nearest / total).cpu(), 1, generator=generator))
         centres.append(points[index])
-        nearest = torch.minimum(nearest, _squared_distances(points, points[index : index + 1])[:, 0])
+        nearest = torch.minimum(nearest, pairwise_squared_distances(points, points[index : index + 1])[:, 0])
     return torch.stack(centres)
 
 
@@ -48,7 +48,7 @@ def kmeans(
     centres = kmeans_plus_plus(points, k, generator)
     scale = float(points.var(dim=0).sum()) * tolerance
     for _ in range(max_iter):
-        distances = _squared_distances(points, centres)
+        distances = pairwise_squared_distances(points, centres)
         assignment = distances.argmin(dim=1)
         sums = torch.zeros_like(centres).index_add_(0, assignment, points)
         counts = torch.bincount(assignment, minlength=k).to(points.dtype)
@@ -116,7 +116,7 @@ class GaussianMixture:
         data = points.double()
         centres = kmeans(data, n_components, generator, max_iter=20)
         responsibilities = torch.nn.functional.one_hot(
-            _squared_distances(data, centres).argmin(1), n_components
+            pairwise_squared_distances(data, centres).argmin(1), n_components
         ).double()
         previous = -math.inf
         mixture = cls._maximise(data, responsibilities, regularisation)

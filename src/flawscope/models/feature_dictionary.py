@@ -32,7 +32,7 @@ from flawscope.data.datasets import ImageDataset, Sample
 from flawscope.data.io import read_image
 from flawscope.data.transforms import normalise, rgb_tensor
 from flawscope.errors import ConfigError, WeightsError
-from flawscope.features.clustering import PCA, _squared_distances, kmeans
+from flawscope.features.clustering import PCA, kmeans, pairwise_squared_distances
 from flawscope.models.base import BACKBONE_CONSTRAINTS, RUN_CONSTRAINTS, BackboneDetector, register_detector
 
 
@@ -190,7 +190,7 @@ class FeatureDictionary(BackboneDetector):
         self.pca_ = PCA.fit(training, self.variance)
         projected = self.pca_.transform(training)
         centres = kmeans(projected, self.n_centres, generator)
-        self.dictionary_ = projected[_squared_distances(projected, centres).argmin(dim=0)].contiguous()
+        self.dictionary_ = projected[pairwise_squared_distances(projected, centres).argmin(dim=0)].contiguous()
         self.n_training_patches_ = int(training.shape[0])
 
     def _progress_over(self, dataset: ImageDataset, description: str) -> Iterator[Sample]:
@@ -204,7 +204,7 @@ class FeatureDictionary(BackboneDetector):
         """``ny x nx`` distances of every patch descriptor to its nearest dictionary word."""
         grid = self._descriptor_grid(image)
         projected = self.pca_.transform(grid.flatten(0, 1))
-        distances = _squared_distances(projected, self.dictionary_).min(dim=1).values.sqrt()
+        distances = pairwise_squared_distances(projected, self.dictionary_).min(dim=1).values.sqrt()
         return distances.reshape(grid.shape[0], grid.shape[1])
 
     def _score_images(self, images: list[np.ndarray]) -> tuple[torch.Tensor, list[torch.Tensor]]:
