@@ -8,6 +8,7 @@ held-out good images, evaluate), so peak RSS is that of one whole run. Per-run J
     .venv/bin/python benchmarks/all_methods.py --magnetic-tile ../shared/datasets/magnetic_tile
     .venv/bin/python benchmarks/all_methods.py --skip-existing      # only the missing runs
     .venv/bin/python benchmarks/all_methods.py --models padim dfr   # a subset
+    .venv/bin/python benchmarks/all_methods.py --models ae_ssim --datasets magnetic_tile --magnetic-tile DIR
 """
 
 from __future__ import annotations
@@ -59,16 +60,21 @@ def main() -> None:
     parser.add_argument("--magnetic-tile", type=Path, help="Also run on this MVTec-layout category.")
     parser.add_argument("--models", nargs="*", default=fs.list_models(), help="Methods to run (default: all).")
     parser.add_argument("--skip-existing", action="store_true", help="Reuse per-run JSON files already written.")
+    parser.add_argument("--datasets", nargs="*", help="Only these of elpv-mono, elpv-poly, magnetic_tile, in this order.")
     args = parser.parse_args()
     datasets = [("elpv:mono", "elpv-mono"), ("elpv:poly", "elpv-poly")]
     if args.magnetic_tile:
         datasets.append((str(args.magnetic_tile), "magnetic_tile"))
+    if args.datasets:
+        by_name = {name: data for data, name in datasets}
+        datasets = [(by_name[name], name) for name in args.datasets]
     results = []
     for data, name in datasets:
         for model in args.models:
             result = run(model, data, name, args.skip_existing)
             results.append({**result, "dataset": name})
-    (RESULTS / "all_methods.json").write_text(json.dumps(results, indent=2))
+    if not args.datasets and set(args.models) == set(fs.list_models()):
+        (RESULTS / "all_methods.json").write_text(json.dumps(results, indent=2))
     print(table(results))
 
 

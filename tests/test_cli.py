@@ -69,6 +69,20 @@ def test_evaluate_writes_metrics_and_report(model_dir, category, tmp_path):
     assert "defect" in metrics["per_defect_type"]
     html = (out / "report.html").read_text()
     assert "ROC" in html and "data:image/png;base64," in html
+    overlap = metrics["region_overlap"]
+    assert overlap["fpr"] == [0.01, 0.05, 0.1, 0.2, 0.3] and len(overlap["overlap"]) == 3
+    assert all(a <= b for a, b in zip(overlap["overlap"][0], overlap["overlap"][2]))  # 25 % <= 75 % quantile
+    assert "Per-region overlap of the defects" in html
+
+
+def test_fit_takes_the_autoencoder_recipe(category, tmp_path):
+    small = ["--param", "image_size=64", "--param", "patch_size=32", "--param", "n_patches=32", "--param", "epochs=1"]
+    result = runner.invoke(app, ["fit", "--data", str(category), "--out", str(tmp_path / "ae"), "--model", "ae_l2",
+                                 "--recipe", "paper", "--device", "cpu", "--val-fraction", "0.3", "--quiet", *small])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "ae" / "config.json").read_text())["params"]["recipe"] == "paper"
+    result = runner.invoke(app, ["fit", "--data", str(category), "--out", str(tmp_path / "pc"), "--recipe", "paper", "--quiet"])
+    assert result.exit_code == 2 and "recipe" in result.output
 
 
 def test_clear_errors_for_bad_input(tmp_path):

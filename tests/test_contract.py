@@ -11,6 +11,12 @@ SMALL = {
     "padim": {"image_size": 64, "n_features": 40, "device": "cpu"},
     "feature_dictionary": {"layers": (3,), "patch_size": 32, "n_patches": 600, "n_centres": 5, "device": "cpu"},
     "dfr": {"image_size": 64, "epochs": 3, "vectors_per_step": 512, "device": "cpu"},
+    "ae_l2": {"image_size": 64, "patch_size": 32, "latent_dim": 16, "n_patches": 256, "epochs": 2, "stride": 16, "device": "cpu"},
+    "ae_ssim": {"image_size": 64, "patch_size": 32, "latent_dim": 16, "n_patches": 256, "epochs": 2, "stride": 16, "device": "cpu"},
+    "ae_mse": {"image_size": 64, "patch_size": 64, "latent_dim": 16, "n_patches": 64, "epochs": 2, "device": "cpu"},
+    "vae": {"image_size": 64, "patch_size": 32, "latent_dim": 16, "n_patches": 256, "epochs": 2, "stride": 16, "device": "cpu"},
+    "feature_matching_ae": {"image_size": 64, "patch_size": 32, "latent_dim": 16, "n_patches": 256, "epochs": 2, "stride": 16,
+                            "device": "cpu"},
     "gmm_texture": {"image_size": 64, "levels": 2, "patch_size": 5, "n_components": 2, "samples_per_level": 2000, "device": "cpu"},
 }
 

@@ -87,3 +87,22 @@ def test_binned_pixel_metrics_agree_with_exact(monkeypatch):
     assert exact["exact"] and not binned["exact"]
     assert binned["pixel_auroc"] == pytest.approx(exact["pixel_auroc"], abs=2e-4)
     assert binned["aupro"] == pytest.approx(exact["aupro"], abs=2e-3)
+
+
+def test_region_overlap_quantiles_by_hand():
+    from flawscope.metrics import region_overlap_quantiles
+
+    # defect-free pixels score 0..9 (ten of them); two regions: 4 pixels scoring 20, 20, 5, 5
+    # (half above 4.5) and 2 pixels scoring 20 and 0.
+    anomaly_map = np.array([[0, 1, 2, 3, 4, 5, 6, 7, 8, 9], [20, 20, 5, 5, 0, 0, 0, 0, 20, 0]], dtype=np.float32)
+    mask = np.zeros_like(anomaly_map, dtype=bool)
+    mask[1, 0:4] = True
+    mask[1, 8:10] = True
+    anomaly_map[1, 4:8] = [0, 1, 2, 3]  # more defect-free pixels: 14 in all, scores 0-9 and 0-3
+    result = region_overlap_quantiles([anomaly_map], [mask], fprs=(0.5,), quantiles=(0.0, 1.0))
+    normal = np.r_[np.arange(10), np.arange(4)]
+    assert result["thresholds"][0] == pytest.approx(np.quantile(normal, 0.5))  # 3.5
+    # above 3.5: region one has 20, 20, 5, 5 -> 4/4; region two 20, 0 -> 1/2
+    assert result["overlap"] == [[0.5], [1.0]] and result["n_regions"] == 2
+    with pytest.raises(DataError, match="defective pixel"):
+        region_overlap_quantiles([anomaly_map], [np.zeros_like(mask)])

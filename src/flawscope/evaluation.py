@@ -11,7 +11,8 @@ import numpy as np
 
 from flawscope.data.datasets import DEFECTIVE, GOOD, as_dataset
 from flawscope.errors import DataError
-from flawscope.metrics import auroc, average_precision, balanced_accuracy, confusion_matrix, f1_max, pixel_metrics, roc_curve
+from flawscope.metrics import (auroc, average_precision, balanced_accuracy, confusion_matrix, f1_max, pixel_metrics,
+                               region_overlap_quantiles, roc_curve)
 from flawscope.models.base import Detector
 
 
@@ -83,7 +84,9 @@ def evaluate(
     threshold ``balanced_accuracy``, ``confusion_matrix`` ([[TN, FP], [FN, TP]]). An
     uncalibrated model is judged at the F1-optimal threshold on this data, and
     ``threshold_source`` says so. Where masks exist: ``pixel_auroc`` and ``aupro`` (up to
-    ``max_fpr``), overall and per defect type. Images that cannot be read are listed under
+    ``max_fpr``), overall and per defect type, and ``region_overlap``: the 25/50/75 % quantiles
+    of the per-region overlap at false-positive rates 1-30 % (Bergmann et al. 2019, Fig. 7).
+    Images that cannot be read are listed under
     ``failed`` and left out.
     """
     dataset = as_dataset(data, split="test")
@@ -115,6 +118,7 @@ def evaluate(
         metrics.update(pixel_auroc=pixel["pixel_auroc"], aupro=pixel["aupro"], aupro_max_fpr=max_fpr, n_regions=pixel["n_regions"])
         curves["pixel_roc"] = _as_lists(pixel["roc"])
         curves["pro"] = _as_lists(pixel["pro"])
+        metrics["region_overlap"] = region_overlap_quantiles(maps, masks)
     metrics["per_defect_type"] = _per_type(rows, maps if with_masks else None, masks if with_masks else None, max_fpr)
     return Report(metrics, rows, curves, worst.cases())
 

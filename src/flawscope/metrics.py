@@ -145,6 +145,54 @@ def pixel_metrics(
     }
 
 
+OVERLAP_FPRS = (0.01, 0.05, 0.1, 0.2, 0.3)
+OVERLAP_QUANTILES = (0.25, 0.5, 0.75)
+
+
+def region_overlap_quantiles(
+    anomaly_maps: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    fprs: Sequence[float] = OVERLAP_FPRS,
+    quantiles: Sequence[float] = OVERLAP_QUANTILES,
+) -> dict[str, object]:
+    """Per-region overlap at chosen false-positive rates, as in Bergmann et al. (2019), Figure 7.
+
+    For each rate the threshold is the ``1 - fpr`` quantile of the scores of all defect-free
+    pixels; each ground-truth region (8-connected component of a mask) gets the fraction of its
+    pixels above the threshold, and the ``quantiles`` of those fractions over all regions are
+    reported (no morphological post-processing, so any method is judged alike).
+
+    Returns
+    -------
+    dict
+        ``fpr`` (the rates), ``quantiles``, ``thresholds``, ``overlap`` -- one list per quantile,
+        one value per rate -- and ``n_regions``.
+    """
+    normal = np.concatenate([np.asarray(m, dtype=np.float32)[~np.asarray(k, dtype=bool)] for m, k in zip(anomaly_maps, masks)])
+    if normal.size == 0:
+        raise DataError("Region overlap needs defect-free pixels to set its thresholds.")
+    thresholds = np.quantile(normal, 1.0 - np.asarray(fprs, dtype=np.float64))
+    overlaps: list[np.ndarray] = []
+    for anomaly_map, mask in zip(anomaly_maps, masks):
+        regions, count = ndimage.label(np.asarray(mask, dtype=bool), structure=np.ones((3, 3), dtype=bool))
+        if count == 0:
+            continue
+        sizes = np.bincount(regions.ravel(), minlength=count + 1)[1:]
+        above = np.asarray(anomaly_map, dtype=np.float32).ravel()[None, :] > thresholds[:, None]  # F x pixels
+        hits = np.stack([np.bincount(regions.ravel(), weights=row, minlength=count + 1)[1:] for row in above])
+        overlaps.append(hits / sizes)  # F x regions
+    if not overlaps:
+        raise DataError("Region overlap needs at least one defective pixel in the masks.")
+    per_region = np.concatenate(overlaps, axis=1)
+    return {
+        "fpr": [float(f) for f in fprs],
+        "quantiles": [float(q) for q in quantiles],
+        "thresholds": thresholds.tolist(),
+        "overlap": np.quantile(per_region, quantiles, axis=1).tolist(),
+        "n_regions": int(per_region.shape[1]),
+    }
+
+
 def _region_weights(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """Each pixel's 1 / (size of its 8-connected defect region), 0 outside regions; and the region count."""
     regions, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))

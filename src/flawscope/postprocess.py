@@ -84,11 +84,25 @@ def threshold_from_scores(
     return float(np.quantile(good, 1.0 - target_fpr))
 
 
-def segment(anomaly_map: np.ndarray, threshold: float, opening: int = 3) -> np.ndarray:
-    """Bool mask of ``anomaly_map > threshold``, opened with a square of side ``opening`` (0 = none)."""
+OPENING_SHAPES = ("square", "disk")
+
+
+def structuring_element(size: int, shape: str = "square") -> np.ndarray:
+    """Bool ``size x size`` element: a full square, or the pixels of a disk of diameter ``size``
+    (centres within ``size / 2`` of the element's centre; diameter 4 = a 4 x 4 square without its corners)."""
+    if shape not in OPENING_SHAPES:
+        raise ConfigError(f"The opening shape must be one of {OPENING_SHAPES}. Got {shape!r} instead.")
+    if shape == "square":
+        return np.ones((size, size), dtype=bool)
+    offsets = np.arange(size) - (size - 1) / 2.0
+    return offsets[:, None] ** 2 + offsets[None, :] ** 2 <= (size / 2.0) ** 2
+
+
+def segment(anomaly_map: np.ndarray, threshold: float, opening: int = 3, shape: str = "square") -> np.ndarray:
+    """Bool mask of ``anomaly_map > threshold``, opened with a ``shape`` of size ``opening`` (0 or 1 = none)."""
     mask = anomaly_map > threshold
     if opening > 1 and mask.any():
-        mask = ndimage.binary_opening(mask, structure=np.ones((opening, opening), dtype=bool))
+        mask = ndimage.binary_opening(mask, structure=structuring_element(opening, shape))
     return mask
 
 

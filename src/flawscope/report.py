@@ -57,6 +57,8 @@ def _curve_figures(report: "Report") -> list[tuple[str, str]]:
         axis.axvline(limit, ls=":", color="grey")
         axis.set(xlabel="false-positive rate", ylabel="per-region overlap", title=f"PRO, AUPRO@{limit:g} = {metrics['aupro']:.3f}", xlim=(0, min(1, 3 * limit)))
         figures.append(("Per-region overlap", _figure_png(figure)))
+    if "region_overlap" in metrics:
+        figures.append(("Region overlap quantiles", _region_overlap_figure(metrics["region_overlap"])))
     figure, axis = plt.subplots(figsize=(5, 4))
     scores = np.array([row["score"] for row in report.rows])
     labels = np.array([row["label"] for row in report.rows])
@@ -68,6 +70,19 @@ def _curve_figures(report: "Report") -> list[tuple[str, str]]:
     axis.legend()
     figures.append(("Score histograms", _figure_png(figure)))
     return figures
+
+
+def _region_overlap_figure(overlap: dict) -> str:
+    """Quantiles of the per-region overlap against the false-positive rate (Bergmann et al. 2019, Fig. 7)."""
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(4.2, 4))
+    for quantile, values in zip(overlap["quantiles"], overlap["overlap"]):
+        axis.plot(overlap["fpr"], values, marker="o", label=f"{quantile:.0%} quantile")
+    axis.set(xlabel="false-positive rate", ylabel="overlap with the ground-truth region",
+             title=f"Per-region overlap ({overlap['n_regions']} regions)", ylim=(0, 1.02))
+    axis.legend(loc="lower right")
+    return _figure_png(figure)
 
 
 def _case_figures(report: "Report") -> list[tuple[str, str]]:
@@ -111,11 +126,20 @@ def write_html_report(report: "Report", path: Path, title: str) -> Path:
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}figure{{display:inline-block;margin:0.5em}}</style></head><body>
 <h1>{html.escape(title)}</h1><h2>Metrics</h2><table>{rows}</table><h2>Confusion matrix at the threshold</h2>{confusion}
 <h2>Per defect type</h2><table><tr><th>type</th><th>images</th><th>image AUROC</th><th>pixel AUROC</th><th>AUPRO</th></tr>{per_type}</table>
-<h2>Curves</h2>{curves}<h2>Worst-scored images</h2>{cases or "<p>none kept</p>"}
+{_overlap_table(metrics.get("region_overlap"))}<h2>Curves</h2>{curves}<h2>Worst-scored images</h2>{cases or "<p>none kept</p>"}
 <h2>Images that could not be read</h2><ul>{failed or "<li>none</li>"}</ul></body></html>"""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(document)
     return path
+
+
+def _overlap_table(overlap: dict | None) -> str:
+    if overlap is None:
+        return ""
+    header = "".join(f"<th>FPR {fpr:.0%}</th>" for fpr in overlap["fpr"])
+    body = "".join(f"<tr><th>{quantile:.0%} quantile</th>" + "".join(f"<td>{value:.3f}</td>" for value in values) + "</tr>"
+                   for quantile, values in zip(overlap["quantiles"], overlap["overlap"]))
+    return f"<h2>Per-region overlap of the defects</h2><table><tr><th></th>{header}</tr>{body}</table>"
 
 
 def _format(value) -> str:

@@ -45,3 +45,17 @@ def resize_image(image: np.ndarray, image_size: int) -> torch.Tensor:
     if tensor.shape[1:] != (image_size, image_size):
         tensor = F.interpolate(tensor[None], size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)[0]
     return tensor.clamp(0.0, 1.0).contiguous()
+
+
+LUMA = (0.299, 0.587, 0.114)
+
+
+def grey_batch(images: Sequence[np.ndarray], size: int) -> torch.Tensor:
+    """Float ``H x W x C`` images -> ``N x 1 x size x size`` grey tensor in [0, 1] (ITU-R 601 luma)."""
+    tensors = []
+    for image in images:
+        pixels = torch.from_numpy(np.ascontiguousarray(image))
+        grey = pixels[..., 0] if pixels.shape[2] == 1 else pixels @ torch.tensor(LUMA, dtype=pixels.dtype)
+        tensors.append(F.interpolate(grey[None, None], size=(size, size), mode="bilinear", antialias=True,
+                                     align_corners=False)[0])
+    return torch.stack(tensors).clamp(0.0, 1.0)

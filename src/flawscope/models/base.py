@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
+from contextlib import contextmanager
 from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterator, Sequence
@@ -143,12 +144,31 @@ class Detector:
 
     name: ClassVar[str] = ""
     _parameter_constraints: ClassVar[dict[str, Sequence]] = {}
+    # how predicted masks are opened unless ``predict`` is told otherwise: a structuring element
+    # of this shape ("square" or "disk") and size
+    opening_shape: ClassVar[str] = "square"
+    default_opening: ClassVar[int] = 3
 
     # ------------------------------------------------------------------ parameters
     @classmethod
+    def _init_parameters(cls) -> dict[str, inspect.Parameter]:
+        """The keyword-only constructor parameters of ``cls`` and of every base it passes ``**params``
+        on to (a subclass's own declaration, and so its default, wins)."""
+        parameters: dict[str, inspect.Parameter] = {}
+        for klass in cls.__mro__:
+            if "__init__" not in vars(klass) or klass is object:
+                continue
+            signature = inspect.signature(klass.__init__)
+            for parameter in signature.parameters.values():
+                if parameter.kind == parameter.KEYWORD_ONLY:
+                    parameters.setdefault(parameter.name, parameter)
+            if not any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values()):
+                break
+        return parameters
+
+    @classmethod
     def _param_names(cls) -> list[str]:
-        signature = inspect.signature(cls.__init__)
-        return [p.name for p in signature.parameters.values() if p.name != "self" and p.kind == p.KEYWORD_ONLY]
+        return list(cls._init_parameters())
 
     def get_params(self) -> dict[str, Any]:
         """The constructor parameters, as given."""
@@ -168,7 +188,7 @@ class Detector:
         return type(self)(**self.get_params())
 
     def __repr__(self) -> str:
-        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
+        defaults = {name: p.default for name, p in self._init_parameters().items()}
         changed = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items() if v != defaults.get(k))
         return f"{type(self).__name__}({changed})"
 
@@ -291,13 +311,14 @@ class Detector:
         images: "ImageDataset | Sequence | str",
         *,
         batch_size: int | None = None,
-        opening: int = 3,
+        opening: int | None = None,
         on_error: str = "raise",
         progress: bool = True,
     ) -> Prediction:
         """Score images: scores, anomaly maps at each image's size, and -- once calibrated -- labels, masks, boxes.
 
-        ``opening`` is the side of the square used to open the thresholded map (0 = none).
+        ``opening`` is the size of the structuring element (``opening_shape``) that opens the
+        thresholded map; ``None`` = the method's ``default_opening``, 0 = none.
         """
         names, scores, maps, errors = [], [], [], {}
         for result in self.iter_predict(images, batch_size=batch_size, on_error=on_error, progress=progress):
@@ -316,14 +337,15 @@ class Detector:
         boxes = [box for _, _, box in decisions]
         return Prediction(names, score_array, maps, labels, masks, boxes, self.threshold_, errors)
 
-    def decide(self, score: float, anomaly_map: np.ndarray, opening: int = 3) -> tuple[bool, np.ndarray, list[Box]]:
+    def decide(self, score: float, anomaly_map: np.ndarray, opening: int | None = None) -> tuple[bool, np.ndarray, list[Box]]:
         """``(NOT OK?, defect mask, boxes)`` for one scored image, at the calibrated thresholds."""
         if not self.is_calibrated:
             raise NotFittedError(
                 f"This {type(self).__name__} instance is not calibrated yet. Call 'calibrate' with good "
                 "validation images to set the OK / NOT OK threshold."
             )
-        mask = segment(anomaly_map, self.pixel_threshold_, opening)
+        size = self.default_opening if opening is None else opening
+        mask = segment(anomaly_map, self.pixel_threshold_, size, self.opening_shape)
         return bool(score > self.threshold_), mask, boxes_from_mask(mask, anomaly_map)
 
     def _score_images(self, images: list[np.ndarray]) -> tuple[torch.Tensor, Sequence[torch.Tensor]]:
@@ -347,6 +369,15 @@ class Detector:
     def _to_tensor(self, images: list[np.ndarray]) -> torch.Tensor:
         mean, std = self._normalisation()
         return to_model_input(images, self.image_size, mean, std)
+
+    @contextmanager
+    def _seeded(self) -> Iterator[None]:
+        """Run a block on the global torch RNG seeded with ``seed`` (CPU and the model's CUDA
+        device), leaving the caller's RNG state as it was."""
+        devices = [self.device_.index or 0] if self.device_.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.seed)
+            yield
 
     # ------------------------------------------------------------------ saving
     def save(self, path: str | Path) -> Path:

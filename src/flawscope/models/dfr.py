@@ -155,8 +155,7 @@ class DFR(BackboneDetector):
         latent = self.latent_channels or int(PCA.fit(self._standardise(sample), 0.9).components.shape[1])
         if latent > channels:
             raise ConfigError(f"latent_channels={latent} exceeds the {channels} feature channels of layers {tuple(self.layers)}.")
-        with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG left alone
-            torch.manual_seed(self.seed)
+        with self._seeded():  # seeded initial weights, global RNG left alone
             self.autoencoder_ = feature_autoencoder(channels, latent).to(self.device_)
         self.latent_ = latent
         self.loss_history_ = self._train(vectors, generator)

@@ -22,24 +22,11 @@ from flawscope._progress import progress_bar
 from flawscope._validation import Interval
 from flawscope.data.datasets import ImageDataset, Sample
 from flawscope.data.io import read_image
+from flawscope.data.transforms import grey_batch
 from flawscope.errors import ConfigError, DataError, WeightsError
 from flawscope.features.clustering import GaussianMixture
 from flawscope.models.base import RUN_CONSTRAINTS, Detector, register_detector
 from flawscope.postprocess import upsample_maps
-
-_LUMA = (0.299, 0.587, 0.114)
-
-
-def grey_batch(images: Sequence[np.ndarray], size: int) -> torch.Tensor:
-    """Float ``H x W x C`` images -> ``N x 1 x size x size`` grey tensor in [0, 1] (ITU-R 601 luma)."""
-    tensors = []
-    for image in images:
-        pixels = torch.from_numpy(np.ascontiguousarray(image))
-        grey = pixels[..., 0] if pixels.shape[2] == 1 else pixels @ torch.tensor(_LUMA, dtype=pixels.dtype)
-        tensors.append(F.interpolate(grey[None, None], size=(size, size), mode="bilinear", antialias=True,
-                                     align_corners=False)[0])
-    return torch.stack(tensors).clamp(0.0, 1.0)
-
 
 def pyramid(images: torch.Tensor, levels: int) -> list[torch.Tensor]:
     """``levels`` images, each half the size of the previous one (2 x 2 mean)."""

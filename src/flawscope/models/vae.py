@@ -1,0 +1,70 @@
+"""Variational autoencoder for defect segmentation, as compared by Bergmann et al. ("Improving
+Unsupervised Defect Segmentation by Applying Structural Similarity to Autoencoders", VISAPP 2019,
+Sec. 3.1.2), after Kingma & Welling (ICLR 2014) and An & Cho (2015).
+
+Recipe: the Table I network with a bottleneck that outputs a mean and a log-variance for each of
+the d latent dimensions; trained on the per-pixel squared error plus the KL divergence of the
+approximate posterior from the unit Gaussian prior; at test time N = 6 latent samples are drawn
+from the posterior of every window and decoded, and the per-pixel squared residuals of the N
+reconstructions are averaged (the reconstruction probability of a Gaussian decoder up to
+constants). Everything else -- patches, schedule, stride-30 evaluation, opening -- is the
+autoencoder family's (:mod:`flawscope.models.autoencoder`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from flawscope._validation import Interval
+from flawscope.models.autoencoder import WINDOWS_PER_PASS, ConvolutionalAutoencoder
+from flawscope.models.base import register_detector
+
+
+@register_detector("vae")
+class VariationalAutoencoder(ConvolutionalAutoencoder):
+    """VAE on 128 x 128 grey patches; residual averaged over ``n_samples`` posterior samples.
+
+    Parameters
+    ----------
+    n_samples : int
+        Latent samples decoded per window at test time (paper: 6). The samples' noise is drawn
+        from ``seed`` once per window position, so an image's score does not depend on its batch.
+        Every other parameter is that of :class:`~flawscope.models.autoencoder.ConvolutionalAutoencoder`.
+    """
+
+    _parameter_constraints = {**ConvolutionalAutoencoder._parameter_constraints, "n_samples": [Interval(int, 1, None)]}
+
+    def __init__(self, *, n_samples: int = 6, **params: Any) -> None:
+        super().__init__(**params)
+        self.n_samples = n_samples
+
+    def _latent_outputs(self) -> int:
+        return 2 * self.latent_dim
+
+    def _posterior(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation of Q(z | x), each ``M x d x 1 x 1``."""
+        mean, log_variance = self.network_.encoder(patches).chunk(2, dim=1)
+        return mean, torch.exp(0.5 * log_variance)
+
+    def _loss(self, patches: torch.Tensor) -> torch.Tensor:
+        mean, std = self._posterior(patches)
+        latent = mean + std * torch.randn_like(std)
+        reconstruction = self._dissimilarity(patches, self.network_.decoder(latent)).flatten(1).sum(dim=1)
+        divergence = 0.5 * (mean.square() + std.square() - 2.0 * std.log() - 1.0).flatten(1).sum(dim=1)
+        return (reconstruction + divergence).mean()
+
+    def _reconstruct_windows(self, windows: torch.Tensor) -> torch.Tensor:
+        images, n_windows = windows.shape[:2]
+        flat = windows.flatten(0, 1).contiguous(memory_format=torch.channels_last)
+        mean, std = (torch.cat(parts) for parts in zip(*(self._posterior(chunk) for chunk in flat.split(WINDOWS_PER_PASS))))
+        noise = self._window_noise(n_windows).to(windows.device)  # R x W x d x 1 x 1
+        latent = mean.view(1, images, n_windows, *mean.shape[1:]) + std.view(1, images, n_windows, *std.shape[1:]) * noise[:, None]
+        latent = latent.flatten(0, 2)
+        decoded = torch.cat([self.network_.decoder(chunk) for chunk in latent.split(WINDOWS_PER_PASS)])
+        return decoded.reshape(self.n_samples, *windows.shape)
+
+    def _window_noise(self, n_windows: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed)
+        return torch.randn(self.n_samples, n_windows, self.latent_dim, 1, 1, generator=generator)
