@@ -20,3 +20,20 @@ def test_cuda_scores_match_cpu(texture_train, texture_test):
 def test_auto_device_picks_cuda(texture_train):
     model = fs.create("patchcore", image_size=64, coreset_ratio=0.25).fit(texture_train, progress=False)
     assert model.device_.type == "cuda" and model.memory_bank_.is_cuda
+
+
+@pytest.mark.parametrize("name", ["ae_ssim", "vae", "ae_mse"])
+def test_autoencoder_trained_on_cpu_scores_alike_on_cuda(name, texture_train, texture_test, tmp_path):
+    small = {"image_size": 64, "patch_size": 64 if name == "ae_mse" else 32, "latent_dim": 16, "n_patches": 128,
+             "epochs": 1, "stride": 16, "device": "cpu"}
+    model = fs.create(name, **small).fit(texture_train, progress=False)
+    cpu_scores = model.predict(texture_test, progress=False).scores
+    on_cuda = fs.load(model.save(tmp_path / name), device="cuda")
+    assert next(on_cuda.network_.parameters()).is_cuda
+    np.testing.assert_allclose(on_cuda.predict(texture_test, progress=False).scores, cpu_scores, rtol=1e-3)
+
+
+def test_autoencoder_trains_on_cuda(texture_train):
+    model = fs.create("ae_l2", image_size=64, patch_size=32, latent_dim=16, n_patches=256, epochs=2, stride=16, device="cuda")
+    model.fit(texture_train, progress=False)
+    assert model.loss_history_[-1] < model.loss_history_[0]

@@ -82,6 +82,20 @@ class AutoencoderNetwork(nn.Module):
                 decoder.append(nn.LeakyReLU(LEAKY_SLOPE))
         self.encoder = nn.Sequential(*encoder)
         self.decoder = nn.Sequential(*decoder)
+        self._initialise()
+
+    def _initialise(self) -> None:
+        """He initialisation for leaky ReLU 0.2 (fan-in), zero biases.
+
+        The paper does not say how it initialises. PyTorch's default shrinks the activations
+        through these 18 unnormalised layers, and in a CPU-sized schedule the network then never
+        leaves the mean image (measured on ELPV: flat grey reconstructions after 375 steps, where
+        He initialisation already draws the bus bars).
+        """
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.kaiming_normal_(module.weight, a=LEAKY_SLOPE, nonlinearity="leaky_relu")
+                nn.init.zeros_(module.bias)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(patches))
