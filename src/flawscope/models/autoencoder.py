@@ -238,9 +238,13 @@ class ConvolutionalAutoencoder(Detector):
     def _latent_outputs(self) -> int:
         return self.latent_dim
 
+    def _patch_losses(self, patches: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
+        """``(M,)``: the dissimilarity summed over each patch -- the reconstruction term of every loss."""
+        return self._dissimilarity(patches, reconstructions).flatten(1).sum(dim=1)
+
     def _loss(self, patches: torch.Tensor) -> torch.Tensor:
-        """Training loss of one step: the dissimilarity summed over each patch, averaged over patches."""
-        return self._dissimilarity(patches, self.network_(patches)).flatten(1).sum(dim=1).mean()
+        """Training loss of one step: the per-patch losses averaged over the patches."""
+        return self._patch_losses(patches, self.network_(patches)).mean()
 
     def _reconstruct_windows(self, windows: torch.Tensor) -> torch.Tensor:
         """``N x W x C x P x P`` windows -> ``R x N x W x C x P x P`` reconstructions (R = 1 here)."""

@@ -84,7 +84,7 @@ class FeatureMatchingAutoencoder(ConvolutionalAutoencoder):
 
     def _loss(self, patches: torch.Tensor) -> torch.Tensor:
         reconstructions = self.network_(patches)
-        loss = self._dissimilarity(patches, reconstructions).flatten(1).sum(dim=1)
+        loss = self._patch_losses(patches, reconstructions)
         with torch.no_grad():
             targets = self._features(patches)
         for target, feature in zip(targets, self._features(reconstructions)):

@@ -51,7 +51,7 @@ class VariationalAutoencoder(ConvolutionalAutoencoder):
     def _loss(self, patches: torch.Tensor) -> torch.Tensor:
         mean, std = self._posterior(patches)
         latent = mean + std * torch.randn_like(std)
-        reconstruction = self._dissimilarity(patches, self.network_.decoder(latent)).flatten(1).sum(dim=1)
+        reconstruction = self._patch_losses(patches, self.network_.decoder(latent))
         divergence = 0.5 * (mean.square() + std.square() - 2.0 * std.log() - 1.0).flatten(1).sum(dim=1)
         return (reconstruction + divergence).mean()
 
