@@ -115,3 +115,45 @@ def write_mvtec_layout(
             mask = (np.asarray(sample.mask) * 255).astype(np.uint8)
             Image.fromarray(mask).save(root / "ground_truth" / kind / f"{sample.name}_mask.png")
     return root
+
+
+def dead_leaves(rng: np.random.Generator, size: int, n_shapes: int = 1500) -> np.ndarray:
+    """A ``size x size x 3`` float image in [0, 1] from the dead-leaves model, a stand-in for natural images.
+
+    Occluding discs and rectangles with power-law radii (``p(r) ~ r^-3``, the scale statistics
+    of natural images) are painted one over another; each is filled with a random colour, a
+    random linear shading and, for a third of them, a random stripe texture, and the result is
+    slightly blurred. Baradad et al. ("Learning to See by Looking at Noise", NeurIPS 2021) train
+    image representations on such images when no natural images can be had; flawscope distils
+    its default EfficientAD teacher on them.
+    """
+    image = np.empty((size, size, 3), dtype=np.float32)
+    image[:] = rng.uniform(0, 1, 3)
+    rows, cols = np.mgrid[0:size, 0:size].astype(np.float32)
+    r_min, r_max = 0.01 * size, 0.5 * size
+    # inverse-CDF sample of p(r) ~ r^-3 on [r_min, r_max]
+    uniform = rng.uniform(0, 1, n_shapes)
+    radii = (r_min**-2 - uniform * (r_min**-2 - r_max**-2)) ** -0.5
+    for radius in radii:
+        cy, cx = rng.uniform(-radius, size + radius, 2)
+        y0, y1 = max(int(cy - radius), 0), min(int(cy + radius) + 1, size)
+        x0, x1 = max(int(cx - radius), 0), min(int(cx + radius) + 1, size)
+        if y0 >= y1 or x0 >= x1:
+            continue
+        dy, dx = rows[y0:y1, x0:x1] - cy, cols[y0:y1, x0:x1] - cx
+        if rng.uniform() < 0.5:
+            inside = dy * dy + dx * dx <= radius * radius
+        else:
+            angle = rng.uniform(0, np.pi)
+            u, v = np.cos(angle) * dx + np.sin(angle) * dy, -np.sin(angle) * dx + np.cos(angle) * dy
+            inside = (np.abs(u) <= radius) & (np.abs(v) <= radius * rng.uniform(0.2, 1.0))
+        direction = rng.uniform(0, 2 * np.pi)
+        ramp = (np.cos(direction) * dx + np.sin(direction) * dy) / radius  # in [-1, 1] over the shape
+        shade = rng.uniform(0, 0.3) * ramp
+        if rng.uniform() < 1 / 3:
+            period = rng.uniform(2, 12)
+            shade = shade + rng.uniform(0.05, 0.3) * np.sin(2 * np.pi * (ramp * radius) / period)
+        colour = rng.uniform(0, 1, 3).astype(np.float32)
+        patch = image[y0:y1, x0:x1]
+        patch[inside] = np.clip(colour[None, :] + shade[inside][:, None], 0, 1)
+    return ndimage.gaussian_filter(image, sigma=(0.7, 0.7, 0)).clip(0, 1)

@@ -1,0 +1,359 @@
+"""EfficientAD (Batzner, Heckler & Koenig, "EfficientAD: Accurate Visual Anomaly Detection at
+Millisecond-Level Latencies", WACV 2024).
+
+Recipe (Algorithm 1 of the paper): a frozen teacher PDN distilled from a pretrained network
+(:mod:`flawscope.features.pdn`), its outputs standardised per channel over the training images;
+a student PDN with twice the teacher's channels and an autoencoder, trained together for 70,000
+steps of one image (Adam 1e-4, weight decay 1e-5, learning rate x 0.1 after 95 % of the steps):
+
+* the student's first half imitates the teacher, on the hardest 0.1 % of the squared
+  differences only (``D >= quantile(D, 0.999)``), plus a penalty on the student's outputs for
+  an unrelated image (ImageNet in the paper; seeded dead-leaves images here, or a folder);
+* the autoencoder predicts the teacher's output from a 64-d code of an image changed in
+  brightness, contrast or saturation (factor U(0.8, 1.2)), and the student's second half
+  predicts the autoencoder's output.
+
+The local map is the squared teacher-student difference, the global (logical) map the squared
+autoencoder-student difference, each averaged over channels and normalised so that its 0.9
+and 0.995 quantiles on held-out good images map to 0 and 0.1; the anomaly map is their mean,
+padded by 4 cells to cover the image border and upsampled; image score = its maximum.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, ClassVar, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from flawscope._progress import progress_bar
+from flawscope._validation import NONE, STRING, Interval, Options
+from flawscope.data.datasets import ImageDataset, holdout_split, list_images
+from flawscope.data.io import read_image
+from flawscope.data.synthetic import dead_leaves
+from flawscope.data.transforms import LUMA, normalise, resize_image
+from flawscope.errors import ConfigError, DataError, WeightsError
+from flawscope.features.pdn import (IMAGENET_MEAN, IMAGENET_STD, PDN_SIZES, PRECISIONS, EfficientADAutoencoder, Teacher,
+                                    load_teacher, patch_description_network)
+from flawscope.models.base import RUN_CONSTRAINTS, Detector, register_detector
+from flawscope.postprocess import upsample_maps
+
+HARD_QUANTILE = 0.999
+MAP_QUANTILES = (0.9, 0.995)
+MAP_BORDER = 4  # grid cells padded around the map: the image border no PDN patch is centred on
+
+
+def hard_feature_loss(distance: torch.Tensor, quantile: float = HARD_QUANTILE) -> torch.Tensor:
+    """Mean of the squared differences at or above their ``quantile`` (the paper's ``L_hard``)."""
+    flat = distance.flatten()
+    return flat[flat >= torch.quantile(flat, quantile)].mean()
+
+
+def adjust_colour(image: torch.Tensor, kind: int, factor: float) -> torch.Tensor:
+    """Brightness (0), contrast (1) or saturation (2) of a ``3 x H x W`` image in [0, 1] changed by
+    ``factor``, as torchvision's ``adjust_*`` functions define them."""
+    grey = (image * torch.tensor(LUMA, dtype=image.dtype, device=image.device).view(3, 1, 1)).sum(0, keepdim=True)
+    if kind == 0:
+        changed = image * factor
+    elif kind == 1:
+        changed = grey.mean() + factor * (image - grey.mean())
+    else:
+        changed = grey + factor * (image - grey)
+    return changed.clamp(0.0, 1.0)
+
+
+@register_detector("efficientad")
+class EfficientAD(Detector):
+    """EfficientAD: student-teacher PDNs plus an autoencoder for logical anomalies.
+
+    Parameters
+    ----------
+    size : {"small", "medium"}
+        EfficientAD-S (default) or -M: the PDN of the student; the teacher file must be of the
+        same size.
+    teacher : str or None
+        A teacher file from ``flawscope distill-teacher``; ``None`` = the PDN-S shipped with
+        flawscope (distilled from EfficientNet-Lite0 on dead-leaves images).
+    image_size : int
+        Images are resized to ``image_size x image_size`` (paper: 256; a multiple of 4, >= 128).
+    recipe : {"fast", "paper"}
+        ``"paper"``: 70,000 steps; ``"fast"`` (default): 1,000 steps, which fits a CPU.
+    steps : int or None
+        Training steps (one image each); ``None`` = the recipe's.
+    learning_rate, weight_decay : float
+        Adam's (paper: 1e-4, 1e-5); the rate drops tenfold after 95 % of the steps.
+    penalty_images : str or None
+        The unrelated images of the student's penalty: ``"dead_leaves"`` (default, generated),
+        a folder of images, or ``None`` for no penalty.
+    validation_fraction : float
+        Share of the training images held out (seeded) for the map quantiles (paper: 10 %).
+    precision : {"float32", "bfloat16"}
+        ``"bfloat16"`` trains and scores under bfloat16 autocast: about 2.5x faster on CPUs
+        with AVX512-BF16 and on GPUs, scores differ by about 1 %.
+    batch_size : int
+        Images per scoring pass (training uses one image a step, as the paper).
+    device : str
+        ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
+    seed : int
+        Seeds the initial weights, the image order, augmentation, penalty images, dropout and
+        the validation split.
+    """
+
+    recipes: ClassVar[dict[str, int]] = {"fast": 1_000, "paper": 70_000}
+    _parameter_constraints = {
+        "size": [Options(PDN_SIZES)],
+        "teacher": [NONE, STRING],
+        "image_size": [Interval(int, 128, 4096)],
+        "recipe": [Options(("fast", "paper"))],
+        "steps": [NONE, Interval(int, 1, None)],
+        "learning_rate": [Interval(float, 0.0, None, "neither")],
+        "weight_decay": [Interval(float, 0.0, None)],
+        "penalty_images": [NONE, STRING],
+        "validation_fraction": [Interval(float, 0.0, 1.0, "neither")],
+        "precision": [Options(PRECISIONS)],
+        **RUN_CONSTRAINTS,
+    }
+
+    def __init__(
+        self,
+        *,
+        size: str = "small",
+        teacher: str | None = None,
+        image_size: int = 256,
+        recipe: str = "fast",
+        steps: int | None = None,
+        learning_rate: float = 1e-4,
+        weight_decay: float = 1e-5,
+        penalty_images: str | None = "dead_leaves",
+        validation_fraction: float = 0.1,
+        precision: str = "float32",
+        batch_size: int = 8,
+        device: str = "auto",
+        seed: int = 0,
+    ) -> None:
+        self.size = size
+        self.teacher = teacher
+        self.image_size = image_size
+        self.recipe = recipe
+        self.steps = steps
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.penalty_images = penalty_images
+        self.validation_fraction = validation_fraction
+        self.precision = precision
+        self.batch_size = batch_size
+        self.device = device
+        self.seed = seed
+
+    def _normalisation(self) -> tuple[Sequence[float], Sequence[float]]:
+        return IMAGENET_MEAN, IMAGENET_STD
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device_.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16")
+
+    def _schedule(self) -> int:
+        return self.steps or self.recipes[self.recipe]
+
+    # ------------------------------------------------------------------ fit
+    def _fit(self, dataset: ImageDataset) -> None:
+        if self.image_size % 4:
+            raise ConfigError(f"image_size must be a multiple of 4 (the PDN's stride). Got {self.image_size} instead.")
+        self._load_teacher()
+        if len(dataset) < 2:
+            raise DataError(f"EfficientAD needs at least 2 good images (it holds {self.validation_fraction:.0%} out "
+                            f"for the map quantiles); {dataset!r} has {len(dataset)}.")
+        train, validation = holdout_split(dataset, self.validation_fraction, self.seed)
+        pixels = self._pixels(train)
+        self._fit_teacher_statistics(pixels)
+        steps = self._schedule()
+        self._announce_schedule(steps)
+        generator = np.random.default_rng(self.seed)
+        penalty = self._penalty_stream(generator)
+        with self._seeded():
+            channels = self.teacher_.info.out_channels
+            self.student_ = patch_description_network(self.size, 2 * channels).to(self.device_)
+            self.autoencoder_ = EfficientADAutoencoder(channels, self.image_size).to(self.device_)
+            self.loss_history_ = self._train(pixels, penalty, generator, steps)
+        self.student_.eval()
+        self.autoencoder_.eval()
+        self._fit_map_quantiles(validation)
+
+    def _load_teacher(self) -> None:
+        teacher = load_teacher(self.teacher)
+        if teacher.info.size != self.size:
+            raise ConfigError(f"The teacher {self.teacher or '(default)'} is a PDN-{teacher.info.size}; size={self.size!r} "
+                              f"needs a PDN-{self.size} teacher ('flawscope distill-teacher --size {self.size}').")
+        teacher.network.to(self.device_).to(memory_format=torch.channels_last)
+        self.teacher_: Teacher = teacher
+
+    def _pixels(self, dataset: ImageDataset) -> torch.Tensor:
+        """The images resized to ``N x 3 x S x S`` in [0, 1] (not normalised: augmentation works on pixels)."""
+        tensors = []
+        with progress_bar("reading", len(dataset), self.show_progress_) as bar:
+            for sample in dataset.samples:
+                tensors.append(resize_image(read_image(sample.image), self.image_size))
+                bar.advance()
+        return torch.stack(tensors).to(self.device_)
+
+    def _teacher_features(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Raw teacher output of normalised ``inputs``, float32."""
+        with self._autocast():
+            return self.teacher_.network(inputs.contiguous(memory_format=torch.channels_last)).float()
+
+    def _fit_teacher_statistics(self, pixels: torch.Tensor) -> None:
+        """Per-channel mean and deviation of the teacher's outputs over the training images."""
+        total, total_sq, count = 0.0, 0.0, 0
+        with torch.inference_mode():
+            for chunk in pixels.split(self.batch_size):
+                features = self._teacher_features(self._normalise(chunk)).double()
+                total = total + features.sum(dim=(0, 2, 3))
+                total_sq = total_sq + features.square().sum(dim=(0, 2, 3))
+                count += features.shape[0] * features.shape[2] * features.shape[3]
+        mean = total / count
+        self.teacher_mean_ = mean.float().view(1, -1, 1, 1)
+        self.teacher_std_ = (total_sq / count - mean.square()).clamp_min(1e-12).sqrt().float().view(1, -1, 1, 1)
+
+    def _normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        return normalise(pixels, IMAGENET_MEAN, IMAGENET_STD)
+
+    def _teacher(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Standardised teacher output of normalised ``inputs``."""
+        return (self._teacher_features(inputs) - self.teacher_mean_) / self.teacher_std_
+
+    def _penalty_stream(self, generator: np.random.Generator) -> Iterator[torch.Tensor] | None:
+        """Endless ``1 x 3 x S x S`` normalised penalty images, or None without a penalty."""
+        if self.penalty_images is None:
+            return None
+        if self.penalty_images == "dead_leaves":
+            def draw() -> torch.Tensor:
+                return torch.from_numpy(dead_leaves(generator, self.image_size)).permute(2, 0, 1)
+        else:
+            folder = Path(self.penalty_images)
+            paths = list_images(folder) if folder.is_dir() else []
+            if not paths:
+                raise DataError(f"penalty_images={self.penalty_images!r} is neither 'dead_leaves' nor a folder with images.")
+
+            def draw() -> torch.Tensor:
+                return resize_image(read_image(paths[int(generator.integers(len(paths)))]), self.image_size)
+
+        def stream() -> Iterator[torch.Tensor]:
+            while True:
+                yield self._normalise(draw()[None].float().to(self.device_))
+
+        return stream()
+
+    def _announce_schedule(self, steps: int) -> None:
+        if self.show_progress_ and steps != self.recipes["paper"]:
+            print(f"efficientad: training {steps:,} steps (the paper: {self.recipes['paper']:,}; recipe='paper' for it)",
+                  file=sys.stderr)
+
+    def _train(self, pixels: torch.Tensor, penalty: Iterator[torch.Tensor] | None, generator: np.random.Generator,
+               steps: int) -> list[float]:
+        """Algorithm 1 of the paper; returns the total loss of every step."""
+        parameters = list(self.student_.parameters()) + list(self.autoencoder_.parameters())
+        optimiser = torch.optim.Adam(parameters, lr=self.learning_rate, weight_decay=self.weight_decay)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimiser, step_size=max(1, int(0.95 * steps)), gamma=0.1)
+        self.student_.train()
+        self.autoencoder_.train()
+        losses = []
+        with progress_bar("training", steps, self.show_progress_) as bar:
+            for _ in range(steps):
+                image = pixels[int(generator.integers(pixels.shape[0]))]
+                augmented = adjust_colour(image, int(generator.integers(3)), float(generator.uniform(0.8, 1.2)))
+                loss = self._step_loss(self._normalise(image[None]), self._normalise(augmented[None]),
+                                       None if penalty is None else next(penalty))
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                scheduler.step()
+                losses.append(float(loss.detach()))
+                bar.advance()
+        return losses
+
+    def _step_loss(self, image: torch.Tensor, augmented: torch.Tensor, penalty_image: torch.Tensor | None) -> torch.Tensor:
+        """``L_hard + L_penalty + L_AE + L_STAE`` for one training image (Algorithm 1)."""
+        channels = self.teacher_.info.out_channels
+        with torch.no_grad():
+            targets = self._teacher(torch.cat([image, augmented]))
+        inputs = torch.cat([image, augmented] + ([] if penalty_image is None else [penalty_image]))
+        with self._autocast():
+            student = self.student_(inputs).float()
+            reconstruction = self.autoencoder_(augmented).float()
+        loss = hard_feature_loss((targets[0] - student[0, :channels]).square())
+        if penalty_image is not None:
+            loss = loss + student[2, :channels].square().mean()
+        loss = loss + (targets[1] - reconstruction[0]).square().mean()
+        return loss + (reconstruction[0] - student[1, channels:]).square().mean()
+
+    def _fit_map_quantiles(self, validation: ImageDataset) -> None:
+        """The 0.9 and 0.995 quantiles of both raw maps over the held-out good images."""
+        local_maps, global_maps = [], []
+        with torch.inference_mode():
+            for batch in self._training_batches(validation, "validation maps"):
+                local_map, global_map = self._raw_maps(batch)
+                local_maps.append(local_map.flatten())
+                global_maps.append(global_map.flatten())
+        levels = torch.tensor(MAP_QUANTILES, device=self.device_)
+        self.local_quantiles_ = torch.quantile(_at_most(torch.cat(local_maps), self.seed), levels)
+        self.global_quantiles_ = torch.quantile(_at_most(torch.cat(global_maps), self.seed), levels)
+
+    # ------------------------------------------------------------------ predict
+    def _raw_maps(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(local, global)`` maps ``N x h x w`` of normalised images, before quantile normalisation."""
+        channels = self.teacher_.info.out_channels
+        targets = self._teacher(batch)
+        with self._autocast():
+            inputs = batch.contiguous(memory_format=torch.channels_last)
+            student = self.student_(inputs).float()
+            reconstruction = self.autoencoder_(inputs).float()
+        local_map = (targets - student[:, :channels]).square().mean(dim=1)
+        global_map = (reconstruction - student[:, channels:]).square().mean(dim=1)
+        return local_map, global_map
+
+    def _score_batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        local_map, global_map = self._raw_maps(batch)
+        combined = 0.5 * _rescale(local_map, self.local_quantiles_) + 0.5 * _rescale(global_map, self.global_quantiles_)
+        padded = F.pad(combined, (MAP_BORDER,) * 4)
+        return padded.flatten(1).max(dim=1).values, upsample_maps(padded, (batch.shape[2], batch.shape[3]))
+
+    # ------------------------------------------------------------------ state
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {f"student.{k}": v for k, v in self.student_.state_dict().items()}
+        tensors |= {f"autoencoder.{k}": v for k, v in self.autoencoder_.state_dict().items()}
+        return {**tensors, "teacher_mean": self.teacher_mean_, "teacher_std": self.teacher_std_,
+                "local_quantiles": self.local_quantiles_, "global_quantiles": self.global_quantiles_}
+
+    def _state_meta(self) -> dict[str, Any]:
+        return {"teacher_fingerprint": self.teacher_.fingerprint, "loss_history": self.loss_history_}
+
+    def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        self._load_teacher()
+        if self.teacher_.fingerprint != meta["teacher_fingerprint"]:
+            raise WeightsError(f"This EfficientAD was trained with teacher {meta['teacher_fingerprint']} but the teacher "
+                               f"file found now is {self.teacher_.fingerprint}; its student only matches the original.")
+        channels = self.teacher_.info.out_channels
+        self.student_ = patch_description_network(self.size, 2 * channels).to(self.device_)
+        self.autoencoder_ = EfficientADAutoencoder(channels, self.image_size).to(self.device_)
+        for prefix, network in (("student.", self.student_), ("autoencoder.", self.autoencoder_)):
+            state = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+            network.load_state_dict(state, strict=True)
+            network.eval()
+        for name in ("teacher_mean", "teacher_std", "local_quantiles", "global_quantiles"):
+            setattr(self, f"{name}_", tensors[name].to(self.device_))
+        self.loss_history_ = list(meta["loss_history"])
+
+
+def _rescale(raw_map: torch.Tensor, quantiles: torch.Tensor) -> torch.Tensor:
+    """Map the quantiles ``(q_a, q_b)`` to 0 and 0.1 (the paper's map normalisation)."""
+    return 0.1 * (raw_map - quantiles[0]) / (quantiles[1] - quantiles[0]).clamp_min(1e-12)
+
+
+def _at_most(values: torch.Tensor, seed: int, limit: int = 2**24) -> torch.Tensor:
+    """``values``, or a seeded random ``limit`` of them (``torch.quantile`` takes at most 2^24)."""
+    if values.numel() <= limit:
+        return values
+    generator = torch.Generator().manual_seed(seed)
+    return values[torch.randperm(values.numel(), generator=generator)[:limit].to(values.device)]

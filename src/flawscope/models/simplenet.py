@@ -1,0 +1,244 @@
+"""SimpleNet (Liu, Zhou, Wang & Wang, "SimpleNet: A Simple Network for Image Anomaly Detection
+and Localization", CVPR 2023).
+
+Recipe: frozen pretrained features of two mid-level stages, each averaged over a 3 x 3
+neighbourhood and brought to the finer stage's grid (PatchCore's locally aware features); a
+linear feature adaptor; anomalous features made by adding Gaussian noise to adapted normal
+ones; a discriminator (linear -> batch norm -> leaky ReLU 0.2 -> linear) trained with the
+truncated L1 loss ``max(0, m - D(normal)) + max(0, m + D(anomalous))`` (margin ``m = 0.5``),
+adaptor and discriminator together with Adam (1e-4 and 2e-4, weight decay 1e-5). Anomaly map:
+``-D`` of every position's adapted feature, upsampled and smoothed with a Gaussian of sigma 4;
+image score: the highest ``-D`` of the image's positions (the authors' code).
+
+flawscope standardises every feature channel with the training mean and deviation first (the
+paper's WideResNet-50 features are pooled to 1536 dimensions of one scale; EfficientNet-Lite
+stages differ in scale by orders of magnitude), so ``noise_std`` is in units of a channel's
+deviation.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flawscope._progress import progress_bar
+from flawscope._validation import NONE, Interval, Options
+from flawscope.data.datasets import ImageDataset
+from flawscope.errors import WeightsError
+from flawscope.features.extractor import local_patch_features, patch_rows
+from flawscope.models.base import BACKBONE_CONSTRAINTS, RUN_CONSTRAINTS, BackboneDetector, register_detector
+from flawscope.postprocess import gaussian_blur, upsample_maps
+
+
+def feature_adaptor(dim: int) -> nn.Linear:
+    """The adaptor: one linear layer, Xavier-normal initialised as in the authors' code."""
+    layer = nn.Linear(dim, dim)
+    nn.init.xavier_normal_(layer.weight)
+    return layer
+
+
+def discriminator(dim: int, hidden: int) -> nn.Sequential:
+    """``dim -> hidden`` (batch norm, leaky ReLU 0.2) ``-> 1``; positive = normal."""
+    network = nn.Sequential(nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 1, bias=False))
+    for layer in network:
+        if isinstance(layer, nn.Linear):
+            nn.init.xavier_normal_(layer.weight)
+    return network
+
+
+def truncated_l1_loss(normal_scores: torch.Tensor, anomalous_scores: torch.Tensor, margin: float) -> torch.Tensor:
+    """``mean(max(0, m - D(normal))) + mean(max(0, m + D(anomalous)))`` (eq. 6 of the paper)."""
+    return F.relu(margin - normal_scores).mean() + F.relu(margin + anomalous_scores).mean()
+
+
+@register_detector("simplenet")
+class SimpleNet(BackboneDetector):
+    """SimpleNet: a discriminator tells adapted normal features from noise-perturbed ones.
+
+    Parameters
+    ----------
+    backbone : str
+        timm architecture; ``tf_efficientnet_lite0`` (default) has offline ImageNet weights
+        (the paper used WideResNet-50 layers 2 and 3).
+    layers : sequence of int
+        timm ``out_indices`` of the two mid-level stages (EfficientNet-Lite: 2, 3 = strides 8, 16).
+    weights : str or None
+        ``None`` for the offline EfficientNet-Lite weights, a weights file, or ``"hub"``.
+    image_size : int
+        Images are resized to ``image_size x image_size`` (paper: 288).
+    noise_std : float
+        Deviation of the Gaussian noise that makes anomalous features, in units of a
+        standardised channel's deviation.
+    hidden : int
+        Width of the discriminator's hidden layer (paper: 1024).
+    margin : float
+        The truncated L1 loss's margin ``m`` (paper: 0.5).
+    recipe : {"fast", "paper"}
+        ``"paper"``: 160 epochs; ``"fast"`` (default): 40, which fits a CPU.
+    epochs : int or None
+        Passes over all training features; ``None`` = the recipe's.
+    adaptor_lr, discriminator_lr, weight_decay : float
+        Adam's learning rates of the adaptor and the discriminator, and the discriminator's
+        weight decay (paper: 1e-4, 2e-4, 1e-5).
+    smoothing_sigma : float
+        Gaussian smoothing of the upsampled map, in pixels (paper: 4).
+    batch_size : int
+        Images per backbone pass; one training step takes the features of as many images.
+    device : str
+        ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
+    seed : int
+        Seeds the initial weights, the shuffling and the noise.
+    """
+
+    recipes: ClassVar[dict[str, int]] = {"fast": 40, "paper": 160}
+    _parameter_constraints = {
+        **BACKBONE_CONSTRAINTS,
+        "image_size": [Interval(int, 32, 4096)],
+        "noise_std": [Interval(float, 0.0, None, "neither")],
+        "hidden": [Interval(int, 1, None)],
+        "margin": [Interval(float, 0.0, None)],
+        "recipe": [Options(("fast", "paper"))],
+        "epochs": [NONE, Interval(int, 1, None)],
+        "adaptor_lr": [Interval(float, 0.0, None, "neither")],
+        "discriminator_lr": [Interval(float, 0.0, None, "neither")],
+        "weight_decay": [Interval(float, 0.0, None)],
+        "smoothing_sigma": [Interval(float, 0.0, None)],
+        **RUN_CONSTRAINTS,
+    }
+
+    def __init__(
+        self,
+        *,
+        backbone: str = "tf_efficientnet_lite0",
+        layers: tuple[int, ...] = (2, 3),
+        weights: str | None = None,
+        image_size: int = 288,
+        noise_std: float = 0.5,
+        hidden: int = 1024,
+        margin: float = 0.5,
+        recipe: str = "fast",
+        epochs: int | None = None,
+        adaptor_lr: float = 1e-4,
+        discriminator_lr: float = 2e-4,
+        weight_decay: float = 1e-5,
+        smoothing_sigma: float = 4.0,
+        batch_size: int = 8,
+        device: str = "auto",
+        seed: int = 0,
+    ) -> None:
+        self.backbone = backbone
+        self.layers = layers
+        self.weights = weights
+        self.image_size = image_size
+        self.noise_std = noise_std
+        self.hidden = hidden
+        self.margin = margin
+        self.recipe = recipe
+        self.epochs = epochs
+        self.adaptor_lr = adaptor_lr
+        self.discriminator_lr = discriminator_lr
+        self.weight_decay = weight_decay
+        self.smoothing_sigma = smoothing_sigma
+        self.batch_size = batch_size
+        self.device = device
+        self.seed = seed
+
+    def _features(self, batch: torch.Tensor) -> torch.Tensor:
+        """``N x D x h x w`` locally aware features, standardised once fitted."""
+        return local_patch_features(self.extractor_(batch)).float()
+
+    def _standardise(self, rows: torch.Tensor) -> torch.Tensor:
+        return (rows - self.feature_mean_) / self.feature_std_
+
+    # ------------------------------------------------------------------ fit
+    def _fit(self, dataset: ImageDataset) -> None:
+        self._build_extractor()
+        rows = self._training_rows(dataset)
+        self.feature_mean_ = rows.mean(dim=0)
+        self.feature_std_ = rows.std(dim=0).clamp_min(1e-6)
+        epochs = self.epochs or self.recipes[self.recipe]
+        if self.show_progress_ and epochs != self.recipes["paper"]:
+            print(f"simplenet: training {epochs} epochs (the paper: {self.recipes['paper']}; recipe='paper' for it)", file=sys.stderr)
+        with self._seeded():
+            dim = rows.shape[1]
+            self.adaptor_ = feature_adaptor(dim).to(self.device_)
+            self.discriminator_ = discriminator(dim, self.hidden).to(self.device_)
+            self.loss_history_ = self._train(rows, epochs, rows.shape[0] // len(dataset) * self.batch_size)
+        self.adaptor_.eval()
+        self.discriminator_.eval()
+
+    def _training_rows(self, dataset: ImageDataset) -> torch.Tensor:
+        """``(N * h * w) x D`` raw features of every training position (float32)."""
+        with torch.inference_mode():
+            rows = torch.cat([patch_rows(self._features(batch)) for batch in self._training_batches(dataset, "features")])
+        return rows.clone()
+
+    def _train(self, rows: torch.Tensor, epochs: int, rows_per_step: int) -> list[float]:
+        """Adam on the truncated L1 loss; returns every epoch's mean loss."""
+        optimiser = torch.optim.Adam([
+            {"params": self.adaptor_.parameters(), "lr": self.adaptor_lr},
+            {"params": self.discriminator_.parameters(), "lr": self.discriminator_lr, "weight_decay": self.weight_decay},
+        ])
+        self.adaptor_.train()
+        self.discriminator_.train()
+        history = []
+        with progress_bar("training", epochs, self.show_progress_) as bar:
+            for _ in range(epochs):
+                order = torch.randperm(rows.shape[0]).to(rows.device)
+                total, steps = 0.0, 0
+                for start in range(0, rows.shape[0] - 1, rows_per_step):
+                    loss = self._loss(self._standardise(rows[order[start : start + rows_per_step]]))
+                    optimiser.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimiser.step()
+                    total += float(loss.detach())
+                    steps += 1
+                history.append(total / max(steps, 1))
+                bar.advance()
+        return history
+
+    def _loss(self, normal_rows: torch.Tensor) -> torch.Tensor:
+        """Truncated L1 loss of adapted normal features and their noise-perturbed copies."""
+        adapted = self.adaptor_(normal_rows)
+        anomalous = adapted + self.noise_std * torch.randn_like(adapted)
+        scores = self.discriminator_(torch.cat([adapted, anomalous]))[:, 0]
+        normal_scores, anomalous_scores = scores.split(adapted.shape[0])
+        return truncated_l1_loss(normal_scores, anomalous_scores, self.margin)
+
+    # ------------------------------------------------------------------ predict
+    def _score_batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self._features(batch)
+        count, _, height, width = features.shape
+        patch_scores = -self.discriminator_(self.adaptor_(self._standardise(patch_rows(features))))[:, 0]
+        patch_scores = patch_scores.reshape(count, height, width)
+        maps = gaussian_blur(upsample_maps(patch_scores, (batch.shape[2], batch.shape[3])), self.smoothing_sigma)
+        return patch_scores.flatten(1).max(dim=1).values, maps
+
+    # ------------------------------------------------------------------ state
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {f"adaptor.{k}": v for k, v in self.adaptor_.state_dict().items()}
+        tensors |= {f"discriminator.{k}": v for k, v in self.discriminator_.state_dict().items()}
+        return {**tensors, "feature_mean": self.feature_mean_, "feature_std": self.feature_std_}
+
+    def _state_meta(self) -> dict[str, Any]:
+        return {**super()._state_meta(), "loss_history": self.loss_history_}
+
+    def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        self._restore_extractor(meta)
+        dim = sum(self.extractor_.channels)
+        self.adaptor_ = feature_adaptor(dim).to(self.device_)
+        self.discriminator_ = discriminator(dim, self.hidden).to(self.device_)
+        for prefix, network in (("adaptor.", self.adaptor_), ("discriminator.", self.discriminator_)):
+            state = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+            try:
+                network.load_state_dict(state, strict=True)
+            except RuntimeError as error:
+                raise WeightsError(f"Saved SimpleNet {prefix[:-1]} does not fit {dim} feature channels: {error}") from None
+            network.eval()
+        self.feature_mean_ = tensors["feature_mean"].to(self.device_)
+        self.feature_std_ = tensors["feature_std"].to(self.device_)
+        self.loss_history_ = list(meta["loss_history"])
