@@ -22,6 +22,12 @@ def texture_test():
 
 
 @pytest.fixture(scope="session")
+def labelled_train():
+    """Good and defective textures with masks, for supervised methods."""
+    return make_texture_set(12, 12, size=(96, 96), seed=2)
+
+
+@pytest.fixture(scope="session")
 def fitted_patchcore(texture_train):
     """A small PatchCore fitted on synthetic textures. Tests must not modify it."""
     model = fs.create("patchcore", image_size=96, coreset_ratio=0.25, device="cpu", seed=0)

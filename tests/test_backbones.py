@@ -19,7 +19,7 @@ MILITARY_UNIFORM = 652  # ImageNet class of the classic Grace Hopper portrait
 
 
 def test_offline_lite0_weights_classify_a_natural_image():
-    model = create_classifier("tf_efficientnet_lite0")
+    model, _ = create_classifier("tf_efficientnet_lite0")
     cfg = OFFLINE_BACKBONES["tf_efficientnet_lite0"]
     batch = to_model_input([read_image(GRACE_HOPPER)], 224, cfg.mean, cfg.std)
     with torch.inference_mode():

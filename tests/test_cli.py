@@ -85,6 +85,35 @@ def test_fit_takes_the_autoencoder_recipe(category, tmp_path):
     assert result.exit_code == 2 and "recipe" in result.output
 
 
+def test_distill_teacher_then_fit_efficientad_with_it(category, tmp_path):
+    teacher = tmp_path / "teacher.safetensors"
+    result = runner.invoke(app, ["distill-teacher", "--images", str(category), "--out", str(teacher), "--steps", "2",
+                                 "--image-size", "128", "--batch-size", "2", "--device", "cpu", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "PDN-small teacher (152 channels)" in result.output and teacher.is_file()
+    result = runner.invoke(app, ["fit", "--data", str(category), "--out", str(tmp_path / "ead"), "--model", "efficientad",
+                                 "--param", f"teacher={teacher}", "--param", "image_size=128", "--param", "steps=2",
+                                 "--device", "cpu", "--val-fraction", "0.3", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "ead" / "config.json").read_text())["params"]["teacher"] == str(teacher)
+    result = runner.invoke(app, ["distill-teacher", "--images", str(tmp_path / "nothing"), "--out", str(teacher)])
+    assert result.exit_code == 2 and "neither a folder nor a data spec" in result.output
+
+
+def test_cam_classifier_fits_on_labelled_images_and_is_evaluated_on_unseen_ones(category, tmp_path):
+    out = tmp_path / "cam"
+    result = runner.invoke(app, ["fit", "--data", str(category), "--out", str(out), "--model", "cam_classifier", "--device", "cpu",
+                                 "--param", "image_size=64", "--param", "max_epochs=1", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "on 9 labelled images (80 %" in result.output  # 11 test images of the category: 9 to learn, 2 to judge
+    result = runner.invoke(app, ["evaluate", str(out), "--data", str(category), "--out", str(tmp_path / "eval"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["n_images"] == 2 and metrics["threshold_source"] == "calibrated (argmax)"
+    assert "accuracy" in metrics and "box_iou_mean" in metrics
+    assert "Confusion matrix" in (tmp_path / "eval" / "report.html").read_text()
+
+
 def test_clear_errors_for_bad_input(tmp_path):
     (tmp_path / "empty" / "train" / "good").mkdir(parents=True)
     result = runner.invoke(app, ["fit", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "m"), "--quiet"])

@@ -37,3 +37,21 @@ def test_autoencoder_trains_on_cuda(texture_train):
     model = fs.create("ae_l2", image_size=64, patch_size=32, latent_dim=16, n_patches=256, epochs=2, stride=16, device="cuda")
     model.fit(texture_train, progress=False)
     assert model.loss_history_[-1] < model.loss_history_[0]
+
+
+@pytest.mark.parametrize("name, small", [
+    ("efficientad", {"image_size": 128, "steps": 5}),
+    ("simplenet", {"image_size": 64, "epochs": 2, "noise_std": 0.5}),
+])
+def test_student_teacher_and_discriminative_models_score_alike_on_cuda(name, small, texture_train, texture_test, tmp_path):
+    model = fs.create(name, device="cpu", **small).fit(texture_train, progress=False)
+    cpu_scores = model.predict(texture_test, progress=False).scores
+    on_cuda = fs.load(model.save(tmp_path / name), device="cuda")
+    assert on_cuda.device_.type == "cuda"
+    np.testing.assert_allclose(on_cuda.predict(texture_test, progress=False).scores, cpu_scores, rtol=1e-3)
+
+
+def test_efficientad_trains_on_cuda(texture_train):
+    model = fs.create("efficientad", image_size=128, steps=30, learning_rate=1e-3, device="cuda").fit(texture_train, progress=False)
+    assert model.student_[0].weight.is_cuda
+    assert np.mean(model.loss_history_[-5:]) < np.mean(model.loss_history_[:5])

@@ -106,3 +106,14 @@ def test_region_overlap_quantiles_by_hand():
     assert result["overlap"] == [[0.5], [1.0]] and result["n_regions"] == 2
     with pytest.raises(DataError, match="defective pixel"):
         region_overlap_quantiles([anomaly_map], [np.zeros_like(mask)])
+
+
+def test_box_iou_and_mask_box_by_hand():
+    from flawscope.metrics import box_iou, mask_box
+
+    assert box_iou((0, 0, 4, 4), (2, 2, 6, 6)) == pytest.approx(4 / 28)
+    assert box_iou((0, 0, 2, 2), (5, 5, 6, 6)) == 0.0 and box_iou((1, 1, 3, 4), (1, 1, 3, 4)) == 1.0
+    mask = np.zeros((10, 12), bool)
+    mask[2:5, 3:9] = True
+    mask[7, 10] = True
+    assert mask_box(mask) == (3, 2, 11, 8) and mask_box(np.zeros((3, 3), bool)) is None

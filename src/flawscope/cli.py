@@ -75,8 +75,15 @@ def fit_and_calibrate(model_name: str, data: str, params: dict[str, Any], val_fr
     Returns ``(model, fit seconds, training images, calibration images)``.
     """
     import flawscope as fs
-    from flawscope.data.datasets import holdout_split, open_data
+    from flawscope.data.datasets import holdout_split, open_data, supervised_split
+    from flawscope.models.base import detector_class
 
+    if detector_class(model_name).supervised:  # learns from labelled images; fit sets the classifier's own threshold
+        learn, _ = supervised_split(data, params.get("seed", 0))
+        model = fs.create(model_name, **params)
+        started = time.perf_counter()
+        model.fit(learn, progress=not quiet)
+        return model, time.perf_counter() - started, len(learn), 0
     train = open_data(data, "train")
     if data.startswith("elpv:"):
         validation = open_data(data, "validation")
@@ -98,8 +105,8 @@ def fit(
     backbone: Optional[str] = typer.Option(None, help="timm backbone (default: the method's, tf_efficientnet_lite0)."),
     weights: Optional[str] = typer.Option(None, help="Backbone weights file, or 'hub' to download (needs network)."),
     recipe: Optional[str] = typer.Option(
-        None, help="Training schedule of the autoencoders: fast (default; minutes on a CPU) or paper (the published "
-        "200 epochs; hours on a CPU)."),
+        None, help="Training schedule of the trained methods (autoencoders, EfficientAD, SimpleNet): fast (default; "
+        "minutes on a CPU) or paper (the published schedule; hours on a CPU)."),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
     seed: int = typer.Option(0, help="Seed of every random step."),
     param: list[str] = typer.Option([], help="Any other method parameter as KEY=VALUE (JSON values), repeatable."),
@@ -124,8 +131,12 @@ def fit(
         detector.save(out)
     except fs.FlawscopeError as error:
         _fail(error)
-    console.print(f"fitted {model} on {n_train} images in {seconds:.1f} s; threshold {detector.threshold_:.4f} "
-                  f"({threshold_rule} on {n_val} held-out good images); saved to {out}")
+    if detector.supervised:
+        console.print(f"fitted {model} on {n_train} labelled images (80 % of them, stratified, seed {seed}; a quarter of "
+                      f"those held out to pick the best epoch) in {seconds:.1f} s; saved to {out}")
+    else:
+        console.print(f"fitted {model} on {n_train} images in {seconds:.1f} s; threshold {detector.threshold_:.4f} "
+                      f"({threshold_rule} on {n_val} held-out good images); saved to {out}")
 
 
 def _unique_stem(path_name: str, used: set[str]) -> str:
@@ -199,7 +210,8 @@ def predict(
 @app.command()
 def evaluate(
     model_dir: Path = typer.Argument(..., help="A model directory written by 'flawscope fit'."),
-    data: str = typer.Option(..., help=DATA_HELP + " Its test split is used."),
+    data: str = typer.Option(..., help=DATA_HELP + " Its test split is used (for cam_classifier: the 20 % of the "
+                             "labelled images its fit did not see)."),
     out: Path = typer.Option(..., help="Directory for metrics.json and report.html."),
     device: Optional[str] = typer.Option(None, help="Override the saved device (auto, cpu, cuda)."),
     quiet: bool = typer.Option(False, help="No progress bars."),
@@ -207,11 +219,10 @@ def evaluate(
     """Compute image AUROC, AUPR, F1-max, balanced accuracy, confusion matrix and (with masks) pixel AUROC, AUPRO
     and the per-region overlap quantiles at 1-30 % false-positive rate."""
     import flawscope as fs
-    from flawscope.data.datasets import open_data
 
     try:
         detector = fs.load(model_dir, device=device)
-        report = fs.evaluate(detector, open_data(data, "test"), progress=not quiet)
+        report = fs.evaluate(detector, test_data(data, detector), progress=not quiet)
     except fs.FlawscopeError as error:
         _fail(error)
     out.mkdir(parents=True, exist_ok=True)
@@ -222,6 +233,14 @@ def evaluate(
     if "region_overlap" in report.metrics:
         console.print(_overlap_table(report.metrics["region_overlap"]))
     console.print(f"metrics: {out / 'metrics.json'}\nreport:  {out / 'report.html'}")
+
+
+def test_data(data: str, detector) -> "ImageDataset":
+    """The images to evaluate ``detector`` on: the test split, or for a supervised method the 20 %
+    of the labelled images its fit did not see (the same seeded split as 'flawscope fit')."""
+    from flawscope.data.datasets import open_data, supervised_split
+
+    return supervised_split(data, detector.seed)[1] if detector.supervised else open_data(data, "test")
 
 
 def peak_rss_mib() -> float:
@@ -237,10 +256,9 @@ def run_benchmark(model: str, data: str, params: dict[str, Any], quiet: bool) ->
     import torch
 
     import flawscope as fs
-    from flawscope.data.datasets import open_data
 
     detector, fit_seconds, n_train, n_val = fit_and_calibrate(model, data, params, 0.1, "sigma", 3.0, 0.01, quiet)
-    test = open_data(data, "test")
+    test = test_data(data, detector)
     started = time.perf_counter()
     report = fs.evaluate(detector, test, worst_cases=0, progress=not quiet)
     predict_seconds = time.perf_counter() - started
@@ -307,6 +325,67 @@ def demo(
     console.print(f"fit on {n_train} good cells in {seconds:.1f} s; threshold (mean + 3 std of {n_val} held-out good cells) {detector.threshold_:.3f}")
     console.print(_metrics_table(report.metrics, f"held-out ELPV {cell_type} cells: good vs defect probability 1.0"))
     console.print(f"model:   {out / 'model'}\nmetrics: {out / 'metrics.json'}\nreport:  {out / 'report.html'}")
+
+
+def _image_collection(specs: list[str]) -> "ImageDataset":
+    """Every image of the given folders (searched recursively) and data specs (``elpv:mono``: its training split)."""
+    from flawscope import errors as fs_errors
+    from flawscope.data.datasets import GOOD, IMAGE_SUFFIXES, ImageDataset, Sample, open_data
+
+    samples = []
+    for spec in specs:
+        folder = Path(spec)
+        if spec.startswith("elpv:") or (folder / "train").is_dir():
+            samples += open_data(spec, "train").samples
+            continue
+        if not folder.is_dir():
+            raise fs_errors.DataError(f"{spec} is neither a folder nor a data spec such as elpv:mono.")
+        paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not paths:
+            raise fs_errors.DataError(f"No images under {folder}.")
+        samples += [Sample(path, str(path), GOOD, "good") for path in paths]
+    return ImageDataset(samples, " + ".join(specs))
+
+
+@app.command("distill-teacher")
+def distill_teacher_command(
+    out: Path = typer.Option(..., help="The teacher file to write (.safetensors); give it to a model as teacher=PATH."),
+    images: list[str] = typer.Option(
+        [], help="Folder of images (searched recursively) or data spec (elpv:mono: its training images), repeatable. "
+        "None: seeded dead-leaves images, as for the teacher shipped with flawscope."),
+    dead_leaves_share: Optional[float] = typer.Option(
+        None, help="Share of dead-leaves images among the given ones (default: 0 with --images, 1 without)."),
+    size: str = typer.Option("small", help="PDN size: small (EfficientAD-S) or medium (EfficientAD-M)."),
+    backbone: str = typer.Option("tf_efficientnet_lite0", help="timm backbone whose features the teacher learns."),
+    layers: str = typer.Option("2,3", help="Backbone stages (timm out_indices), comma-separated."),
+    weights: Optional[str] = typer.Option(None, help="Backbone weights file, or 'hub' (default: offline Lite weights)."),
+    image_size: int = typer.Option(256, help="Side of the distillation images (a multiple of 4, >= 128)."),
+    steps: int = typer.Option(1000, help="Optimiser steps (paper: 60,000 of 16 ImageNet images)."),
+    batch_size: int = typer.Option(8, help="Images per step."),
+    learning_rate: float = typer.Option(1e-3, help="Adam learning rate (paper: 1e-4 over its 60x longer schedule)."),
+    precision: str = typer.Option("float32", help="float32 or bfloat16 (autocast; about 2.5x faster on AVX512-BF16 CPUs)."),
+    device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
+    seed: int = typer.Option(0, help="Seed of the images, crops and initial weights."),
+    quiet: bool = typer.Option(False, help="No progress bar."),
+) -> None:
+    """Distil an EfficientAD teacher (a PDN) from a pretrained backbone on any images."""
+    import flawscope as fs
+    from flawscope.features.pdn import distill_teacher, save_teacher
+    from flawscope.models.base import resolve_device
+
+    try:
+        collection = _image_collection(images) if images else None
+        started = time.perf_counter()
+        teacher = distill_teacher(
+            images=collection, dead_leaves_share=dead_leaves_share, size=size, backbone=backbone,
+            layers=tuple(int(x) for x in layers.split(",")), weights=weights, image_size=image_size, steps=steps,
+            batch_size=batch_size, learning_rate=learning_rate, precision=precision, seed=seed,
+            device=resolve_device(device), progress=not quiet)
+        save_teacher(teacher, out)
+    except (fs.FlawscopeError, ValueError) as error:
+        _fail(error)
+    console.print(f"distilled a PDN-{size} teacher ({teacher.info.out_channels} channels) from {backbone} in "
+                  f"{time.perf_counter() - started:.0f} s; final loss {teacher.info.final_loss:.4f}; saved to {out}")
 
 
 @app.command("list-models")

@@ -11,8 +11,8 @@ import numpy as np
 
 from flawscope.data.datasets import DEFECTIVE, GOOD, as_dataset
 from flawscope.errors import DataError
-from flawscope.metrics import (auroc, average_precision, balanced_accuracy, confusion_matrix, f1_max, pixel_metrics,
-                               region_overlap_quantiles, roc_curve)
+from flawscope.metrics import (auroc, average_precision, balanced_accuracy, box_iou, confusion_matrix, f1_max, mask_box,
+                               pixel_metrics, region_overlap_quantiles, roc_curve)
 from flawscope.models.base import Detector
 
 
@@ -84,8 +84,10 @@ def evaluate(
     threshold ``balanced_accuracy``, ``confusion_matrix`` ([[TN, FP], [FN, TP]]). An
     uncalibrated model is judged at the F1-optimal threshold on this data, and
     ``threshold_source`` says so. Where masks exist: ``pixel_auroc`` and ``aupro`` (up to
-    ``max_fpr``), overall and per defect type, and ``region_overlap``: the 25/50/75 % quantiles
-    of the per-region overlap at false-positive rates 1-30 % (Bergmann et al. 2019, Fig. 7).
+    ``max_fpr``), overall and per defect type, ``region_overlap``: the 25/50/75 % quantiles
+    of the per-region overlap at false-positive rates 1-30 % (Bergmann et al. 2019, Fig. 7), and
+    for a calibrated model ``box_iou_mean`` / ``box_iou_over_0_5``: the IoU of the box around the
+    drawn boxes with the true mask's box, over the defective images (0 where none is drawn).
     Images that cannot be read are listed under
     ``failed`` and left out.
     """
@@ -106,6 +108,8 @@ def evaluate(
         if with_masks:
             maps.append(result.anomaly_map)
             masks.append(sample.read_mask(result.anomaly_map.shape))
+            if model.is_calibrated and sample.label == DEFECTIVE:
+                row["box_iou"] = _box_iou(model, result.score, result.anomaly_map, masks[-1])
         worst.offer(row, result.image, result.anomaly_map)
     labels = np.array([row["label"] for row in rows])
     scores = np.array([row["score"] for row in rows])
@@ -119,8 +123,24 @@ def evaluate(
         curves["pixel_roc"] = _as_lists(pixel["roc"])
         curves["pro"] = _as_lists(pixel["pro"])
         metrics["region_overlap"] = region_overlap_quantiles(maps, masks)
+        ious = np.array([row["box_iou"] for row in rows if row.get("box_iou") is not None])
+        if ious.size:
+            metrics.update(box_iou_mean=float(ious.mean()), box_iou_over_0_5=float((ious >= 0.5).mean()), n_boxed_images=int(ious.size))
     metrics["per_defect_type"] = _per_type(rows, maps if with_masks else None, masks if with_masks else None, max_fpr)
     return Report(metrics, rows, curves, worst.cases())
+
+
+def _box_iou(model: Detector, score: float, anomaly_map: np.ndarray, mask: np.ndarray) -> float | None:
+    """IoU of the bounding box around all boxes the model draws with the bounding box of the true
+    mask (0 when the image is passed as OK or no box is drawn; None without a true region)."""
+    truth = mask_box(mask)
+    if truth is None:
+        return None
+    defective, _, boxes = model.decide(score, anomaly_map)
+    if not defective or not boxes:
+        return 0.0
+    drawn = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
+    return box_iou(drawn, truth)
 
 
 def _as_lists(curve: tuple[np.ndarray, np.ndarray], points: int = 400) -> tuple[list[float], list[float]]:

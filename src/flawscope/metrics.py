@@ -238,3 +238,24 @@ def integrate_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
         y_at = np.interp(x_max, [x[after - 1], x[after]], [y[after - 1], y[after]])
         xs, ys = np.r_[xs, x_max], np.r_[ys, y_at]
     return float(np.trapezoid(ys, xs))
+
+
+def box_iou(first: tuple[int, int, int, int], second: tuple[int, int, int, int]) -> float:
+    """Intersection over union of two ``(x0, y0, x1, y1)`` boxes (x1, y1 exclusive)."""
+    width = max(0, min(first[2], second[2]) - max(first[0], second[0]))
+    height = max(0, min(first[3], second[3]) - max(first[1], second[1]))
+    intersection = width * height
+    union = _area(first) + _area(second) - intersection
+    return intersection / union if union > 0 else 0.0
+
+
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """The bounding box ``(x0, y0, x1, y1)`` of a mask's true pixels, or None for an empty mask."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def _area(box: tuple[int, int, int, int]) -> int:
+    return (box[2] - box[0]) * (box[3] - box[1])

@@ -59,6 +59,7 @@ def _curve_figures(report: "Report") -> list[tuple[str, str]]:
         figures.append(("Per-region overlap", _figure_png(figure)))
     if "region_overlap" in metrics:
         figures.append(("Region overlap quantiles", _region_overlap_figure(metrics["region_overlap"])))
+    figures.append(("Confusion matrix", _confusion_figure(metrics["confusion_matrix"])))
     figure, axis = plt.subplots(figsize=(5, 4))
     scores = np.array([row["score"] for row in report.rows])
     labels = np.array([row["label"] for row in report.rows])
@@ -70,6 +71,24 @@ def _curve_figures(report: "Report") -> list[tuple[str, str]]:
     axis.legend()
     figures.append(("Score histograms", _figure_png(figure)))
     return figures
+
+
+def _confusion_figure(matrix: list[list[int]]) -> str:
+    """The confusion matrix ([[TN, FP], [FN, TP]]) as a picture, each cell with its count and its
+    share of the true class."""
+    import matplotlib.pyplot as plt
+
+    counts = np.asarray(matrix, dtype=float)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    figure, axis = plt.subplots(figsize=(3.6, 3.2))
+    axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for row in range(2):
+        for col in range(2):
+            axis.text(col, row, f"{int(counts[row, col])}\n{shares[row, col]:.0%}", ha="center", va="center",
+                      color="white" if shares[row, col] > 0.5 else "black")
+    axis.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["good", "defective"], yticklabels=["good", "defective"],
+             xlabel="predicted", ylabel="true", title="Confusion matrix")
+    return _figure_png(figure)
 
 
 def _region_overlap_figure(overlap: dict) -> str:

@@ -106,6 +106,36 @@ def holdout_split(dataset: ImageDataset, fraction: float, seed: int) -> tuple[Im
     )
 
 
+SUPERVISED_TEST_SHARE = 0.2  # of a supervised method's labelled images; fit holds out another 20 % for validation
+
+
+def stratified_split(dataset: ImageDataset, fractions: Sequence[float], seed: int = 0) -> tuple[ImageDataset, ...]:
+    """Split labelled ``dataset`` into parts of the given ``fractions`` (summing to 1), seeded, with
+    good and defective images in every part in the proportions of the whole."""
+    if abs(sum(fractions) - 1.0) > 1e-9 or min(fractions) <= 0:
+        raise DataError(f"fractions must be positive and sum to 1; got {tuple(fractions)}.")
+    labels = dataset.labels
+    if (labels < 0).any():
+        raise DataError(f"{dataset!r} has unlabelled images; a stratified split needs labels.")
+    rng = np.random.default_rng(seed)
+    parts: list[list[int]] = [[] for _ in fractions]
+    for label in (GOOD, DEFECTIVE):
+        members = np.flatnonzero(labels == label)
+        members = members[rng.permutation(len(members))]
+        bounds = np.round(np.cumsum(fractions) * len(members)).astype(int)
+        for part, (start, stop) in zip(parts, zip(np.r_[0, bounds[:-1]], bounds)):
+            part.extend(members[start:stop].tolist())
+    return tuple(dataset.subset(sorted(part), f"{dataset.description} (part {i + 1} of {len(fractions)}, seed {seed})")
+                 for i, part in enumerate(parts))
+
+
+def supervised_split(spec: str | os.PathLike, seed: int) -> tuple[ImageDataset, ImageDataset]:
+    """``(learn, test)``: the labelled images of a data spec split 80 / 20, stratified and seeded --
+    what the command line gives a supervised method to fit on and to be evaluated on."""
+    learn, test = stratified_split(open_data(spec, "labelled"), (1 - SUPERVISED_TEST_SHARE, SUPERVISED_TEST_SHARE), seed)
+    return learn, test
+
+
 def list_images(folder: Path) -> list[Path]:
     """Image files directly inside ``folder``, sorted by name."""
     return sorted(path for path in folder.iterdir() if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
@@ -209,11 +239,16 @@ def open_dataset(root: str | os.PathLike, split: str) -> ImageDataset:
 def open_data(spec: str | os.PathLike, split: str) -> ImageDataset:
     """A dataset from a command-line spec: a folder, or ``elpv:mono`` / ``elpv:poly`` / ``elpv:all``.
 
-    ``split`` is 'train', 'validation' (ELPV only) or 'test'.
+    ``split`` is 'train', 'validation' (ELPV only), 'test' or 'labelled': every labelled image for
+    a supervised method (a folder's test images; ELPV's good cells and those with a defect
+    probability of at least 2/3).
     """
     text = str(spec)
     if text.startswith("elpv:"):
-        return ELPV(split, cell_type=text.split(":", 1)[1])
+        probability = 2 / 3 if split == "labelled" else 1.0
+        return ELPV(split, cell_type=text.split(":", 1)[1], defect_probability=probability)
+    if split == "labelled":
+        return open_dataset(spec, "test")
     if split == "validation":
         raise DataError(f"{spec} has no validation split; hold out part of the training images instead.")
     return open_dataset(spec, split)
@@ -277,6 +312,7 @@ class ELPV(ImageDataset):
     The good cells of the chosen ``cell_type`` are shuffled with ``seed``: the first
     ``n_train`` form ``split="train"``, the next ``n_validation`` form ``split="validation"``
     (for calibration), and the rest, with every defective cell, form ``split="test"``.
+    ``split="labelled"`` is every good and defective cell, for a supervised method to split.
     """
 
     def __init__(
@@ -288,8 +324,8 @@ class ELPV(ImageDataset):
         seed: int = 0,
         defect_probability: float = 1.0,
     ) -> None:
-        if split not in ("train", "validation", "test"):
-            raise DataError(f"split must be 'train', 'validation' or 'test'; got {split!r}.")
+        if split not in ("train", "validation", "test", "labelled"):
+            raise DataError(f"split must be 'train', 'validation', 'test' or 'labelled'; got {split!r}.")
         if cell_type not in ("mono", "poly", "all"):
             raise DataError(f"cell_type must be 'mono', 'poly' or 'all'; got {cell_type!r}.")
         rows = [row for row in _elpv_rows() if cell_type == "all" or row[2] == cell_type]
@@ -298,7 +334,9 @@ class ELPV(ImageDataset):
             raise DataError(f"ELPV {cell_type} has {len(good)} good cells; n_train + n_validation must be fewer.")
         order = np.random.default_rng(seed).permutation(len(good))
         shuffled = [good[i] for i in order]
-        if split == "train":
+        if split == "labelled":
+            chosen = sorted(good + [row for row in rows if row[1] >= defect_probability])
+        elif split == "train":
             chosen = shuffled[:n_train]
         elif split == "validation":
             chosen = shuffled[n_train : n_train + n_validation]

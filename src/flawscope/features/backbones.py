@@ -150,15 +150,14 @@ def _rename_lukemelas_keys(name: str, state: dict[str, torch.Tensor], path: Path
     return renamed
 
 
-def create_classifier(name: str, weights: str | None = None) -> nn.Module:
-    """The full timm model (with its classifier head), weights loaded strictly, in eval mode."""
-    import timm
-
-    state, _ = resolve_weights(name, weights)
+def create_classifier(name: str, weights: str | None = None) -> tuple[nn.Module, str]:
+    """The full timm model (with its classifier head), weights loaded strictly, in eval mode, and its
+    weights fingerprint."""
+    state, fingerprint = resolve_weights(name, weights)
     model = _create_timm(name, pretrained=state is None)
     if state is not None:
         _load_strict(model, state, name)
-    return model.eval()
+    return model.eval(), fingerprint
 
 
 def create_feature_backbone(name: str, out_indices: Sequence[int], weights: str | None = None) -> tuple[nn.Module, str]:

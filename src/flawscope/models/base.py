@@ -148,6 +148,8 @@ class Detector:
     # of this shape ("square" or "disk") and size
     opening_shape: ClassVar[str] = "square"
     default_opening: ClassVar[int] = 3
+    # True for a method that learns from labelled good AND defective images (a classifier)
+    supervised: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ parameters
     @classmethod
@@ -200,13 +202,16 @@ class Detector:
         """Learn what good looks like from good images only; returns self.
 
         ``images`` is a dataset, a folder or a list of paths / arrays / PIL images. Labels, if
-        present, must all be good. Fitting again forgets the previous fit and calibration.
+        present, must all be good -- except for a ``supervised`` method, which needs labelled good
+        and defective images. Fitting again forgets the previous fit and calibration.
         """
         self._validate()
-        dataset = as_dataset(images, split="train")
+        dataset = as_dataset(images, split="test" if self.supervised else "train")
         if len(dataset) == 0:
             raise DataError(f"{type(self).__name__}.fit got no images ({dataset!r}); it needs at least 1 good image.")
-        if (dataset.labels == DEFECTIVE).any():
+        if self.supervised:
+            _check_labelled(dataset, type(self).__name__)
+        elif (dataset.labels == DEFECTIVE).any():
             raise DataError(f"{dataset!r} contains defective images; {type(self).__name__} learns from good images only.")
         self.device_ = resolve_device(self.device)
         self._forget_calibration()
@@ -412,6 +417,15 @@ class Detector:
 
     def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         raise NotImplementedError
+
+
+def _check_labelled(dataset: ImageDataset, who: str) -> None:
+    labels = dataset.labels
+    if (labels < 0).any():
+        raise DataError(f"{dataset!r} has unlabelled images; {who} learns from labelled good and defective images.")
+    if not (labels == DEFECTIVE).any() or (labels == DEFECTIVE).all():
+        raise DataError(f"{who} needs good and defective images to learn from; {dataset!r} has "
+                        f"{int((labels != DEFECTIVE).sum())} good and {int((labels == DEFECTIVE).sum())} defective.")
 
 
 class BackboneDetector(Detector):
