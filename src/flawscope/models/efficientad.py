@@ -91,8 +91,8 @@ class EfficientAD(Detector):
     validation_fraction : float
         Share of the training images held out (seeded) for the map quantiles (paper: 10 %).
     precision : {"float32", "bfloat16"}
-        ``"bfloat16"`` trains and scores under bfloat16 autocast: about 2.5x faster on CPUs
-        with AVX512-BF16 and on GPUs, scores differ by about 1 %.
+        ``"bfloat16"`` trains and scores under bfloat16 autocast: about 2x faster on CPUs
+        with AVX512-BF16 and on GPUs; scores then differ slightly from float32.
     batch_size : int
         Images per scoring pass (training uses one image a step, as the paper).
     device : str
