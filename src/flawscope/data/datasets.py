@@ -132,8 +132,7 @@ def stratified_split(dataset: ImageDataset, fractions: Sequence[float], seed: in
 def supervised_split(spec: str | os.PathLike, seed: int) -> tuple[ImageDataset, ImageDataset]:
     """``(learn, test)``: the labelled images of a data spec split 80 / 20, stratified and seeded --
     what the command line gives a supervised method to fit on and to be evaluated on."""
-    learn, test = stratified_split(open_data(spec, "labelled"), (1 - SUPERVISED_TEST_SHARE, SUPERVISED_TEST_SHARE), seed)
-    return learn, test
+    return stratified_split(open_data(spec, "labelled"), (1 - SUPERVISED_TEST_SHARE, SUPERVISED_TEST_SHARE), seed)
 
 
 def list_images(folder: Path) -> list[Path]:

@@ -50,6 +50,11 @@ def resize_image(image: np.ndarray, image_size: int) -> torch.Tensor:
 LUMA = (0.299, 0.587, 0.114)
 
 
+def luma(image: torch.Tensor) -> torch.Tensor:
+    """A ``3 x H x W`` RGB tensor's ITU-R 601 luma, ``1 x H x W``."""
+    return (image * torch.tensor(LUMA, dtype=image.dtype, device=image.device).view(3, 1, 1)).sum(0, keepdim=True)
+
+
 def grey_batch(images: Sequence[np.ndarray], size: int) -> torch.Tensor:
     """Float ``H x W x C`` images -> ``N x 1 x size x size`` grey tensor in [0, 1] (ITU-R 601 luma)."""
     tensors = []

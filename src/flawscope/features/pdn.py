@@ -33,7 +33,7 @@ from flawscope._progress import progress_bar
 from flawscope.data.datasets import ImageDataset
 from flawscope.data.io import read_image
 from flawscope.data.synthetic import dead_leaves
-from flawscope.data.transforms import LUMA, normalise, resize_image
+from flawscope.data.transforms import luma, normalise, resize_image
 from flawscope.errors import ConfigError, ModelFileError
 from flawscope.features.backbones import file_fingerprint
 from flawscope.features.extractor import FeatureExtractor, local_patch_features
@@ -215,7 +215,7 @@ def _distillation_images(images: ImageDataset | None, dead_leaves_share: float, 
             if generator.uniform() < 0.5:
                 image = image.flip(-1)
         if generator.uniform() < 0.1:
-            image = image.mul(torch.tensor(LUMA).view(3, 1, 1)).sum(0, keepdim=True).expand(3, -1, -1)
+            image = luma(image).expand(3, -1, -1)
         yield image.float().contiguous()
 
 

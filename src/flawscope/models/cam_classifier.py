@@ -29,10 +29,11 @@ from torch import nn
 from flawscope._progress import progress_bar
 from flawscope._validation import BOOLEAN, NONE, STRING, Check, Interval
 from flawscope.data.datasets import DEFECTIVE, ImageDataset, stratified_split
-from flawscope.errors import WeightsError
+from flawscope.errors import NotFittedError, WeightsError
 from flawscope.features.backbones import backbone_cfg, create_classifier
-from flawscope.models.base import RUN_CONSTRAINTS, Detector, NotFittedError, register_detector
-from flawscope.postprocess import Box
+from flawscope.models.base import RUN_CONSTRAINTS, Detector, register_detector
+from flawscope.metrics import mask_box
+from flawscope.postprocess import Box, upsample_maps
 
 POSITIVE_PAIR = Check(lambda v: isinstance(v, (list, tuple)) and len(v) == 2
                       and all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in v),
@@ -245,7 +246,7 @@ class CamClassifier(Detector):
         probability = logits.softmax(dim=1)[:, 1]
         cam = self.network_.anomaly_cam(features).clamp_min(0)
         cam = cam / cam.flatten(1).max(dim=1).values.clamp_min(1e-12).view(-1, 1, 1)
-        maps = F.interpolate(cam[:, None], size=batch.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        maps = upsample_maps(cam, (batch.shape[2], batch.shape[3]))
         return probability, maps * probability.view(-1, 1, 1)
 
     def decide(self, score: float, anomaly_map: np.ndarray, opening: int | None = None) -> tuple[bool, np.ndarray, list[Box]]:
@@ -260,9 +261,7 @@ class CamClassifier(Detector):
         regions, count = ndimage.label(anomaly_map >= self.cam_threshold * anomaly_map.max())
         sizes = ndimage.sum_labels(np.ones_like(regions), regions, index=np.arange(1, count + 1))
         mask = regions == 1 + int(np.argmax(sizes))
-        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-        box = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1, float(anomaly_map[mask].max()))
-        return defective, mask, [box]
+        return defective, mask, [(*mask_box(mask), float(anomaly_map[mask].max()))]
 
     # ------------------------------------------------------------------ state
     def _state_tensors(self) -> dict[str, torch.Tensor]:

@@ -34,7 +34,7 @@ from flawscope._validation import NONE, STRING, Interval, Options
 from flawscope.data.datasets import ImageDataset, holdout_split, list_images
 from flawscope.data.io import read_image
 from flawscope.data.synthetic import dead_leaves
-from flawscope.data.transforms import LUMA, normalise, resize_image
+from flawscope.data.transforms import luma, normalise, resize_image
 from flawscope.errors import ConfigError, DataError, WeightsError
 from flawscope.features.pdn import (IMAGENET_MEAN, IMAGENET_STD, PDN_SIZES, PRECISIONS, EfficientADAutoencoder, Teacher,
                                     load_teacher, patch_description_network)
@@ -55,7 +55,7 @@ def hard_feature_loss(distance: torch.Tensor, quantile: float = HARD_QUANTILE) -
 def adjust_colour(image: torch.Tensor, kind: int, factor: float) -> torch.Tensor:
     """Brightness (0), contrast (1) or saturation (2) of a ``3 x H x W`` image in [0, 1] changed by
     ``factor``, as torchvision's ``adjust_*`` functions define them."""
-    grey = (image * torch.tensor(LUMA, dtype=image.dtype, device=image.device).view(3, 1, 1)).sum(0, keepdim=True)
+    grey = luma(image)
     if kind == 0:
         changed = image * factor
     elif kind == 1:
