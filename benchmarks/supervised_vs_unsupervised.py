@@ -25,31 +25,30 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import flawscope as fs  # noqa: E402
 from flawscope.cli import fit_and_calibrate  # noqa: E402
-from flawscope.data.datasets import ImageDataset, open_data, supervised_split  # noqa: E402
+from flawscope.data.datasets import ImageDataset, supervised_split, unsupervised_split  # noqa: E402
 
 KEYS = ("accuracy", "balanced_accuracy", "confusion_matrix", "image_auroc")
 
 
-def images_seen(data: str) -> set[str]:
-    """Names of the images an unsupervised method fits or calibrates on (as ``fit_and_calibrate`` splits them)."""
-    train = open_data(data, "train")
-    if data.startswith("elpv:"):
-        seen = list(train) + list(open_data(data, "validation"))
-    else:
-        seen = list(train)  # the calibration hold-out is drawn from train
-    return {sample.name for sample in seen}
+VALIDATION_FRACTION = 0.1  # of the good training images, held out to calibrate (as `flawscope fit` does)
+
+
+def images_seen(data: str, seed: int) -> set[str]:
+    """Names of the images an unsupervised method fits or calibrates on."""
+    train, validation = unsupervised_split(data, VALIDATION_FRACTION, seed)
+    return {sample.name for sample in list(train) + list(validation)}
 
 
 def common_test_images(data: str, seed: int) -> ImageDataset:
     """The classifier's test split without the images the unsupervised methods fit or calibrate on."""
     test = supervised_split(data, seed)[1]
-    seen = images_seen(data)
+    seen = images_seen(data, seed)
     kept = [index for index, sample in enumerate(test) if sample.name not in seen]
     return test.subset(kept, f"{test.description} minus unsupervised train/validation")
 
 
 def judge(model: str, data: str, test: ImageDataset, seed: int) -> dict:
-    detector, fit_seconds, _, _ = fit_and_calibrate(model, data, {"device": "cpu", "seed": seed}, 0.1, "sigma", 3.0, 0.01, True)
+    detector, fit_seconds, _, _ = fit_and_calibrate(model, data, {"device": "cpu", "seed": seed}, VALIDATION_FRACTION, "sigma", 3.0, 0.01, True)
     metrics = fs.evaluate(detector, test, worst_cases=0, progress=False).metrics
     return {"model": model, "fit_seconds": round(fit_seconds, 1), **{key: metrics[key] for key in KEYS}}
 

@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 import flawscope as fs
-from flawscope.data.datasets import ELPV, FolderDataset, MVTecLayout, holdout_split, open_dataset
+from flawscope.data.datasets import ELPV, FolderDataset, MVTecLayout, holdout_split, open_dataset, unsupervised_split
 from flawscope.data.synthetic import make_texture_set, write_mvtec_layout
 from flawscope.errors import DataError
 
@@ -61,3 +61,13 @@ def test_elpv_splits_are_disjoint_and_deterministic():
     assert test.labels.sum() == 313 and (test.labels == 0).sum() == 588 - 250
     assert [s.name for s in ELPV("train", "mono")] == [s.name for s in train]
     assert fs.datasets.ELPV("train", "poly", seed=1)[0].name != ELPV("train", "poly", seed=2)[0].name
+
+
+def test_unsupervised_split_holds_out_part_of_train_or_uses_elpv_validation(tmp_path):
+    root = write_mvtec_layout(tmp_path / "cat", n_train=10, n_test_good=1, n_test_defective=1, size=(24, 24))
+    train, validation = unsupervised_split(str(root), 0.2, seed=3)
+    names = {s.name for s in train}, {s.name for s in validation}
+    assert (len(train), len(validation)) == (8, 2) and not names[0] & names[1]
+    assert names[0] | names[1] == {s.name for s in MVTecLayout(root, "train")}
+    elpv_train, elpv_validation = unsupervised_split("elpv:mono", 0.2, seed=3)
+    assert (len(elpv_train), len(elpv_validation)) == (200, 50)

@@ -75,7 +75,7 @@ def fit_and_calibrate(model_name: str, data: str, params: dict[str, Any], val_fr
     Returns ``(model, fit seconds, training images, calibration images)``.
     """
     import flawscope as fs
-    from flawscope.data.datasets import holdout_split, open_data, supervised_split
+    from flawscope.data.datasets import supervised_split, unsupervised_split
     from flawscope.models.base import detector_class
 
     if detector_class(model_name).supervised:  # learns from labelled images; fit sets the classifier's own threshold
@@ -84,11 +84,7 @@ def fit_and_calibrate(model_name: str, data: str, params: dict[str, Any], val_fr
         started = time.perf_counter()
         model.fit(learn, progress=not quiet)
         return model, time.perf_counter() - started, len(learn), 0
-    train = open_data(data, "train")
-    if data.startswith("elpv:"):
-        validation = open_data(data, "validation")
-    else:
-        train, validation = holdout_split(train, val_fraction, params.get("seed", 0))
+    train, validation = unsupervised_split(data, val_fraction, params.get("seed", 0))
     model = fs.create(model_name, **params)
     started = time.perf_counter()
     model.fit(train, progress=not quiet)

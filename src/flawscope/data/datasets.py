@@ -135,6 +135,15 @@ def supervised_split(spec: str | os.PathLike, seed: int) -> tuple[ImageDataset, 
     return stratified_split(open_data(spec, "labelled"), (1 - SUPERVISED_TEST_SHARE, SUPERVISED_TEST_SHARE), seed)
 
 
+def unsupervised_split(spec: str | os.PathLike, validation_fraction: float, seed: int) -> tuple[ImageDataset, ImageDataset]:
+    """``(train, validation)``: the good images an unsupervised method fits on and those it
+    calibrates its threshold on -- ELPV's own validation cells, else a seeded hold-out of train."""
+    train = open_data(spec, "train")
+    if str(spec).startswith("elpv:"):
+        return train, open_data(spec, "validation")
+    return holdout_split(train, validation_fraction, seed)
+
+
 def list_images(folder: Path) -> list[Path]:
     """Image files directly inside ``folder``, sorted by name."""
     return sorted(path for path in folder.iterdir() if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
