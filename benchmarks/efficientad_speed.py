@@ -44,7 +44,7 @@ def flawscope_runs(repeats: int) -> dict:
     train = make_texture_set(4, 0, size=(256, 256), seed=0)
     image = make_texture_set(1, 0, size=(256, 256), seed=1).samples[0].image
     runs = {}
-    for precision in ("float32", "bfloat16"):
+    for precision in ("float32", "bfloat16", "int8"):
         model = fs.create("efficientad", steps=1, precision=precision, device="cpu").fit(train, progress=False)
         single, eight = torch.rand(1, 3, 256, 256), torch.rand(8, 3, 256, 256)
         batch_ms = median_ms(lambda: model._score_batch(eight), max(3, repeats // 4))

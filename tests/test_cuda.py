@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import flawscope as fs
+from flawscope.errors import ConfigError
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -55,3 +56,8 @@ def test_efficientad_trains_on_cuda(texture_train):
     model = fs.create("efficientad", image_size=128, steps=30, learning_rate=1e-3, device="cuda").fit(texture_train, progress=False)
     assert model.student_[0].weight.is_cuda
     assert np.mean(model.loss_history_[-5:]) < np.mean(model.loss_history_[:5])
+
+
+def test_efficientad_int8_is_refused_on_cuda(texture_train):
+    with pytest.raises(ConfigError, match="CPU only"):
+        fs.create("efficientad", image_size=128, steps=1, precision="int8", device="cuda").fit(texture_train, progress=False)

@@ -168,3 +168,24 @@ def test_penalty_from_a_folder_of_images(tiny_teacher, tmp_path):
     train = make_texture_set(4, 0, size=(64, 64), seed=0)
     model = fs.create("efficientad", penalty_images=str(tmp_path), teacher=str(tiny_teacher), **{**SMALL, "steps": 3})
     assert np.isfinite(model.fit(train, progress=False).loss_history_).all()
+
+
+def test_int8_scores_follow_float32_find_defects_and_survive_save_load(texture_train, texture_test, tiny_teacher, tmp_path):
+    float_model = fs.create("efficientad", teacher=str(tiny_teacher), **SMALL).fit(texture_train, progress=False)
+    int8_model = fs.create("efficientad", teacher=str(tiny_teacher), precision="int8", **SMALL).fit(texture_train, progress=False)
+    assert int8_model.loss_history_ == float_model.loss_history_  # trained in float32 alike, then quantized
+    scores = int8_model.predict(texture_test, progress=False).scores
+    float_scores = float_model.predict(texture_test, progress=False).scores
+    assert auroc(texture_test.labels, scores) >= 0.9
+    assert np.corrcoef(scores, float_scores)[0, 1] > 0.8  # 0.88 here: int8 noise on small differences
+    assert not np.allclose(scores, float_scores)  # the int8 networks really score
+    loaded = fs.load(int8_model.save(tmp_path / "model"))
+    assert np.array_equal(loaded.predict(texture_test, progress=False).scores, scores)
+
+
+def test_int8_is_refused_where_the_device_is_a_gpu(texture_train, tiny_teacher, monkeypatch):
+    from flawscope.models import efficientad
+
+    monkeypatch.setattr(efficientad, "resolve_device", lambda device: torch.device("cuda"))
+    with pytest.raises(ConfigError, match="int8' runs on the CPU only"):
+        fs.create("efficientad", teacher=str(tiny_teacher), precision="int8", **SMALL).fit(texture_train, progress=False)

@@ -17,6 +17,9 @@ The local map is the squared teacher-student difference, the global (logical) ma
 autoencoder-student difference, each averaged over channels and normalised so that its 0.9
 and 0.995 quantiles on held-out good images map to 0 and 0.1; the anomaly map is their mean,
 padded by 4 cells to cover the image border and upsampled; image score = its maximum.
+
+``precision="int8"`` (not in the paper) trains in float32, then quantizes the three networks
+post-training (:mod:`flawscope.features.quantize`) and scores with them on the CPU.
 """
 
 from __future__ import annotations
@@ -38,12 +41,15 @@ from flawscope.data.transforms import luma, normalise, resize_image
 from flawscope.errors import ConfigError, DataError, WeightsError
 from flawscope.features.pdn import (IMAGENET_MEAN, IMAGENET_STD, PDN_SIZES, PRECISIONS, EfficientADAutoencoder, Teacher,
                                     load_teacher, patch_description_network)
-from flawscope.models.base import RUN_CONSTRAINTS, Detector, register_detector
+from flawscope.features.quantize import convert_int8, observe_int8, observer_state, restore_observed
+from flawscope.models.base import RUN_CONSTRAINTS, Detector, register_detector, resolve_device
 from flawscope.postprocess import upsample_maps
 
 HARD_QUANTILE = 0.999
 MAP_QUANTILES = (0.9, 0.995)
 MAP_BORDER = 4  # grid cells padded around the map: the image border no PDN patch is centred on
+INT8_CALIBRATION_IMAGES = 32  # training images whose activations set the int8 ranges
+NETWORKS = ("teacher", "student", "autoencoder")
 
 
 def hard_feature_loss(distance: torch.Tensor, quantile: float = HARD_QUANTILE) -> torch.Tensor:
@@ -90,9 +96,12 @@ class EfficientAD(Detector):
         a folder of images, or ``None`` for no penalty.
     validation_fraction : float
         Share of the training images held out (seeded) for the map quantiles (paper: 10 %).
-    precision : {"float32", "bfloat16"}
+    precision : {"float32", "bfloat16", "int8"}
         ``"bfloat16"`` trains and scores under bfloat16 autocast: about 2x faster on CPUs
-        with AVX512-BF16 and on GPUs; scores then differ slightly from float32.
+        with AVX512-BF16 and on GPUs; scores then differ slightly from float32. ``"int8"``
+        trains in float32, then quantizes teacher, student and autoencoder (post-training,
+        static; activation ranges from up to 32 training images) and scores with them: about
+        4x faster than float32 on CPUs with VNNI; CPU only.
     batch_size : int
         Images per scoring pass (training uses one image a step, as the paper).
     device : str
@@ -113,7 +122,7 @@ class EfficientAD(Detector):
         "weight_decay": [Interval(float, 0.0, None)],
         "penalty_images": [NONE, STRING],
         "validation_fraction": [Interval(float, 0.0, 1.0, "neither")],
-        "precision": [Options(PRECISIONS)],
+        "precision": [Options(PRECISIONS + ("int8",))],
         **RUN_CONSTRAINTS,
     }
 
@@ -151,6 +160,12 @@ class EfficientAD(Detector):
     def _normalisation(self) -> tuple[Sequence[float], Sequence[float]]:
         return IMAGENET_MEAN, IMAGENET_STD
 
+    def _validate(self) -> None:
+        super()._validate()
+        if self.precision == "int8" and resolve_device(self.device).type != "cpu":
+            raise ConfigError(f"precision='int8' runs on the CPU only; device={self.device!r} picks {resolve_device(self.device)}. "
+                              "Use device='cpu', or precision='bfloat16' on a GPU.")
+
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device_.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16")
 
@@ -179,6 +194,8 @@ class EfficientAD(Detector):
             self.loss_history_ = self._train(pixels, penalty, generator, steps)
         self.student_.eval()
         self.autoencoder_.eval()
+        if self.precision == "int8":
+            self._quantize(self._normalise(pixels[:INT8_CALIBRATION_IMAGES]))
         self._fit_map_quantiles(validation)
 
     def _load_teacher(self) -> None:
@@ -300,15 +317,32 @@ class EfficientAD(Detector):
         self.local_quantiles_ = torch.quantile(_at_most(torch.cat(local_maps), self.seed), levels)
         self.global_quantiles_ = torch.quantile(_at_most(torch.cat(global_maps), self.seed), levels)
 
+    def _float_networks(self) -> dict[str, torch.nn.Module]:
+        return {"teacher": self.teacher_.network, "student": self.student_, "autoencoder": self.autoencoder_}
+
+    def _quantize(self, calibration: torch.Tensor) -> None:
+        """int8 copies of the three networks, their activation ranges observed on ``calibration``."""
+        observed = {name: observe_int8(network, calibration[:1]) for name, network in self._float_networks().items()}
+        with torch.inference_mode():
+            for chunk in calibration.cpu().split(self.batch_size):
+                for network in observed.values():
+                    network(chunk)
+        self._set_int8(observed)
+
+    def _set_int8(self, observed: dict[str, torch.fx.GraphModule]) -> None:
+        self.int8_calibration_ = {name: observer_state(network) for name, network in observed.items()}
+        self.int8_networks_ = {name: convert_int8(network) for name, network in observed.items()}
+
     # ------------------------------------------------------------------ predict
     def _raw_maps(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(local, global)`` maps ``N x h x w`` of normalised images, before quantile normalisation."""
         channels = self.teacher_.info.out_channels
-        targets = self._teacher(batch)
+        networks = self.int8_networks_ if self.precision == "int8" else self._float_networks()
         with self._autocast():
             inputs = batch.contiguous(memory_format=torch.channels_last)
-            student = self.student_(inputs).float()
-            reconstruction = self.autoencoder_(inputs).float()
+            targets = (networks["teacher"](inputs).float() - self.teacher_mean_) / self.teacher_std_
+            student = networks["student"](inputs).float()
+            reconstruction = networks["autoencoder"](inputs).float()
         local_map = (targets - student[:, :channels]).square().mean(dim=1)
         global_map = (reconstruction - student[:, channels:]).square().mean(dim=1)
         return local_map, global_map
@@ -323,6 +357,8 @@ class EfficientAD(Detector):
     def _state_tensors(self) -> dict[str, torch.Tensor]:
         tensors = {f"student.{k}": v for k, v in self.student_.state_dict().items()}
         tensors |= {f"autoencoder.{k}": v for k, v in self.autoencoder_.state_dict().items()}
+        if self.precision == "int8":
+            tensors |= {f"int8.{name}.{key}": value for name in NETWORKS for key, value in self.int8_calibration_[name].items()}
         return {**tensors, "teacher_mean": self.teacher_mean_, "teacher_std": self.teacher_std_,
                 "local_quantiles": self.local_quantiles_, "global_quantiles": self.global_quantiles_}
 
@@ -338,12 +374,20 @@ class EfficientAD(Detector):
         self.student_ = patch_description_network(self.size, 2 * channels).to(self.device_)
         self.autoencoder_ = EfficientADAutoencoder(channels, self.image_size).to(self.device_)
         for prefix, network in (("student.", self.student_), ("autoencoder.", self.autoencoder_)):
-            state = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
-            network.load_state_dict(state, strict=True)
+            network.load_state_dict(_with_prefix(tensors, prefix), strict=True)
             network.eval()
         for name in ("teacher_mean", "teacher_std", "local_quantiles", "global_quantiles"):
             setattr(self, f"{name}_", tensors[name].to(self.device_))
+        if self.precision == "int8":
+            example = torch.zeros(1, 3, self.image_size, self.image_size)
+            self._set_int8({name: restore_observed(network, example, _with_prefix(tensors, f"int8.{name}."))
+                            for name, network in self._float_networks().items()})
         self.loss_history_ = list(meta["loss_history"])
+
+
+def _with_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors whose names start with ``prefix``, without it."""
+    return {key.removeprefix(prefix): value for key, value in tensors.items() if key.startswith(prefix)}
 
 
 def _rescale(raw_map: torch.Tensor, quantiles: torch.Tensor) -> torch.Tensor:
