@@ -101,7 +101,7 @@ class EfficientAD(Detector):
         with AVX512-BF16 and on GPUs; scores then differ slightly from float32. ``"int8"``
         trains in float32, then quantizes teacher, student and autoencoder (post-training,
         static; activation ranges from up to 32 training images) and scores with them: about
-        4x faster than float32 on CPUs with VNNI; CPU only.
+        3.5x faster than float32 on CPUs with VNNI (33 vs 118 ms at 256 px); CPU only.
     batch_size : int
         Images per scoring pass (training uses one image a step, as the paper).
     device : str
@@ -318,6 +318,7 @@ class EfficientAD(Detector):
         self.global_quantiles_ = torch.quantile(_at_most(torch.cat(global_maps), self.seed), levels)
 
     def _float_networks(self) -> dict[str, torch.nn.Module]:
+        """Teacher, student and autoencoder as trained (float32)."""
         return {"teacher": self.teacher_.network, "student": self.student_, "autoencoder": self.autoencoder_}
 
     def _quantize(self, calibration: torch.Tensor) -> None:
