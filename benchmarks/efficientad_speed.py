@@ -3,6 +3,7 @@
 Latency does not depend on what was learnt, so flawscope's model is trained for one step on
 synthetic images and anomalib's ``EfficientAdModel`` is used untrained (its map normalisation
 set to non-zero values so the normal inference path runs). Both get the same 256 x 256 input.
+flawscope runs in float32, bfloat16 and int8 (``precision``).
 
     .venv/bin/python benchmarks/efficientad_speed.py --impl flawscope
     .anomalib-venv/bin/python benchmarks/efficientad_speed.py --impl anomalib   # see anomalib_patchcore.py
