@@ -2,8 +2,8 @@
 
 A feasibility measurement for the issue's 40 ms target: the PDN-S (Table 6 of the paper) with the
 student's 304 output channels, float32 and bfloat16 as flawscope scores today (channels-last),
-and int8 from torch's post-training static quantization (FX graph mode, x86 backend: VNNI
-instructions), calibrated on synthetic texture images. The weights are untrained (seeded), so
+and int8 as ``precision="int8"`` makes it (``flawscope.features.quantize``: torch's
+post-training static quantization, FX graph mode, x86 backend), calibrated on synthetic texture images. The weights are untrained (seeded), so
 ``int8_relative_error`` (``|int8 - float32| / |float32|`` over the output) only says that the
 quantized network computes the same function to about that precision; what int8 would cost in
 AUROC needs a trained model and is not measured here.
@@ -19,7 +19,6 @@ import copy
 import json
 import platform
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ from _timing import median_seconds  # noqa: E402
 from flawscope.data.synthetic import make_texture_set  # noqa: E402
 from flawscope.data.transforms import normalise, rgb_tensor  # noqa: E402
 from flawscope.features.pdn import IMAGENET_MEAN, IMAGENET_STD, patch_description_network  # noqa: E402
+from flawscope.features.quantize import convert_int8, observe_int8  # noqa: E402
 
 SIZE = 256
 REPEATS = 20
@@ -45,16 +45,11 @@ def texture_batch(count: int, seed: int) -> torch.Tensor:
 
 
 def quantized(network: torch.nn.Module, calibration: torch.Tensor) -> torch.nn.Module:
-    from torch.ao.quantization import get_default_qconfig_mapping
-    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch points this API to torchao, which is not a dependency
-        prepared = prepare_fx(copy.deepcopy(network), get_default_qconfig_mapping("x86"), (calibration[:1],))
-        with torch.inference_mode():
-            for image in calibration:
-                prepared(image[None])
-        return convert_fx(prepared)
+    """``network`` in int8 as EfficientAD's ``precision="int8"`` makes it, ranges from ``calibration``."""
+    observed = observe_int8(network, calibration[:1])
+    with torch.inference_mode():
+        observed(calibration)
+    return convert_int8(observed)
 
 
 def median_ms(call) -> float:

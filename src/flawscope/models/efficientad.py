@@ -49,7 +49,6 @@ HARD_QUANTILE = 0.999
 MAP_QUANTILES = (0.9, 0.995)
 MAP_BORDER = 4  # grid cells padded around the map: the image border no PDN patch is centred on
 INT8_CALIBRATION_IMAGES = 32  # training images whose activations set the int8 ranges
-NETWORKS = ("teacher", "student", "autoencoder")
 
 
 def hard_feature_loss(distance: torch.Tensor, quantile: float = HARD_QUANTILE) -> torch.Tensor:
@@ -162,8 +161,8 @@ class EfficientAD(Detector):
 
     def _validate(self) -> None:
         super()._validate()
-        if self.precision == "int8" and resolve_device(self.device).type != "cpu":
-            raise ConfigError(f"precision='int8' runs on the CPU only; device={self.device!r} picks {resolve_device(self.device)}. "
+        if self.precision == "int8" and (device := resolve_device(self.device)).type != "cpu":
+            raise ConfigError(f"precision='int8' runs on the CPU only; device={self.device!r} picks {device}. "
                               "Use device='cpu', or precision='bfloat16' on a GPU.")
 
     def _autocast(self) -> torch.autocast:
@@ -238,7 +237,11 @@ class EfficientAD(Detector):
 
     def _teacher(self, inputs: torch.Tensor) -> torch.Tensor:
         """Standardised teacher output of normalised ``inputs``."""
-        return (self._teacher_features(inputs) - self.teacher_mean_) / self.teacher_std_
+        return self._standardise(self._teacher_features(inputs))
+
+    def _standardise(self, teacher_output: torch.Tensor) -> torch.Tensor:
+        """Teacher output with the per-channel mean and deviation over the training images removed."""
+        return (teacher_output - self.teacher_mean_) / self.teacher_std_
 
     def _penalty_stream(self, generator: np.random.Generator) -> Iterator[torch.Tensor] | None:
         """Endless ``1 x 3 x S x S`` normalised penalty images, or None without a penalty."""
@@ -341,7 +344,7 @@ class EfficientAD(Detector):
         networks = self.int8_networks_ if self.precision == "int8" else self._float_networks()
         with self._autocast():
             inputs = batch.contiguous(memory_format=torch.channels_last)
-            targets = (networks["teacher"](inputs).float() - self.teacher_mean_) / self.teacher_std_
+            targets = self._standardise(networks["teacher"](inputs).float())
             student = networks["student"](inputs).float()
             reconstruction = networks["autoencoder"](inputs).float()
         local_map = (targets - student[:, :channels]).square().mean(dim=1)
@@ -359,7 +362,7 @@ class EfficientAD(Detector):
         tensors = {f"student.{k}": v for k, v in self.student_.state_dict().items()}
         tensors |= {f"autoencoder.{k}": v for k, v in self.autoencoder_.state_dict().items()}
         if self.precision == "int8":
-            tensors |= {f"int8.{name}.{key}": value for name in NETWORKS for key, value in self.int8_calibration_[name].items()}
+            tensors |= {f"int8.{name}.{key}": value for name, state in self.int8_calibration_.items() for key, value in state.items()}
         return {**tensors, "teacher_mean": self.teacher_mean_, "teacher_std": self.teacher_std_,
                 "local_quantiles": self.local_quantiles_, "global_quantiles": self.global_quantiles_}
 
