@@ -1,11 +1,11 @@
 """EfficientAD float32 against int8 on the very same trained networks.
 
 Loads an EfficientAD fitted in float32 (``flawscope fit --model efficientad --data DIR --out
-MODEL``), evaluates it, then quantizes its three networks exactly as ``fit`` does with
-``precision="int8"`` (activation ranges from the first 32 of its training images, map quantiles
-refit on its held-out images, threshold recalibrated) and evaluates again. Fitting a second
-model with ``precision="int8"`` gives the same int8 networks (training runs in float32 with the
-same seed), so this measures only what quantization costs, for the price of one fit.
+MODEL``), evaluates it, then turns it int8 with ``EfficientAD.quantize`` (what ``fit`` with
+``precision="int8"`` does after training: activation ranges from the first 32 of its training
+images, map quantiles refit on its held-out images), recalibrates the threshold and evaluates
+again. That equals a second fit with ``precision="int8"`` (training runs in float32 with the same
+seed), so this measures only what quantization costs, for the price of one fit.
 
     .venv/bin/flawscope fit --model efficientad --data ../shared/datasets/magnetic_tile --out /tmp/ead --device cpu
     .venv/bin/python benchmarks/efficientad_int8.py /tmp/ead --data ../shared/datasets/magnetic_tile
@@ -26,17 +26,9 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import flawscope as fs  # noqa: E402
 from flawscope.cli import test_data  # noqa: E402
-from flawscope.data.datasets import holdout_split, unsupervised_split  # noqa: E402
-from flawscope.models.efficientad import INT8_CALIBRATION_IMAGES  # noqa: E402
+from flawscope.data.datasets import unsupervised_split  # noqa: E402
 
 VALIDATION_FRACTION = 0.1  # as `flawscope fit`
-
-
-def quantize_as_fit_does(model, train) -> None:
-    fit_train, fit_validation = holdout_split(train, model.validation_fraction, model.seed)
-    model.set_params(precision="int8")
-    model._quantize(model._normalise(model._pixels(fit_train)[:INT8_CALIBRATION_IMAGES]))
-    model._fit_map_quantiles(fit_validation)
 
 
 def judge(model, data: str) -> dict:
@@ -55,13 +47,13 @@ def main() -> None:
     parser.add_argument("model", type=Path, help="A float32 EfficientAD saved by 'flawscope fit'.")
     parser.add_argument("--data", required=True, help="The data spec it was fitted on.")
     args = parser.parse_args()
-    model = fs.load(args.model)
+    model = fs.load(args.model, device="cpu")
     if model.precision != "float32":
         raise SystemExit(f"{args.model} was fitted with precision={model.precision!r}; this compares a float32 fit.")
     train, validation = unsupervised_split(args.data, VALIDATION_FRACTION, model.seed)
     results = {"float32": judge(model, args.data)}
     print("float32", results["float32"], flush=True)
-    quantize_as_fit_does(model, train)
+    model.quantize(train, progress=False)
     model.calibrate(validation, rule="sigma", k=3.0, progress=False)
     results["int8"] = judge(model, args.data)
     print("int8", results["int8"], flush=True)

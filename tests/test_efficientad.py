@@ -181,6 +181,12 @@ def test_int8_scores_follow_float32_find_defects_and_survive_save_load(texture_t
     assert not np.allclose(scores, float_scores)  # the int8 networks really score
     loaded = fs.load(int8_model.save(tmp_path / "model"))
     assert np.array_equal(loaded.predict(texture_test, progress=False).scores, scores)
+    float_model.calibrate(texture_train, progress=False)
+    float_model.quantize(texture_train, progress=False)  # the float32 fit turned int8 without training again
+    assert float_model.precision == "int8" and not float_model.is_calibrated  # the old threshold no longer fits
+    assert np.array_equal(float_model.predict(texture_test, progress=False).scores, scores)
+    with pytest.raises(ConfigError, match="has precision='int8'"):
+        float_model.quantize(texture_train, progress=False)
 
 
 def test_int8_is_refused_where_the_device_is_a_gpu(texture_train, tiny_teacher, monkeypatch):
@@ -189,3 +195,11 @@ def test_int8_is_refused_where_the_device_is_a_gpu(texture_train, tiny_teacher, 
     monkeypatch.setattr(efficientad, "resolve_device", lambda device: torch.device("cuda"))
     with pytest.raises(ConfigError, match="int8' runs on the CPU only"):
         fs.create("efficientad", teacher=str(tiny_teacher), precision="int8", **SMALL).fit(texture_train, progress=False)
+
+
+def test_quantize_refuses_a_model_on_a_gpu(texture_train, tiny_teacher):
+    model = fs.create("efficientad", teacher=str(tiny_teacher), **{**SMALL, "steps": 2}).fit(texture_train, progress=False)
+    model.device_ = torch.device("cuda")  # as if loaded on a GPU: only the check runs, nothing touches the device
+    with pytest.raises(ConfigError, match="runs on the CPU only.*device='cpu'"):
+        model.quantize(texture_train, progress=False)
+    assert model.precision == "float32"

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from flawscope._progress import progress_bar
 from flawscope._validation import NONE, STRING, Interval, Options
-from flawscope.data.datasets import ImageDataset, holdout_split, list_images
+from flawscope.data.datasets import ImageDataset, as_dataset, holdout_split, list_images
 from flawscope.data.io import read_image
 from flawscope.data.synthetic import dead_leaves
 from flawscope.data.transforms import luma, normalise, resize_image
@@ -176,10 +176,7 @@ class EfficientAD(Detector):
         if self.image_size % 4:
             raise ConfigError(f"image_size must be a multiple of 4 (the PDN's stride). Got {self.image_size} instead.")
         self._load_teacher()
-        if len(dataset) < 2:
-            raise DataError(f"EfficientAD needs at least 2 good images (it holds {self.validation_fraction:.0%} out "
-                            f"for the map quantiles); {dataset!r} has {len(dataset)}.")
-        train, validation = holdout_split(dataset, self.validation_fraction, self.seed)
+        train, validation = self._split(dataset)
         pixels = self._pixels(train)
         self._fit_teacher_statistics(pixels)
         steps = self._schedule()
@@ -196,6 +193,37 @@ class EfficientAD(Detector):
         if self.precision == "int8":
             self._quantize(self._normalise(pixels[:INT8_CALIBRATION_IMAGES]))
         self._fit_map_quantiles(validation)
+
+    def _split(self, dataset: ImageDataset) -> tuple[ImageDataset, ImageDataset]:
+        """(training images, held-out images for the map quantiles), seeded."""
+        if len(dataset) < 2:
+            raise DataError(f"EfficientAD needs at least 2 good images (it holds {self.validation_fraction:.0%} out "
+                            f"for the map quantiles); {dataset!r} has {len(dataset)}.")
+        return holdout_split(dataset, self.validation_fraction, self.seed)
+
+    def quantize(self, images: "ImageDataset | Sequence | str", *, progress: bool = True) -> "EfficientAD":
+        """Make a fitted float32 EfficientAD score with int8 networks, without training again; returns self.
+
+        ``images`` are the good images it was fitted on: the same seeded split gives the
+        activation ranges (the first 32 training images) and the map quantiles (the held-out
+        images), so the result equals a ``precision="int8"`` fit of the same seed and images.
+        CPU only. The OK / NOT OK threshold no longer fits the new scores and is dropped:
+        calibrate again.
+        """
+        self._check_fitted()
+        if self.precision != "float32":
+            raise ConfigError(f"quantize turns a float32 EfficientAD into int8; this one has precision={self.precision!r}.")
+        if self.device_.type != "cpu":
+            raise ConfigError(f"precision='int8' runs on the CPU only; this EfficientAD is on {self.device_}. "
+                              "Load it with device='cpu' first.")
+        train, validation = self._split(as_dataset(images, split="train"))
+        self.show_progress_ = progress
+        calibration = train.subset(range(min(INT8_CALIBRATION_IMAGES, len(train))), "int8 calibration")
+        self.precision = "int8"
+        self._quantize(self._normalise(self._pixels(calibration)))
+        self._fit_map_quantiles(validation)
+        self._forget_calibration()
+        return self
 
     def _load_teacher(self) -> None:
         teacher = load_teacher(self.teacher)
