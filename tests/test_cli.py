@@ -96,6 +96,12 @@ def test_distill_teacher_then_fit_efficientad_with_it(category, tmp_path):
                                  "--device", "cpu", "--val-fraction", "0.3", "--quiet"])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "ead" / "config.json").read_text())["params"]["teacher"] == str(teacher)
+    result = runner.invoke(app, ["quantize", str(tmp_path / "ead"), "--data", str(category), "--out", str(tmp_path / "ead8"),
+                                 "--val-fraction", "0.3", "--quiet"])
+    assert result.exit_code == 0, result.output
+    quantized = fs.load(tmp_path / "ead8")
+    assert quantized.precision == "int8" and quantized.is_calibrated and quantized.calibration_["rule"] == "sigma"
+    assert quantized.calibration_["n_images"] == fs.load(tmp_path / "ead").calibration_["n_images"]  # the same held-out images
     result = runner.invoke(app, ["distill-teacher", "--images", str(tmp_path / "nothing"), "--out", str(teacher)])
     assert result.exit_code == 2 and "neither a folder nor a data spec" in result.output
 
@@ -130,3 +136,15 @@ def test_list_models():
     lines = result.output.strip().splitlines()
     assert [line.split()[0] for line in lines] == fs.list_models()
     assert all(len(line.split()) > 3 for line in lines)  # every method has its one-line summary
+
+
+def test_quantize_refuses_a_method_other_than_efficientad(model_dir, category, tmp_path):
+    result = runner.invoke(app, ["quantize", str(model_dir), "--data", str(category), "--out", str(tmp_path / "q")])
+    assert result.exit_code == 2 and "holds a PatchCore; only an EfficientAD can be quantized" in " ".join(result.output.split())
+    assert not (tmp_path / "q").exists()
+
+
+def test_errors_print_bracketed_text_as_it_is(tmp_path):
+    missing = tmp_path / "[red]line 3"  # rich would read "[red]" as a colour and drop it
+    result = runner.invoke(app, ["fit", "--data", str(missing), "--out", str(tmp_path / "m"), "--device", "cpu", "--quiet"])
+    assert result.exit_code == 2 and "[red]line 3" in "".join(result.output.split("\n"))
