@@ -26,8 +26,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT / "src"))
@@ -37,7 +35,7 @@ import flawscope as fs  # noqa: E402
 from flawscope.cli import _parse_params  # noqa: E402
 from flawscope.data.datasets import GOOD, ImageDataset, Sample, open_data  # noqa: E402
 from flawscope.metrics import auroc, pixel_metrics  # noqa: E402
-from pixel_auroc_breakdown import breakdown  # noqa: E402
+from pixel_auroc_breakdown import breakdown, score_test_images  # noqa: E402
 
 CAPTURE = re.compile(r"exp\d+_num_(\d+)$")
 
@@ -72,14 +70,9 @@ def judge(model_name: str, params: dict, train: list[Sample], test: list[Sample]
     started = time.perf_counter()
     model.fit(ImageDataset(train, "training images"), progress=False)
     fit_seconds = time.perf_counter() - started
-    labels, scores, maps, masks, groups = [], [], [], [], []
-    for result in model.iter_predict(ImageDataset(test, "test images"), progress=False):
-        sample = result.sample
-        labels.append(int(sample.label != GOOD))
-        scores.append(result.score)
-        maps.append(result.anomaly_map.astype(np.float32))
-        masks.append(sample.read_mask(result.anomaly_map.shape))
-        groups.append("good" if sample.label == GOOD else "defective")
+    maps, masks, types, scores = score_test_images(model, ImageDataset(test, "test images"))
+    groups = ["good" if name == "good" else "defective" for name in types]
+    labels = [int(group == "defective") for group in groups]
     parts = breakdown(maps, masks, groups)
     pixels = pixel_metrics(maps, masks)
     return {

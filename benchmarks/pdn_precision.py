@@ -33,7 +33,7 @@ from _timing import median_seconds  # noqa: E402
 from flawscope.data.synthetic import make_texture_set  # noqa: E402
 from flawscope.data.transforms import normalise, rgb_tensor  # noqa: E402
 from flawscope.features.pdn import IMAGENET_MEAN, IMAGENET_STD, patch_description_network  # noqa: E402
-from flawscope.features.quantize import convert_int8, observe_int8  # noqa: E402
+from flawscope.features.quantize import calibrate_int8, convert_int8  # noqa: E402
 
 SIZE = 256
 REPEATS = 20
@@ -46,10 +46,7 @@ def texture_batch(count: int, seed: int) -> torch.Tensor:
 
 def quantized(network: torch.nn.Module, calibration: torch.Tensor) -> torch.nn.Module:
     """``network`` in int8 as EfficientAD's ``precision="int8"`` makes it, ranges from ``calibration``."""
-    observed = observe_int8(network, calibration[:1])
-    with torch.inference_mode():
-        observed(calibration)
-    return convert_int8(observed)
+    return convert_int8(calibrate_int8(network, calibration, len(calibration)))
 
 
 def median_ms(call) -> float:

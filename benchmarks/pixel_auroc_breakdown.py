@@ -44,14 +44,16 @@ def auroc_from_histograms(positive: np.ndarray, negative: np.ndarray) -> float:
     return float((positive * (below + 0.5 * negative)).sum() / (positive.sum() * negative.sum()))
 
 
-def score_test_images(model, test) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
-    maps, masks, groups = [], [], []
+def score_test_images(model, test) -> tuple[list[np.ndarray], list[np.ndarray], list[str], list[float]]:
+    """Anomaly maps, masks, group names (``good`` or the defect type) and image scores of ``test``."""
+    maps, masks, groups, scores = [], [], [], []
     for result in model.iter_predict(test, progress=False):
         sample = result.sample
         maps.append(result.anomaly_map.astype(np.float32))
         masks.append(sample.read_mask(result.anomaly_map.shape) if sample.mask else np.zeros(result.anomaly_map.shape, bool))
         groups.append(sample.defect_type if sample.label == 1 else "good")
-    return maps, masks, groups
+        scores.append(result.score)
+    return maps, masks, groups, scores
 
 
 def breakdown(maps: list[np.ndarray], masks: list[np.ndarray], groups: list[str]) -> dict:
@@ -109,7 +111,7 @@ def main() -> None:
         "params": model.get_params(),
         "n_train": len(train),
         "fit_seconds": round(fit_seconds, 1),
-        **breakdown(*score_test_images(model, open_data(str(args.data), "test"))),
+        **breakdown(*score_test_images(model, open_data(str(args.data), "test"))[:3]),
     }
     out = args.out or RESULTS / f"pixel_auroc_breakdown_{args.model}_{args.data.name}.json"
     out.write_text(json.dumps(result, indent=2))

@@ -38,6 +38,15 @@ def observe_int8(network: nn.Module, example: torch.Tensor) -> torch.fx.GraphMod
         return prepare_fx(copy.deepcopy(network).eval().cpu(), get_default_qconfig_mapping(BACKEND), (example.cpu(),))
 
 
+def calibrate_int8(network: nn.Module, calibration: torch.Tensor, batch_size: int) -> torch.fx.GraphModule:
+    """``observe_int8(network)`` run over ``calibration`` (``batch_size`` at a time) to set its activation ranges."""
+    observed = observe_int8(network, calibration[:1])
+    with torch.inference_mode():
+        for chunk in calibration.cpu().split(batch_size):
+            observed(chunk)
+    return observed
+
+
 def observer_state(observed: torch.fx.GraphModule) -> dict[str, torch.Tensor]:
     """What a calibration learned: the observers' tensors (not the network's weights)."""
     return {key: value.clone() for key, value in observed.state_dict().items() if OBSERVER_KEY in key}

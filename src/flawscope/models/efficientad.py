@@ -41,7 +41,7 @@ from flawscope.data.transforms import luma, normalise, resize_image
 from flawscope.errors import ConfigError, DataError, WeightsError
 from flawscope.features.pdn import (IMAGENET_MEAN, IMAGENET_STD, PDN_SIZES, PRECISIONS, EfficientADAutoencoder, Teacher,
                                     load_teacher, patch_description_network)
-from flawscope.features.quantize import convert_int8, observe_int8, observer_state, restore_observed
+from flawscope.features.quantize import calibrate_int8, convert_int8, observer_state, restore_observed
 from flawscope.models.base import RUN_CONSTRAINTS, Detector, register_detector, resolve_device
 from flawscope.postprocess import upsample_maps
 
@@ -161,9 +161,8 @@ class EfficientAD(Detector):
 
     def _validate(self) -> None:
         super()._validate()
-        if self.precision == "int8" and (device := resolve_device(self.device)).type != "cpu":
-            raise ConfigError(f"precision='int8' runs on the CPU only; device={self.device!r} picks {device}. "
-                              "Use device='cpu', or precision='bfloat16' on a GPU.")
+        if self.precision == "int8":
+            _require_cpu_for_int8(resolve_device(self.device), "Use device='cpu', or precision='bfloat16' on a GPU.")
 
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device_.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16")
@@ -213,9 +212,7 @@ class EfficientAD(Detector):
         self._check_fitted()
         if self.precision != "float32":
             raise ConfigError(f"quantize turns a float32 EfficientAD into int8; this one has precision={self.precision!r}.")
-        if self.device_.type != "cpu":
-            raise ConfigError(f"precision='int8' runs on the CPU only; this EfficientAD is on {self.device_}. "
-                              "Load it with device='cpu' first.")
+        _require_cpu_for_int8(self.device_, "Load it with device='cpu' first.")
         train, validation = self._split(as_dataset(images, split="train"))
         self.show_progress_ = progress
         calibration = train.subset(range(min(INT8_CALIBRATION_IMAGES, len(train))), "int8 calibration")
@@ -354,12 +351,8 @@ class EfficientAD(Detector):
 
     def _quantize(self, calibration: torch.Tensor) -> None:
         """int8 copies of the three networks, their activation ranges observed on ``calibration``."""
-        observed = {name: observe_int8(network, calibration[:1]) for name, network in self._float_networks().items()}
-        with torch.inference_mode():
-            for chunk in calibration.cpu().split(self.batch_size):
-                for network in observed.values():
-                    network(chunk)
-        self._set_int8(observed)
+        self._set_int8({name: calibrate_int8(network, calibration, self.batch_size)
+                        for name, network in self._float_networks().items()})
 
     def _set_int8(self, observed: dict[str, torch.fx.GraphModule]) -> None:
         self.int8_calibration_ = {name: observer_state(network) for name, network in observed.items()}
@@ -415,6 +408,11 @@ class EfficientAD(Detector):
             self._set_int8({name: restore_observed(network, example, _with_prefix(tensors, f"int8.{name}."))
                             for name, network in self._float_networks().items()})
         self.loss_history_ = list(meta["loss_history"])
+
+
+def _require_cpu_for_int8(device: torch.device, remedy: str) -> None:
+    if device.type != "cpu":
+        raise ConfigError(f"precision='int8' runs on the CPU only; this EfficientAD would run on {device}. {remedy}")
 
 
 def _with_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
