@@ -3,12 +3,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test benchmark clean
+.PHONY: install demo test test-slow lint benchmark clean
 
-$(BIN)/flawscope: pyproject.toml
+# pyproject.toml says what flawscope is compatible with; constraints.txt is the exact tested set.
+$(BIN)/flawscope: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[demo,test]'
 	touch $@
 
 install: $(BIN)/flawscope
@@ -16,8 +17,18 @@ install: $(BIN)/flawscope
 demo: install
 	$(BIN)/flawscope demo
 
-test: install
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+
+# The default suite (under a minute of tests on 2 cores), after lint and type checks.
+test: lint
 	$(BIN)/python -m pytest -q
+
+# The long end-to-end tests marked slow (.ci/run runs them after `make test`).
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
 
 benchmark: install
 	$(BIN)/python benchmarks/patchcore_benchmark.py

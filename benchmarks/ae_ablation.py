@@ -71,18 +71,37 @@ def main() -> None:
         prediction = model.predict(test, progress=False)
         masks = [sample.mask for sample in test.samples]
         pixel = pixel_metrics(prediction.anomaly_maps, masks)
-        rows.append({**setting, "pixel_auroc": pixel["pixel_auroc"], "aupro": pixel["aupro"],
-                     "final_loss": model.loss_history_[-1], "fit_seconds": round(fit_seconds, 1)})
+        rows.append(
+            {
+                **setting,
+                "pixel_auroc": pixel["pixel_auroc"],
+                "aupro": pixel["aupro"],
+                "final_loss": model.loss_history_[-1],
+                "fit_seconds": round(fit_seconds, 1),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
-    result = {"data": args.data, "n_train": len(train), "n_test": len(test), "n_patches": args.n_patches,
-              "epochs": args.epochs, "rows": rows,
-              "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__}}
+    result = {
+        "data": args.data,
+        "n_train": len(train),
+        "n_test": len(test),
+        "n_patches": args.n_patches,
+        "epochs": args.epochs,
+        "rows": rows,
+        "machine": {
+            "cpu_threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+        },
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print("| d | K | patch | pixel AUROC | AUPRO | fit s |\n|---|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['latent_dim']} | {row['ssim_window']} | {row['patch_size']} | {row['pixel_auroc']:.3f} | "
-              f"{row['aupro']:.3f} | {row['fit_seconds']:.0f} |")
+        print(
+            f"| {row['latent_dim']} | {row['ssim_window']} | {row['patch_size']} | {row['pixel_auroc']:.3f} | "
+            f"{row['aupro']:.3f} | {row['fit_seconds']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -63,7 +63,11 @@ def main() -> None:
         "predict_image_size": [args.size, args.size],
         "predict": per_image,
         "device": args.device,
-        "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},
+        "machine": {
+            "cpu_threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+        },
         "flawscope": fs.__version__,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -60,7 +60,9 @@ def main() -> None:
     parser.add_argument("--magnetic-tile", type=Path, help="Also run on this MVTec-layout category.")
     parser.add_argument("--models", nargs="*", default=fs.list_models(), help="Methods to run (default: all).")
     parser.add_argument("--skip-existing", action="store_true", help="Reuse per-run JSON files already written.")
-    parser.add_argument("--datasets", nargs="*", help="Only these of elpv-mono, elpv-poly, magnetic_tile, in this order.")
+    parser.add_argument(
+        "--datasets", nargs="*", help="Only these of elpv-mono, elpv-poly, magnetic_tile, in this order."
+    )
     args = parser.parse_args()
     datasets = [("elpv:mono", "elpv-mono"), ("elpv:poly", "elpv-poly")]
     if args.magnetic_tile:

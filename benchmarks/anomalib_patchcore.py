@@ -51,11 +51,12 @@ def main() -> None:
     parser.add_argument("--coreset-ratio", type=float, default=0.1)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument(
-        "--predict-only", action="store_true",
+        "--predict-only",
+        action="store_true",
         help="Skip KCenterGreedy (about 22 minutes): the memory bank is a seeded random 10 %% of the patches, "
-             "the same size as the coreset, so predict images/s is measured as after a real fit "
-             "(AUROC is not meaningful then). Run it back to back with flawscope's benchmark to compare speeds "
-             "under the same machine load.",
+        "the same size as the coreset, so predict images/s is measured as after a real fit "
+        "(AUROC is not meaningful then). Run it back to back with flawscope's benchmark to compare speeds "
+        "under the same machine load.",
     )
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -75,7 +76,9 @@ def main() -> None:
     if args.predict_only:
         embeddings = torch.vstack(model.embedding_store)
         model.embedding_store.clear()
-        keep = torch.randperm(embeddings.shape[0], generator=torch.Generator().manual_seed(0))[: round(args.coreset_ratio * embeddings.shape[0])]
+        keep = torch.randperm(embeddings.shape[0], generator=torch.Generator().manual_seed(0))[
+            : round(args.coreset_ratio * embeddings.shape[0])
+        ]
         model.memory_bank = embeddings[keep]
     else:
         model.subsample_embedding(args.coreset_ratio)
@@ -92,9 +95,13 @@ def main() -> None:
     result = {
         "implementation": "anomalib 2.7.0 PatchcoreModel (torch core, no Lightning engine)",
         "data": f"elpv:{args.cell_type}",
-        "backbone": "tf_efficientnet_lite0", "layers": [2, 3], "coreset_ratio": args.coreset_ratio,
+        "backbone": "tf_efficientnet_lite0",
+        "layers": [2, 3],
+        "coreset_ratio": args.coreset_ratio,
         "weights_fingerprint": fingerprint,
-        "n_train": len(train), "n_test": len(test), "memory_bank": list(model.memory_bank.shape),
+        "n_train": len(train),
+        "n_test": len(test),
+        "memory_bank": list(model.memory_bank.shape),
         "feature_seconds": round(extracted, 2),
         "fit_seconds": round(fit_seconds, 2),
         "predict_images_per_second": round(len(test) / predict_seconds, 2),

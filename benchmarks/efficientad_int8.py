@@ -37,8 +37,11 @@ def judge(model, data: str) -> dict:
     result = {key: metrics.get(key) for key in ("image_auroc", "pixel_auroc", "aupro", "balanced_accuracy")}
     result["evaluate_seconds"] = round(time.perf_counter() - started, 1)
     if "per_defect_type" in metrics:
-        result["per_type_pixel"] = {name: round(entry["pixel_auroc"], 3) for name, entry in metrics["per_defect_type"].items()
-                                    if entry.get("pixel_auroc") is not None}
+        result["per_type_pixel"] = {
+            name: round(entry["pixel_auroc"], 3)
+            for name, entry in metrics["per_defect_type"].items()
+            if entry.get("pixel_auroc") is not None
+        }
     return result
 
 

@@ -21,8 +21,8 @@ import argparse
 import json
 import platform
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -72,8 +72,11 @@ def anomalib_runs(repeats: int) -> dict:
                 model.quantiles[name].fill_(value)
         single, eight = torch.rand(1, 3, 256, 256), torch.rand(8, 3, 256, 256)
         batch_ms = median_ms(lambda: model(eight), max(3, repeats // 4))
-        runs[f"teacher_{channels}"] = {"network_ms": median_ms(lambda: model(single), repeats),
-                                      "images_per_second": round(8000 / batch_ms, 1), "teacher_channels": channels}
+        runs[f"teacher_{channels}"] = {
+            "network_ms": median_ms(lambda: model(single), repeats),
+            "images_per_second": round(8000 / batch_ms, 1),
+            "teacher_channels": channels,
+        }
         print(channels, runs[f"teacher_{channels}"], flush=True)
     return runs
 
@@ -84,9 +87,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
     runs = flawscope_runs(args.repeats) if args.impl == "flawscope" else anomalib_runs(args.repeats)
-    payload = {"impl": args.impl, "image_size": 256, "batch_latency": 1, "batch_throughput": 8, "device": "cpu",
-               "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},
-               "runs": runs}
+    payload = {
+        "impl": args.impl,
+        "image_size": 256,
+        "batch_latency": 1,
+        "batch_throughput": 8,
+        "device": "cpu",
+        "machine": {
+            "cpu_threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+        },
+        "runs": runs,
+    }
     out = ROOT / "benchmarks" / "results" / f"efficientad_speed_{args.impl}.json"
     out.write_text(json.dumps(payload, indent=2))
 

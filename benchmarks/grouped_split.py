@@ -92,7 +92,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("data", type=Path, help="The magnetic_tile category (MVTec layout).")
     parser.add_argument("--model", default="patchcore")
-    parser.add_argument("--param", action="append", default=[], help="Method parameter as KEY=VALUE (JSON value), repeatable.")
+    parser.add_argument(
+        "--param", action="append", default=[], help="Method parameter as KEY=VALUE (JSON value), repeatable."
+    )
     parser.add_argument("--gap", type=int, default=100, help="Largest num step within one tile (default 100).")
     args = parser.parse_args()
     params = _parse_params(args.param)

@@ -29,7 +29,6 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _timing import median_seconds  # noqa: E402
-
 from flawscope.data.synthetic import make_texture_set  # noqa: E402
 from flawscope.data.transforms import normalise, rgb_tensor  # noqa: E402
 from flawscope.features.pdn import IMAGENET_MEAN, IMAGENET_STD, patch_description_network  # noqa: E402
@@ -40,7 +39,10 @@ REPEATS = 20
 
 
 def texture_batch(count: int, seed: int) -> torch.Tensor:
-    images = [sample.image[..., None] / np.float32(255) for sample in make_texture_set(count, 0, size=(SIZE, SIZE), seed=seed).samples]  # uint8 H x W
+    images = [
+        sample.image[..., None] / np.float32(255)
+        for sample in make_texture_set(count, 0, size=(SIZE, SIZE), seed=seed).samples
+    ]  # uint8 H x W
     return normalise(torch.stack([rgb_tensor(image) for image in images]), IMAGENET_MEAN, IMAGENET_STD)
 
 
@@ -74,7 +76,11 @@ def main() -> None:
         "bfloat16_ms": median_ms(bfloat16),
         "int8_ms": median_ms(lambda: int8(image)),
         "int8_relative_error": round(float((approximation - reference).norm() / reference.norm()), 4),
-        "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},
+        "machine": {
+            "cpu_threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+        },
     }
     (ROOT / "benchmarks" / "results" / "pdn_precision.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

@@ -50,7 +50,9 @@ def score_test_images(model, test) -> tuple[list[np.ndarray], list[np.ndarray], 
     for result in model.iter_predict(test, progress=False):
         sample = result.sample
         maps.append(result.anomaly_map.astype(np.float32))
-        masks.append(sample.read_mask(result.anomaly_map.shape) if sample.mask else np.zeros(result.anomaly_map.shape, bool))
+        masks.append(
+            sample.read_mask(result.anomaly_map.shape) if sample.mask else np.zeros(result.anomaly_map.shape, bool)
+        )
         groups.append(sample.defect_type if sample.label == 1 else "good")
         scores.append(result.score)
     return maps, masks, groups, scores
@@ -74,7 +76,10 @@ def breakdown(maps: list[np.ndarray], masks: list[np.ndarray], groups: list[str]
         "pooled_pixel_auroc": auroc_from_histograms(all_defect, all_normal),
         "defect_vs_good_images": auroc_from_histograms(all_defect, count["good"]) if "good" in count else None,
         "defect_types": {},
-        "normal_pixel_quantiles": {name: dict(zip(map(str, QUANTILES), np.quantile(normal[name], QUANTILES).round(4).tolist())) for name in names},
+        "normal_pixel_quantiles": {
+            name: dict(zip(map(str, QUANTILES), np.quantile(normal[name], QUANTILES).round(4).tolist()))
+            for name in names
+        },
     }
     for name, positive in defect_count.items():
         result["defect_types"][name] = {
@@ -83,8 +88,12 @@ def breakdown(maps: list[np.ndarray], masks: list[np.ndarray], groups: list[str]
             "vs_good_images": auroc_from_histograms(positive, count["good"]) if "good" in count else None,
             "vs_own_normal_pixels": auroc_from_histograms(positive, count[name]),
             "vs_all_normal_pixels": auroc_from_histograms(positive, all_normal),
-            "pooled_without_this_type": auroc_from_histograms(all_defect - positive, all_normal - count[name]) if len(defect_count) > 1 else None,
-            "defect_pixel_quantiles": dict(zip(map(str, QUANTILES), np.quantile(defect[name], QUANTILES).round(4).tolist())),
+            "pooled_without_this_type": auroc_from_histograms(all_defect - positive, all_normal - count[name])
+            if len(defect_count) > 1
+            else None,
+            "defect_pixel_quantiles": dict(
+                zip(map(str, QUANTILES), np.quantile(defect[name], QUANTILES).round(4).tolist())
+            ),
         }
     return result
 
@@ -93,14 +102,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("data", type=Path, help="An MVTec-layout category with masks.")
     parser.add_argument("--model", default="patchcore")
-    parser.add_argument("--param", action="append", default=[], help="Method parameter as KEY=VALUE (JSON value), repeatable.")
+    parser.add_argument(
+        "--param", action="append", default=[], help="Method parameter as KEY=VALUE (JSON value), repeatable."
+    )
     parser.add_argument("--train-images", type=int, help="Fit on every n-th training image, this many (default: all).")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     train = open_data(str(args.data), "train")
     if args.train_images and args.train_images < len(train):
         step = len(train) // args.train_images
-        train = train.subset(list(range(0, len(train), step))[: args.train_images], f"every {step}th, {args.train_images}")
+        train = train.subset(
+            list(range(0, len(train), step))[: args.train_images], f"every {step}th, {args.train_images}"
+        )
     model = fs.create(args.model, **{"device": "cpu", **_parse_params(args.param)})
     started = time.perf_counter()
     model.fit(train, progress=False)

@@ -35,9 +35,16 @@ def main() -> None:
         model.fit(train, progress=False)
         fit_seconds = time.perf_counter() - started
         metrics = fs.evaluate(model, test, progress=False).metrics
-        runs.append({"noise_std": noise, "fit_seconds": fit_seconds, "image_auroc": metrics["image_auroc"],
-                     "pixel_auroc": metrics.get("pixel_auroc"), "aupro": metrics.get("aupro"),
-                     "final_loss": model.loss_history_[-1]})
+        runs.append(
+            {
+                "noise_std": noise,
+                "fit_seconds": fit_seconds,
+                "image_auroc": metrics["image_auroc"],
+                "pixel_auroc": metrics.get("pixel_auroc"),
+                "aupro": metrics.get("aupro"),
+                "final_loss": model.loss_history_[-1],
+            }
+        )
         print(json.dumps(runs[-1]), flush=True)
     args.out.write_text(json.dumps({"data": args.data, "epochs": args.epochs, "runs": runs}, indent=2))
 

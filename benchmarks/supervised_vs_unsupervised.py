@@ -48,7 +48,9 @@ def common_test_images(data: str, seed: int) -> ImageDataset:
 
 
 def judge(model: str, data: str, test: ImageDataset, seed: int) -> dict:
-    detector, fit_seconds, _, _ = fit_and_calibrate(model, data, {"device": "cpu", "seed": seed}, VALIDATION_FRACTION, "sigma", 3.0, 0.01, True)
+    detector, fit_seconds, _, _ = fit_and_calibrate(
+        model, data, {"device": "cpu", "seed": seed}, VALIDATION_FRACTION, "sigma", 3.0, 0.01, True
+    )
     metrics = fs.evaluate(detector, test, worst_cases=0, progress=False).metrics
     return {"model": model, "fit_seconds": round(fit_seconds, 1), **{key: metrics[key] for key in KEYS}}
 
@@ -80,7 +82,12 @@ def main() -> None:
     for data, name in datasets:
         test = common_test_images(data, args.seed)
         labels = test.labels
-        block = {"dataset": name, "n_good": int((labels == 0).sum()), "n_defective": int((labels == 1).sum()), "rows": []}
+        block = {
+            "dataset": name,
+            "n_good": int((labels == 0).sum()),
+            "n_defective": int((labels == 1).sum()),
+            "rows": [],
+        }
         for model in args.models:
             print(f"{name}: {model}", flush=True)
             block["rows"].append(judge(model, data, test, args.seed))

@@ -13,8 +13,16 @@ from flawscope.models.autoencoder import AutoencoderNetwork, window_starts
 from flawscope.postprocess import structuring_element
 from flawscope.ssim import ssim_map
 
-TINY = {"image_size": 64, "patch_size": 32, "latent_dim": 32, "n_patches": 640, "epochs": 6, "stride": 8,
-        "learning_rate": 5e-4, "device": "cpu"}
+TINY = {
+    "image_size": 64,
+    "patch_size": 32,
+    "latent_dim": 32,
+    "n_patches": 640,
+    "epochs": 6,
+    "stride": 8,
+    "learning_rate": 5e-4,
+    "device": "cpu",
+}
 
 
 def test_table_one_layer_sizes_and_mirrored_decoder():
@@ -24,8 +32,17 @@ def test_table_one_layer_sizes_and_mirrored_decoder():
         x = layer(x)
         if isinstance(layer, nn.Conv2d):
             sizes.append(tuple(x.shape[1:]))
-    assert sizes == [(32, 64, 64), (32, 32, 32), (32, 32, 32), (64, 16, 16), (64, 16, 16), (128, 8, 8),
-                     (64, 8, 8), (32, 8, 8), (100, 1, 1)]
+    assert sizes == [
+        (32, 64, 64),
+        (32, 32, 32),
+        (32, 32, 32),
+        (64, 16, 16),
+        (64, 16, 16),
+        (128, 8, 8),
+        (64, 8, 8),
+        (32, 8, 8),
+        (100, 1, 1),
+    ]
     assert network.encoder[-1].kernel_size == (8, 8)
     assert tuple(network.decoder(x).shape) == (2, 1, 128, 128)
     activations = [m for m in network.decoder if isinstance(m, nn.LeakyReLU)]
@@ -147,7 +164,9 @@ def test_recipes_and_their_announcement(texture_train, capsys):
 
 
 def test_early_stopping_keeps_a_validation_history(texture_train):
-    model = fs.create("ae_l2", early_stopping=True, patience=1, **{**TINY, "epochs": 4}).fit(texture_train, progress=False)
+    model = fs.create("ae_l2", early_stopping=True, patience=1, **{**TINY, "epochs": 4}).fit(
+        texture_train, progress=False
+    )
     assert 1 <= len(model.validation_history_) == len(model.loss_history_) <= 4
     assert all(np.isfinite(model.validation_history_))
     with pytest.raises(DataError, match="leaves none to train on"):

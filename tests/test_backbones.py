@@ -1,11 +1,9 @@
 from pathlib import Path
 
 import matplotlib
-import numpy as np
 import pytest
 import timm
 import torch
-from PIL import Image
 from safetensors.torch import save_file
 
 from flawscope.data.io import read_image
@@ -46,7 +44,9 @@ def test_micro_batching_does_not_change_features():
         together = extractor(images)
         alone = [extractor(images[i : i + 1]) for i in range(5)]
     for layer, maps in enumerate(together):
-        torch.testing.assert_close(maps, torch.cat([a[layer] for a in alone]), rtol=1e-4, atol=1e-4)  # convolution kernels differ by batch size
+        torch.testing.assert_close(
+            maps, torch.cat([a[layer] for a in alone]), rtol=1e-4, atol=1e-4
+        )  # convolution kernels differ by batch size
 
 
 def test_backbone_without_offline_weights_is_refused():
@@ -61,7 +61,9 @@ def test_any_timm_backbone_from_a_local_weights_file(tmp_path):
     path = tmp_path / "resnet18.safetensors"
     save_file(reference.state_dict(), str(path))
     model, fingerprint = create_feature_backbone("resnet18", (1, 2), weights=str(path))
-    torch.testing.assert_close(model.state_dict()["layer1.0.conv1.weight"], reference.state_dict()["layer1.0.conv1.weight"])
+    torch.testing.assert_close(
+        model.state_dict()["layer1.0.conv1.weight"], reference.state_dict()["layer1.0.conv1.weight"]
+    )
     assert fingerprint.startswith("sha256:")
 
 

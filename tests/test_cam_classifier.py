@@ -1,6 +1,5 @@
 """The supervised CAM classifier: splits, fine-tuned layers, CAM boxes, and what evaluate reports for it."""
 
-import numpy as np
 import pytest
 import torch
 
@@ -38,8 +37,14 @@ def test_the_last_three_convolutions_are_fine_tuned():
     model, _ = create_classifier("tf_efficientnet_lite0")
     chosen = trainable_convolutions(model, 3)
     names = {module: name for name, module in model.named_modules()}
-    assert [names[m] for m in chosen] == ["blocks.6.0.conv_dw", "blocks.6.0.bn2", "blocks.6.0.conv_pwl", "blocks.6.0.bn3",
-                                          "conv_head", "bn2"]
+    assert [names[m] for m in chosen] == [
+        "blocks.6.0.conv_dw",
+        "blocks.6.0.bn2",
+        "blocks.6.0.conv_pwl",
+        "blocks.6.0.bn3",
+        "conv_head",
+        "bn2",
+    ]
 
 
 def test_classifier_learns_defects_and_boxes_them(labelled_train, texture_test):
@@ -64,8 +69,11 @@ def test_fine_tuning_changes_only_the_chosen_layers(labelled_train):
         if name.startswith("classifier"):
             continue
         changed = not torch.equal(parameter, trunk[name])
-        assert changed == (name.startswith(("conv_head", "bn2", "blocks.6.0.conv_dw", "blocks.6.0.bn2",
-                                            "blocks.6.0.conv_pwl", "blocks.6.0.bn3"))), name
+        assert changed == (
+            name.startswith(
+                ("conv_head", "bn2", "blocks.6.0.conv_dw", "blocks.6.0.bn2", "blocks.6.0.conv_pwl", "blocks.6.0.bn3")
+            )
+        ), name
 
 
 def test_class_weights_are_checked(labelled_train):

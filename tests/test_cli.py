@@ -15,14 +15,33 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def category(tmp_path_factory):
-    return write_mvtec_layout(tmp_path_factory.mktemp("data") / "texture", n_train=14, n_test_good=5, n_test_defective=6, size=(96, 96))
+    return write_mvtec_layout(
+        tmp_path_factory.mktemp("data") / "texture", n_train=14, n_test_good=5, n_test_defective=6, size=(96, 96)
+    )
 
 
 @pytest.fixture(scope="module")
 def model_dir(category, tmp_path_factory):
     out = tmp_path_factory.mktemp("models") / "model"
-    result = runner.invoke(app, ["fit", "--data", str(category), "--out", str(out), "--device", "cpu", "--quiet",
-                                 "--param", "image_size=96", "--param", "coreset_ratio=0.25", "--val-fraction", "0.25"])
+    result = runner.invoke(
+        app,
+        [
+            "fit",
+            "--data",
+            str(category),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--quiet",
+            "--param",
+            "image_size=96",
+            "--param",
+            "coreset_ratio=0.25",
+            "--val-fraction",
+            "0.25",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -63,7 +82,16 @@ def test_evaluate_writes_metrics_and_report(model_dir, category, tmp_path):
     result = runner.invoke(app, ["evaluate", str(model_dir), "--data", str(category), "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in ("image_auroc", "image_aupr", "f1_max", "balanced_accuracy", "confusion_matrix", "threshold", "pixel_auroc", "aupro"):
+    for key in (
+        "image_auroc",
+        "image_aupr",
+        "f1_max",
+        "balanced_accuracy",
+        "confusion_matrix",
+        "threshold",
+        "pixel_auroc",
+        "aupro",
+    ):
         assert key in metrics
     assert metrics["image_auroc"] >= 0.9 and metrics["pixel_auroc"] >= 0.9
     assert "defect" in metrics["per_defect_type"]
@@ -77,42 +105,132 @@ def test_evaluate_writes_metrics_and_report(model_dir, category, tmp_path):
 
 def test_fit_takes_the_autoencoder_recipe(category, tmp_path):
     small = ["--param", "image_size=64", "--param", "patch_size=32", "--param", "n_patches=32", "--param", "epochs=1"]
-    result = runner.invoke(app, ["fit", "--data", str(category), "--out", str(tmp_path / "ae"), "--model", "ae_l2",
-                                 "--recipe", "paper", "--device", "cpu", "--val-fraction", "0.3", "--quiet", *small])
+    result = runner.invoke(
+        app,
+        [
+            "fit",
+            "--data",
+            str(category),
+            "--out",
+            str(tmp_path / "ae"),
+            "--model",
+            "ae_l2",
+            "--recipe",
+            "paper",
+            "--device",
+            "cpu",
+            "--val-fraction",
+            "0.3",
+            "--quiet",
+            *small,
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "ae" / "config.json").read_text())["params"]["recipe"] == "paper"
-    result = runner.invoke(app, ["fit", "--data", str(category), "--out", str(tmp_path / "pc"), "--recipe", "paper", "--quiet"])
+    result = runner.invoke(
+        app, ["fit", "--data", str(category), "--out", str(tmp_path / "pc"), "--recipe", "paper", "--quiet"]
+    )
     assert result.exit_code == 2 and "recipe" in result.output
 
 
 def test_distill_teacher_then_fit_efficientad_with_it(category, tmp_path):
     teacher = tmp_path / "teacher.safetensors"
-    result = runner.invoke(app, ["distill-teacher", "--images", str(category), "--out", str(teacher), "--steps", "2",
-                                 "--image-size", "128", "--batch-size", "2", "--device", "cpu", "--quiet"])
+    result = runner.invoke(
+        app,
+        [
+            "distill-teacher",
+            "--images",
+            str(category),
+            "--out",
+            str(teacher),
+            "--steps",
+            "2",
+            "--image-size",
+            "128",
+            "--batch-size",
+            "2",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "PDN-small teacher (152 channels)" in result.output and teacher.is_file()
-    result = runner.invoke(app, ["fit", "--data", str(category), "--out", str(tmp_path / "ead"), "--model", "efficientad",
-                                 "--param", f"teacher={teacher}", "--param", "image_size=128", "--param", "steps=2",
-                                 "--device", "cpu", "--val-fraction", "0.3", "--quiet"])
+    result = runner.invoke(
+        app,
+        [
+            "fit",
+            "--data",
+            str(category),
+            "--out",
+            str(tmp_path / "ead"),
+            "--model",
+            "efficientad",
+            "--param",
+            f"teacher={teacher}",
+            "--param",
+            "image_size=128",
+            "--param",
+            "steps=2",
+            "--device",
+            "cpu",
+            "--val-fraction",
+            "0.3",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "ead" / "config.json").read_text())["params"]["teacher"] == str(teacher)
-    result = runner.invoke(app, ["quantize", str(tmp_path / "ead"), "--data", str(category), "--out", str(tmp_path / "ead8"),
-                                 "--val-fraction", "0.3", "--quiet"])
+    result = runner.invoke(
+        app,
+        [
+            "quantize",
+            str(tmp_path / "ead"),
+            "--data",
+            str(category),
+            "--out",
+            str(tmp_path / "ead8"),
+            "--val-fraction",
+            "0.3",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     quantized = fs.load(tmp_path / "ead8")
     assert quantized.precision == "int8" and quantized.is_calibrated and quantized.calibration_["rule"] == "sigma"
-    assert quantized.calibration_["n_images"] == fs.load(tmp_path / "ead").calibration_["n_images"]  # the same held-out images
+    assert (
+        quantized.calibration_["n_images"] == fs.load(tmp_path / "ead").calibration_["n_images"]
+    )  # the same held-out images
     result = runner.invoke(app, ["distill-teacher", "--images", str(tmp_path / "nothing"), "--out", str(teacher)])
     assert result.exit_code == 2 and "neither a folder nor a data spec" in result.output
 
 
 def test_cam_classifier_fits_on_labelled_images_and_is_evaluated_on_unseen_ones(category, tmp_path):
     out = tmp_path / "cam"
-    result = runner.invoke(app, ["fit", "--data", str(category), "--out", str(out), "--model", "cam_classifier", "--device", "cpu",
-                                 "--param", "image_size=64", "--param", "max_epochs=1", "--quiet"])
+    result = runner.invoke(
+        app,
+        [
+            "fit",
+            "--data",
+            str(category),
+            "--out",
+            str(out),
+            "--model",
+            "cam_classifier",
+            "--device",
+            "cpu",
+            "--param",
+            "image_size=64",
+            "--param",
+            "max_epochs=1",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "on 9 labelled images (80 %" in result.output  # 11 test images of the category: 9 to learn, 2 to judge
-    result = runner.invoke(app, ["evaluate", str(out), "--data", str(category), "--out", str(tmp_path / "eval"), "--quiet"])
+    result = runner.invoke(
+        app, ["evaluate", str(out), "--data", str(category), "--out", str(tmp_path / "eval"), "--quiet"]
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["n_images"] == 2 and metrics["threshold_source"] == "calibrated (argmax)"
@@ -124,9 +242,13 @@ def test_clear_errors_for_bad_input(tmp_path):
     (tmp_path / "empty" / "train" / "good").mkdir(parents=True)
     result = runner.invoke(app, ["fit", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "m"), "--quiet"])
     assert result.exit_code == 2 and "holds no images" in result.output
-    result = runner.invoke(app, ["fit", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "m"), "--model", "patchcor"])
+    result = runner.invoke(
+        app, ["fit", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "m"), "--model", "patchcor"]
+    )
     assert result.exit_code == 2
-    result = runner.invoke(app, ["evaluate", str(tmp_path / "nomodel"), "--data", str(tmp_path), "--out", str(tmp_path / "e")])
+    result = runner.invoke(
+        app, ["evaluate", str(tmp_path / "nomodel"), "--data", str(tmp_path), "--out", str(tmp_path / "e")]
+    )
     assert result.exit_code == 2 and "config.json is missing" in result.output
 
 
@@ -140,11 +262,15 @@ def test_list_models():
 
 def test_quantize_refuses_a_method_other_than_efficientad(model_dir, category, tmp_path):
     result = runner.invoke(app, ["quantize", str(model_dir), "--data", str(category), "--out", str(tmp_path / "q")])
-    assert result.exit_code == 2 and "holds a PatchCore; only an EfficientAD can be quantized" in " ".join(result.output.split())
+    assert result.exit_code == 2 and "holds a PatchCore; only an EfficientAD can be quantized" in " ".join(
+        result.output.split()
+    )
     assert not (tmp_path / "q").exists()
 
 
 def test_errors_print_bracketed_text_as_it_is(tmp_path):
     missing = tmp_path / "[red]line 3"  # rich would read "[red]" as a colour and drop it
-    result = runner.invoke(app, ["fit", "--data", str(missing), "--out", str(tmp_path / "m"), "--device", "cpu", "--quiet"])
+    result = runner.invoke(
+        app, ["fit", "--data", str(missing), "--out", str(tmp_path / "m"), "--device", "cpu", "--quiet"]
+    )
     assert result.exit_code == 2 and "[red]line 3" in "".join(result.output.split("\n"))

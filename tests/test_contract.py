@@ -11,16 +11,54 @@ SMALL = {
     "padim": {"image_size": 64, "n_features": 40, "device": "cpu"},
     "feature_dictionary": {"layers": (3,), "patch_size": 32, "n_patches": 600, "n_centres": 5, "device": "cpu"},
     "dfr": {"image_size": 64, "epochs": 3, "vectors_per_step": 512, "device": "cpu"},
-    "ae_l2": {"image_size": 64, "patch_size": 32, "latent_dim": 16, "n_patches": 256, "epochs": 2, "stride": 16, "device": "cpu"},
-    "ae_ssim": {"image_size": 64, "patch_size": 32, "latent_dim": 16, "n_patches": 256, "epochs": 2, "stride": 16, "device": "cpu"},
+    "ae_l2": {
+        "image_size": 64,
+        "patch_size": 32,
+        "latent_dim": 16,
+        "n_patches": 256,
+        "epochs": 2,
+        "stride": 16,
+        "device": "cpu",
+    },
+    "ae_ssim": {
+        "image_size": 64,
+        "patch_size": 32,
+        "latent_dim": 16,
+        "n_patches": 256,
+        "epochs": 2,
+        "stride": 16,
+        "device": "cpu",
+    },
     "ae_mse": {"image_size": 64, "patch_size": 64, "latent_dim": 16, "n_patches": 64, "epochs": 2, "device": "cpu"},
-    "vae": {"image_size": 64, "patch_size": 32, "latent_dim": 16, "n_patches": 256, "epochs": 2, "stride": 16, "device": "cpu"},
-    "feature_matching_ae": {"image_size": 64, "patch_size": 32, "latent_dim": 16, "n_patches": 256, "epochs": 2, "stride": 16,
-                            "device": "cpu"},
+    "vae": {
+        "image_size": 64,
+        "patch_size": 32,
+        "latent_dim": 16,
+        "n_patches": 256,
+        "epochs": 2,
+        "stride": 16,
+        "device": "cpu",
+    },
+    "feature_matching_ae": {
+        "image_size": 64,
+        "patch_size": 32,
+        "latent_dim": 16,
+        "n_patches": 256,
+        "epochs": 2,
+        "stride": 16,
+        "device": "cpu",
+    },
     "efficientad": {"image_size": 128, "steps": 10, "device": "cpu"},
     "simplenet": {"image_size": 64, "epochs": 3, "noise_std": 0.5, "device": "cpu"},
     "cam_classifier": {"image_size": 64, "max_epochs": 2, "learning_rate": 1e-3, "device": "cpu"},
-    "gmm_texture": {"image_size": 64, "levels": 2, "patch_size": 5, "n_components": 2, "samples_per_level": 2000, "device": "cpu"},
+    "gmm_texture": {
+        "image_size": 64,
+        "levels": 2,
+        "patch_size": 5,
+        "n_components": 2,
+        "samples_per_level": 2000,
+        "device": "cpu",
+    },
 }
 
 
@@ -43,7 +81,9 @@ def test_fit_returns_self_and_seed_gives_same_scores(name, train, texture_test):
     first = fs.create(name, seed=3, **SMALL[name])
     assert first.fit(train, progress=False) is first
     second = fs.create(name, seed=3, **SMALL[name]).fit(train, progress=False)
-    np.testing.assert_array_equal(first.predict(texture_test, progress=False).scores, second.predict(texture_test, progress=False).scores)
+    np.testing.assert_array_equal(
+        first.predict(texture_test, progress=False).scores, second.predict(texture_test, progress=False).scores
+    )
 
 
 def test_not_fitted_error_before_fit(name):
@@ -53,7 +93,9 @@ def test_not_fitted_error_before_fit(name):
 
 
 def test_save_load_round_trip_gives_identical_results(name, train, texture_train, texture_test, tmp_path):
-    model = fs.create(name, **SMALL[name]).fit(train if train is not texture_train else texture_train[:9], progress=False)
+    model = fs.create(name, **SMALL[name]).fit(
+        train if train is not texture_train else texture_train[:9], progress=False
+    )
     model.calibrate(texture_train[9:], progress=False)
     before = model.predict(texture_test, progress=False)
     loaded = fs.load(model.save(tmp_path / "model"))
@@ -72,7 +114,9 @@ def test_higher_means_more_anomalous(name, train, texture_test):
 
 def test_bad_parameters_give_sklearn_style_errors(name, texture_train):
     model = fs.create(name, batch_size=0)
-    with pytest.raises(ConfigError, match=r"The 'batch_size' parameter of \w+ must be an int in \[1, inf\]. Got 0 instead."):
+    with pytest.raises(
+        ConfigError, match=r"The 'batch_size' parameter of \w+ must be an int in \[1, inf\]. Got 0 instead."
+    ):
         model.fit(texture_train, progress=False)
     with pytest.raises(ConfigError, match="has no parameter"):
         fs.create(name, no_such_parameter=1)

@@ -43,8 +43,10 @@ def test_coreset_covers_better_than_random():
     points = torch.randn(2000, 8, generator=generator) * torch.linspace(0.1, 3, 8)
     selected = greedy_coreset(points, 0.05, torch.Generator().manual_seed(0))
     random_pick = torch.randperm(2000, generator=generator)[: len(selected)]
+
     def radius(idx):
         return torch.cdist(points, points[idx]).min(1).values.max()
+
     assert radius(selected) < 0.8 * radius(random_pick)
 
 

@@ -25,8 +25,15 @@ def test_auto_device_picks_cuda(texture_train):
 
 @pytest.mark.parametrize("name", ["ae_ssim", "vae", "ae_mse"])
 def test_autoencoder_trained_on_cpu_scores_alike_on_cuda(name, texture_train, texture_test, tmp_path):
-    small = {"image_size": 64, "patch_size": 64 if name == "ae_mse" else 32, "latent_dim": 16, "n_patches": 128,
-             "epochs": 1, "stride": 16, "device": "cpu"}
+    small = {
+        "image_size": 64,
+        "patch_size": 64 if name == "ae_mse" else 32,
+        "latent_dim": 16,
+        "n_patches": 128,
+        "epochs": 1,
+        "stride": 16,
+        "device": "cpu",
+    }
     model = fs.create(name, **small).fit(texture_train, progress=False)
     cpu_scores = model.predict(texture_test, progress=False).scores
     on_cuda = fs.load(model.save(tmp_path / name), device="cuda")
@@ -35,16 +42,23 @@ def test_autoencoder_trained_on_cpu_scores_alike_on_cuda(name, texture_train, te
 
 
 def test_autoencoder_trains_on_cuda(texture_train):
-    model = fs.create("ae_l2", image_size=64, patch_size=32, latent_dim=16, n_patches=256, epochs=2, stride=16, device="cuda")
+    model = fs.create(
+        "ae_l2", image_size=64, patch_size=32, latent_dim=16, n_patches=256, epochs=2, stride=16, device="cuda"
+    )
     model.fit(texture_train, progress=False)
     assert model.loss_history_[-1] < model.loss_history_[0]
 
 
-@pytest.mark.parametrize("name, small", [
-    ("efficientad", {"image_size": 128, "steps": 5}),
-    ("simplenet", {"image_size": 64, "epochs": 2, "noise_std": 0.5}),
-])
-def test_student_teacher_and_discriminative_models_score_alike_on_cuda(name, small, texture_train, texture_test, tmp_path):
+@pytest.mark.parametrize(
+    "name, small",
+    [
+        ("efficientad", {"image_size": 128, "steps": 5}),
+        ("simplenet", {"image_size": 64, "epochs": 2, "noise_std": 0.5}),
+    ],
+)
+def test_student_teacher_and_discriminative_models_score_alike_on_cuda(
+    name, small, texture_train, texture_test, tmp_path
+):
     model = fs.create(name, device="cpu", **small).fit(texture_train, progress=False)
     cpu_scores = model.predict(texture_test, progress=False).scores
     on_cuda = fs.load(model.save(tmp_path / name), device="cuda")
@@ -53,11 +67,15 @@ def test_student_teacher_and_discriminative_models_score_alike_on_cuda(name, sma
 
 
 def test_efficientad_trains_on_cuda(texture_train):
-    model = fs.create("efficientad", image_size=128, steps=30, learning_rate=1e-3, device="cuda").fit(texture_train, progress=False)
+    model = fs.create("efficientad", image_size=128, steps=30, learning_rate=1e-3, device="cuda").fit(
+        texture_train, progress=False
+    )
     assert model.student_[0].weight.is_cuda
     assert np.mean(model.loss_history_[-5:]) < np.mean(model.loss_history_[:5])
 
 
 def test_efficientad_int8_is_refused_on_cuda(texture_train):
     with pytest.raises(ConfigError, match="CPU only"):
-        fs.create("efficientad", image_size=128, steps=1, precision="int8", device="cuda").fit(texture_train, progress=False)
+        fs.create("efficientad", image_size=128, steps=1, precision="int8", device="cuda").fit(
+            texture_train, progress=False
+        )

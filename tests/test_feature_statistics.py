@@ -103,7 +103,9 @@ def test_feature_dictionary_scores_small_images_and_checks_geometry(texture_trai
 
 def test_gmm_texture_refuses_a_pyramid_smaller_than_its_patches(texture_train):
     with pytest.raises(ConfigError, match="halved 3 times is 12 px"):
-        fs.create("gmm_texture", image_size=96, levels=4, patch_size=13, device="cpu").fit(texture_train, progress=False)
+        fs.create("gmm_texture", image_size=96, levels=4, patch_size=13, device="cpu").fit(
+            texture_train, progress=False
+        )
 
 
 def test_gmm_texture_levels_are_normalised_on_held_out_images(texture_train):
@@ -116,6 +118,8 @@ def test_dfr_autoencoder_shape_and_falling_loss(texture_train):
     network = feature_autoencoder(192, 20)
     widths = [m.out_channels for m in network if isinstance(m, torch.nn.Conv2d)]
     assert widths == [116, 40, 20, 40, 116, 192]
-    model = fs.create("dfr", image_size=64, epochs=8, vectors_per_step=512, device="cpu").fit(texture_train, progress=False)
+    model = fs.create("dfr", image_size=64, epochs=8, vectors_per_step=512, device="cpu").fit(
+        texture_train, progress=False
+    )
     assert model.loss_history_[-1] < 0.5 * model.loss_history_[0]
     assert 1 <= model.latent_ <= 192

@@ -65,7 +65,12 @@ def test_bad_files_name_the_file(tmp_path):
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(good)
     truncated = tmp_path / "truncated.png"
     truncated.write_bytes(good.read_bytes()[:60])
-    for path, reason in ((empty, "empty"), (garbage, "cannot be decoded"), (truncated, "cannot be decoded"), (tmp_path / "missing.png", "does not exist")):
+    for path, reason in (
+        (empty, "empty"),
+        (garbage, "cannot be decoded"),
+        (truncated, "cannot be decoded"),
+        (tmp_path / "missing.png", "does not exist"),
+    ):
         with pytest.raises(DataError, match=reason) as caught:
             read_image(path)
         assert str(path) in str(caught.value)

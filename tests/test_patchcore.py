@@ -4,9 +4,9 @@ import torch
 
 import flawscope as fs
 from flawscope.data.synthetic import make_texture_set
+from flawscope.features.neighbours import TorchSearch
 from flawscope.metrics import auroc, pixel_metrics
 from flawscope.models.patchcore import reweighted_scores
-from flawscope.features.neighbours import TorchSearch
 
 
 def test_detects_synthetic_defects(fitted_patchcore, texture_test):

@@ -24,7 +24,9 @@ def test_adaptor_and_discriminator_shapes():
 
 
 def test_simplenet_training_lowers_the_loss_and_finds_defects(texture_train, texture_test):
-    model = fs.create("simplenet", image_size=96, epochs=10, noise_std=0.5, device="cpu").fit(texture_train, progress=False)
+    model = fs.create("simplenet", image_size=96, epochs=10, noise_std=0.5, device="cpu").fit(
+        texture_train, progress=False
+    )
     assert model.loss_history_[-1] < 0.7 * model.loss_history_[0]
     prediction = model.predict(texture_test, progress=False)
     assert auroc(texture_test.labels, prediction.scores) >= 0.9

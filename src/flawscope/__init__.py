@@ -7,9 +7,9 @@
 
 __version__ = "0.1.0"
 
-from flawscope import datasets  # noqa: E402
-from flawscope import models as _models  # noqa: E402,F401  (registers the detectors)
-from flawscope.errors import (  # noqa: E402
+from flawscope import datasets
+from flawscope import models as _models  # noqa: F401  (registers the detectors)
+from flawscope.errors import (
     ConfigError,
     DataError,
     FlawscopeError,
@@ -17,7 +17,7 @@ from flawscope.errors import (  # noqa: E402
     NotFittedError,
     WeightsError,
 )
-from flawscope.models.base import Detector, Prediction, create, list_models  # noqa: E402
+from flawscope.models.base import Detector, Prediction, create, list_models
 
 
 def load(path, device=None) -> Detector:
@@ -35,6 +35,18 @@ def evaluate(model: Detector, data, **kwargs):
 
 
 __all__ = [
-    "ConfigError", "DataError", "Detector", "FlawscopeError", "ModelFileError", "NotFittedError", "Prediction",
-    "WeightsError", "create", "datasets", "evaluate", "list_models", "load", "__version__",
+    "ConfigError",
+    "DataError",
+    "Detector",
+    "FlawscopeError",
+    "ModelFileError",
+    "NotFittedError",
+    "Prediction",
+    "WeightsError",
+    "__version__",
+    "create",
+    "datasets",
+    "evaluate",
+    "list_models",
+    "load",
 ]

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, TextIO
+from typing import TextIO
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -64,7 +65,7 @@ class _LogBar:
 
 
 @contextmanager
-def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator["_Bar | _LogBar | _NullBar"]:
+def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[_Bar | _LogBar | _NullBar]:
     """A context manager yielding an object with ``advance(steps)``; nothing is drawn when disabled."""
     if not enabled:
         yield _NullBar()
@@ -75,6 +76,12 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
         yield bar
         bar.write(time.monotonic())
         return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console, transient=False) as progress:
         yield _Bar(progress, progress.add_task(description, total=total))

@@ -8,14 +8,16 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Visual anomaly detection for industrial inspection.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Visual anomaly detection for industrial inspection."
+)
 console = Console()
 errors = Console(stderr=True)
 
@@ -44,7 +46,19 @@ def _metrics_table(metrics: dict[str, Any], title: str) -> Table:
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("n_images", "n_good", "n_defective", "image_auroc", "image_aupr", "f1_max", "threshold", "balanced_accuracy", "accuracy", "pixel_auroc", "aupro"):
+    for key in (
+        "n_images",
+        "n_good",
+        "n_defective",
+        "image_auroc",
+        "image_aupr",
+        "f1_max",
+        "threshold",
+        "balanced_accuracy",
+        "accuracy",
+        "pixel_auroc",
+        "aupro",
+    ):
         if key in metrics:
             value = metrics[key]
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
@@ -58,19 +72,37 @@ def _per_type_table(metrics: dict[str, Any]) -> Table:
     for column in ("type", "images", "image AUROC", "pixel AUROC", "AUPRO"):
         table.add_column(column)
     for name, entry in metrics["per_defect_type"].items():
-        table.add_row(name, *(f"{entry[k]:.4f}" if k in entry and isinstance(entry[k], float) else str(entry.get(k, "")) for k in ("n_images", "image_auroc", "pixel_auroc", "aupro")))
+        table.add_row(
+            name,
+            *(
+                f"{entry[k]:.4f}" if k in entry and isinstance(entry[k], float) else str(entry.get(k, ""))
+                for k in ("n_images", "image_auroc", "pixel_auroc", "aupro")
+            ),
+        )
     return table
 
 
 def _overlap_table(overlap: dict[str, Any]) -> Table:
-    table = Table("overlap quantile", *(f"FPR {fpr:.0%}" for fpr in overlap["fpr"]),
-                  title=f"Per-region overlap ({overlap['n_regions']} defect regions)")
+    table = Table(
+        "overlap quantile",
+        *(f"FPR {fpr:.0%}" for fpr in overlap["fpr"]),
+        title=f"Per-region overlap ({overlap['n_regions']} defect regions)",
+    )
     for quantile, values in zip(overlap["quantiles"], overlap["overlap"]):
         table.add_row(f"{quantile:.0%}", *(f"{value:.3f}" for value in values))
     return table
 
 
-def fit_and_calibrate(model_name: str, data: str, params: dict[str, Any], val_fraction: float, rule: str, k: float, target_fpr: float, quiet: bool):
+def fit_and_calibrate(
+    model_name: str,
+    data: str,
+    params: dict[str, Any],
+    val_fraction: float,
+    rule: str,
+    k: float,
+    target_fpr: float,
+    quiet: bool,
+):
     """Fit on the training split, calibrate on held-out good images.
 
     Returns ``(model, fit seconds, training images, calibration images)``.
@@ -99,15 +131,19 @@ def fit(
     data: str = typer.Option(..., help=DATA_HELP),
     out: Path = typer.Option(..., help="Directory to write the model to (config.json + model.safetensors)."),
     model: str = typer.Option("patchcore", help="Method name; see 'flawscope list-models'."),
-    backbone: Optional[str] = typer.Option(None, help="timm backbone (default: the method's, tf_efficientnet_lite0)."),
-    weights: Optional[str] = typer.Option(None, help="Backbone weights file, or 'hub' to download (needs network)."),
-    recipe: Optional[str] = typer.Option(
-        None, help="Training schedule of the trained methods (autoencoders, EfficientAD, SimpleNet): fast (default; "
-        "minutes on a CPU) or paper (the published schedule; hours on a CPU)."),
+    backbone: str | None = typer.Option(None, help="timm backbone (default: the method's, tf_efficientnet_lite0)."),
+    weights: str | None = typer.Option(None, help="Backbone weights file, or 'hub' to download (needs network)."),
+    recipe: str | None = typer.Option(
+        None,
+        help="Training schedule of the trained methods (autoencoders, EfficientAD, SimpleNet): fast (default; "
+        "minutes on a CPU) or paper (the published schedule; hours on a CPU).",
+    ),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
     seed: int = typer.Option(0, help="Seed of every random step."),
     param: list[str] = typer.Option([], help="Any other method parameter as KEY=VALUE (JSON values), repeatable."),
-    val_fraction: float = typer.Option(0.1, help="Fraction of the good training images held out to calibrate the threshold."),
+    val_fraction: float = typer.Option(
+        0.1, help="Fraction of the good training images held out to calibrate the threshold."
+    ),
     threshold_rule: str = typer.Option("sigma", help="sigma (mean + k std of good scores), fpr or f1."),
     k: float = typer.Option(3.0, help="k of the sigma rule."),
     target_fpr: float = typer.Option(0.01, help="False-positive rate of the fpr rule."),
@@ -125,16 +161,22 @@ def fit(
     if recipe is not None:
         params["recipe"] = recipe
     try:
-        detector, seconds, n_train, n_val = fit_and_calibrate(model, data, params, val_fraction, threshold_rule, k, target_fpr, quiet)
+        detector, seconds, n_train, n_val = fit_and_calibrate(
+            model, data, params, val_fraction, threshold_rule, k, target_fpr, quiet
+        )
         detector.save(out)
     except fs.FlawscopeError as error:
         _fail(error)
     if detector.supervised:
-        console.print(f"fitted {model} on {n_train} labelled images (80 % of them, stratified, seed {seed}; a quarter of "
-                      f"those held out to pick the best epoch) in {seconds:.1f} s; saved to {out}")
+        console.print(
+            f"fitted {model} on {n_train} labelled images (80 % of them, stratified, seed {seed}; a quarter of "
+            f"those held out to pick the best epoch) in {seconds:.1f} s; saved to {out}"
+        )
     else:
-        console.print(f"fitted {model} on {n_train} images in {seconds:.1f} s; threshold {detector.threshold_:.4f} "
-                      f"({threshold_rule} on {n_val} held-out good images); saved to {out}")
+        console.print(
+            f"fitted {model} on {n_train} images in {seconds:.1f} s; threshold {detector.threshold_:.4f} "
+            f"({threshold_rule} on {n_val} held-out good images); saved to {out}"
+        )
 
 
 def _unique_stem(path_name: str, used: set[str]) -> str:
@@ -152,10 +194,12 @@ def predict(
     model_dir: Path = typer.Argument(..., help="A model directory written by 'flawscope fit'."),
     inputs: list[Path] = typer.Argument(..., help="Image files and/or folders of images."),
     out: Path = typer.Option(..., help="Directory for overlays, masks and predictions.csv."),
-    device: Optional[str] = typer.Option(None, help="Override the saved device (auto, cpu, cuda)."),
-    opening: Optional[int] = typer.Option(
-        None, help="Size of the element that opens the defect masks (0 = none); default: the method's own "
-        "(a 3 px square; a disk of diameter 4 for the autoencoders, as in Bergmann et al.)."),
+    device: str | None = typer.Option(None, help="Override the saved device (auto, cpu, cuda)."),
+    opening: int | None = typer.Option(
+        None,
+        help="Size of the element that opens the defect masks (0 = none); default: the method's own "
+        "(a 3 px square; a disk of diameter 4 for the autoencoders, as in Bergmann et al.).",
+    ),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Score images; write per image a heat-map overlay, a defect mask and a row of predictions.csv."""
@@ -208,10 +252,13 @@ def predict(
 @app.command()
 def evaluate(
     model_dir: Path = typer.Argument(..., help="A model directory written by 'flawscope fit'."),
-    data: str = typer.Option(..., help=DATA_HELP + " Its test split is used (for cam_classifier: the 20 % of the "
-                             "labelled images its fit did not see)."),
+    data: str = typer.Option(
+        ...,
+        help=DATA_HELP + " Its test split is used (for cam_classifier: the 20 % of the "
+        "labelled images its fit did not see).",
+    ),
     out: Path = typer.Option(..., help="Directory for metrics.json and report.html."),
-    device: Optional[str] = typer.Option(None, help="Override the saved device (auto, cpu, cuda)."),
+    device: str | None = typer.Option(None, help="Override the saved device (auto, cpu, cuda)."),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Compute image AUROC, AUPR, F1-max, balanced accuracy, confusion matrix and (with masks) pixel AUROC, AUPRO
@@ -233,7 +280,7 @@ def evaluate(
     console.print(f"metrics: {out / 'metrics.json'}\nreport:  {out / 'report.html'}")
 
 
-def test_data(data: str, detector) -> "ImageDataset":
+def test_data(data: str, detector) -> ImageDataset:
     """The images to evaluate ``detector`` on: the test split, or for a supervised method the 20 %
     of the labelled images its fit did not see (the same seeded split as 'flawscope fit')."""
     from flawscope.data.datasets import open_data, supervised_split
@@ -272,8 +319,13 @@ def run_benchmark(model: str, data: str, params: dict[str, Any], quiet: bool) ->
         "predict_images_per_second": round(len(test) / predict_seconds, 2),
         "peak_rss_mib": round(peak_rss_mib(), 1),
         "metrics": {k: v for k, v in report.metrics.items() if k != "failed"},
-        "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__,
-                    "device": str(detector.device_), "flawscope": fs.__version__},
+        "machine": {
+            "cpu_threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "device": str(detector.device_),
+            "flawscope": fs.__version__,
+        },
     }
 
 
@@ -281,7 +333,7 @@ def run_benchmark(model: str, data: str, params: dict[str, Any], quiet: bool) ->
 def benchmark(
     data: str = typer.Option("elpv:mono", help=DATA_HELP),
     model: str = typer.Option("patchcore", help="Method name."),
-    out: Optional[Path] = typer.Option(None, help="JSON file to write the results to."),
+    out: Path | None = typer.Option(None, help="JSON file to write the results to."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     param: list[str] = typer.Option([], help="Method parameter as KEY=VALUE, repeatable."),
     quiet: bool = typer.Option(True, help="No progress bars (they cost time)."),
@@ -313,19 +365,23 @@ def demo(
     data = f"elpv:{cell_type}"
     console.print(f"PatchCore (tf_efficientnet_lite0, 10 % coreset) on ELPV {cell_type}-crystalline cells")
     try:
-        detector, seconds, n_train, n_val = fit_and_calibrate("patchcore", data, {"device": device}, 0.1, "sigma", 3.0, 0.01, False)
+        detector, seconds, n_train, n_val = fit_and_calibrate(
+            "patchcore", data, {"device": device}, 0.1, "sigma", 3.0, 0.01, False
+        )
         detector.save(out / "model")
         report = fs.evaluate(detector, open_data(data, "test"))
     except fs.FlawscopeError as error:
         _fail(error)
     report.write_json(out / "metrics.json")
     report.write_html(out / "report.html", title=f"PatchCore on ELPV {cell_type}")
-    console.print(f"fit on {n_train} good cells in {seconds:.1f} s; threshold (mean + 3 std of {n_val} held-out good cells) {detector.threshold_:.3f}")
+    console.print(
+        f"fit on {n_train} good cells in {seconds:.1f} s; threshold (mean + 3 std of {n_val} held-out good cells) {detector.threshold_:.3f}"
+    )
     console.print(_metrics_table(report.metrics, f"held-out ELPV {cell_type} cells: good vs defect probability 1.0"))
     console.print(f"model:   {out / 'model'}\nmetrics: {out / 'metrics.json'}\nreport:  {out / 'report.html'}")
 
 
-def _image_collection(specs: list[str]) -> "ImageDataset":
+def _image_collection(specs: list[str]) -> ImageDataset:
     """Every image of the given folders (searched recursively) and data specs (``elpv:mono``: its training split)."""
     from flawscope import errors as fs_errors
     from flawscope.data.datasets import GOOD, IMAGE_SUFFIXES, ImageDataset, Sample, open_data
@@ -349,19 +405,26 @@ def _image_collection(specs: list[str]) -> "ImageDataset":
 def distill_teacher_command(
     out: Path = typer.Option(..., help="The teacher file to write (.safetensors); give it to a model as teacher=PATH."),
     images: list[str] = typer.Option(
-        [], help="Folder of images (searched recursively) or data spec (elpv:mono: its training images), repeatable. "
-        "None: seeded dead-leaves images, as for the teacher shipped with flawscope."),
-    dead_leaves_share: Optional[float] = typer.Option(
-        None, help="Share of dead-leaves images among the given ones (default: 0 with --images, 1 without)."),
+        [],
+        help="Folder of images (searched recursively) or data spec (elpv:mono: its training images), repeatable. "
+        "None: seeded dead-leaves images, as for the teacher shipped with flawscope.",
+    ),
+    dead_leaves_share: float | None = typer.Option(
+        None, help="Share of dead-leaves images among the given ones (default: 0 with --images, 1 without)."
+    ),
     size: str = typer.Option("small", help="PDN size: small (EfficientAD-S) or medium (EfficientAD-M)."),
     backbone: str = typer.Option("tf_efficientnet_lite0", help="timm backbone whose features the teacher learns."),
     layers: str = typer.Option("2,3", help="Backbone stages (timm out_indices), comma-separated."),
-    weights: Optional[str] = typer.Option(None, help="Backbone weights file, or 'hub' (default: offline Lite weights)."),
+    weights: str | None = typer.Option(
+        None, help="Backbone weights file, or 'hub' (default: offline Lite weights)."
+    ),
     image_size: int = typer.Option(256, help="Side of the distillation images (a multiple of 4, >= 128)."),
     steps: int = typer.Option(1000, help="Optimiser steps (paper: 60,000 of 16 ImageNet images)."),
     batch_size: int = typer.Option(8, help="Images per step."),
     learning_rate: float = typer.Option(1e-3, help="Adam learning rate (paper: 1e-4 over its 60x longer schedule)."),
-    precision: str = typer.Option("float32", help="float32 or bfloat16 (autocast; about 2.5x faster on AVX512-BF16 CPUs)."),
+    precision: str = typer.Option(
+        "float32", help="float32 or bfloat16 (autocast; about 2.5x faster on AVX512-BF16 CPUs)."
+    ),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
     seed: int = typer.Option(0, help="Seed of the images, crops and initial weights."),
     quiet: bool = typer.Option(False, help="No progress bar."),
@@ -375,15 +438,28 @@ def distill_teacher_command(
         collection = _image_collection(images) if images else None
         started = time.perf_counter()
         teacher = distill_teacher(
-            images=collection, dead_leaves_share=dead_leaves_share, size=size, backbone=backbone,
-            layers=tuple(int(x) for x in layers.split(",")), weights=weights, image_size=image_size, steps=steps,
-            batch_size=batch_size, learning_rate=learning_rate, precision=precision, seed=seed,
-            device=resolve_device(device), progress=not quiet)
+            images=collection,
+            dead_leaves_share=dead_leaves_share,
+            size=size,
+            backbone=backbone,
+            layers=tuple(int(x) for x in layers.split(",")),
+            weights=weights,
+            image_size=image_size,
+            steps=steps,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            precision=precision,
+            seed=seed,
+            device=resolve_device(device),
+            progress=not quiet,
+        )
         save_teacher(teacher, out)
     except (fs.FlawscopeError, ValueError) as error:
         _fail(error)
-    console.print(f"distilled a PDN-{size} teacher ({teacher.info.out_channels} channels) from {backbone} in "
-                  f"{time.perf_counter() - started:.0f} s; final loss {teacher.info.final_loss:.4f}; saved to {out}")
+    console.print(
+        f"distilled a PDN-{size} teacher ({teacher.info.out_channels} channels) from {backbone} in "
+        f"{time.perf_counter() - started:.0f} s; final loss {teacher.info.final_loss:.4f}; saved to {out}"
+    )
 
 
 @app.command()
@@ -391,7 +467,9 @@ def quantize(
     model_dir: Path = typer.Argument(..., help="A float32 EfficientAD written by 'flawscope fit'."),
     data: str = typer.Option(..., help="The data it was fitted on. " + DATA_HELP),
     out: Path = typer.Option(..., help="Directory to write the int8 model to."),
-    val_fraction: float = typer.Option(0.1, help="The --val-fraction it was fitted with (its held-out good images recalibrate the threshold)."),
+    val_fraction: float = typer.Option(
+        0.1, help="The --val-fraction it was fitted with (its held-out good images recalibrate the threshold)."
+    ),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Turn a fitted float32 EfficientAD into int8 (about 3.5x faster on a CPU) without training again; the threshold
@@ -402,18 +480,28 @@ def quantize(
     try:
         detector = fs.load(model_dir, device="cpu")
         if not hasattr(detector, "quantize"):
-            raise fs.ConfigError(f"{model_dir} holds a {type(detector).__name__}; only an EfficientAD can be quantized.")
+            raise fs.ConfigError(
+                f"{model_dir} holds a {type(detector).__name__}; only an EfficientAD can be quantized."
+            )
         calibration = dict(detector.calibration_)
         train, validation = unsupervised_split(data, val_fraction, detector.seed)
         detector.quantize(train, progress=not quiet)
         if calibration:
-            detector.calibrate(validation, rule=calibration["rule"], k=calibration["k"],
-                               target_fpr=calibration["target_fpr"], progress=not quiet)
+            detector.calibrate(
+                validation,
+                rule=calibration["rule"],
+                k=calibration["k"],
+                target_fpr=calibration["target_fpr"],
+                progress=not quiet,
+            )
         detector.save(out)
     except fs.FlawscopeError as error:
         _fail(error)
-    threshold = f"threshold {detector.threshold_:.4f} ({calibration['rule']} on {len(validation)} held-out good images)" \
-        if calibration else "not calibrated"
+    threshold = (
+        f"threshold {detector.threshold_:.4f} ({calibration['rule']} on {len(validation)} held-out good images)"
+        if calibration
+        else "not calibrated"
+    )
     console.print(f"quantized {model_dir} to int8; {threshold}; saved to {out}")
 
 

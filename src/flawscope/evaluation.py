@@ -11,8 +11,18 @@ import numpy as np
 
 from flawscope.data.datasets import DEFECTIVE, GOOD, as_dataset
 from flawscope.errors import DataError
-from flawscope.metrics import (auroc, average_precision, balanced_accuracy, box_iou, confusion_matrix, f1_max, mask_box,
-                               pixel_metrics, region_overlap_quantiles, roc_curve)
+from flawscope.metrics import (
+    auroc,
+    average_precision,
+    balanced_accuracy,
+    box_iou,
+    confusion_matrix,
+    f1_max,
+    mask_box,
+    pixel_metrics,
+    region_overlap_quantiles,
+    roc_curve,
+)
 from flawscope.models.base import Detector
 
 
@@ -119,13 +129,19 @@ def evaluate(
     metrics["failed"] = failed
     if with_masks:
         pixel = pixel_metrics(maps, masks, max_fpr)
-        metrics.update(pixel_auroc=pixel["pixel_auroc"], aupro=pixel["aupro"], aupro_max_fpr=max_fpr, n_regions=pixel["n_regions"])
+        metrics.update(
+            pixel_auroc=pixel["pixel_auroc"], aupro=pixel["aupro"], aupro_max_fpr=max_fpr, n_regions=pixel["n_regions"]
+        )
         curves["pixel_roc"] = _as_lists(pixel["roc"])
         curves["pro"] = _as_lists(pixel["pro"])
         metrics["region_overlap"] = region_overlap_quantiles(maps, masks)
         ious = np.array([row["box_iou"] for row in rows if row.get("box_iou") is not None])
         if ious.size:
-            metrics.update(box_iou_mean=float(ious.mean()), box_iou_over_0_5=float((ious >= 0.5).mean()), n_boxed_images=int(ious.size))
+            metrics.update(
+                box_iou_mean=float(ious.mean()),
+                box_iou_over_0_5=float((ious >= 0.5).mean()),
+                n_boxed_images=int(ious.size),
+            )
     metrics["per_defect_type"] = _per_type(rows, maps if with_masks else None, masks if with_masks else None, max_fpr)
     return Report(metrics, rows, curves, worst.cases())
 
@@ -152,7 +168,12 @@ def _as_lists(curve: tuple[np.ndarray, np.ndarray], points: int = 400) -> tuple[
 
 def _image_metrics(model: Detector, labels: np.ndarray, scores: np.ndarray) -> tuple[dict[str, Any], dict]:
     n_good, n_defective = int((labels == GOOD).sum()), int((labels == DEFECTIVE).sum())
-    metrics: dict[str, Any] = {"model": model.name, "n_images": len(labels), "n_good": n_good, "n_defective": n_defective}
+    metrics: dict[str, Any] = {
+        "model": model.name,
+        "n_images": len(labels),
+        "n_good": n_good,
+        "n_defective": n_defective,
+    }
     if n_good == 0 or n_defective == 0:
         raise DataError(f"evaluate needs good and defective images; got {n_good} good and {n_defective} defective.")
     best_f1, f1_threshold = f1_max(labels, scores)
@@ -180,7 +201,9 @@ def _per_type(rows, maps, masks, max_fpr) -> dict[str, dict[str, float]]:
     good = [i for i, row in enumerate(rows) if row["label"] == GOOD]
     per_type = {}
     for defect_type in types:
-        chosen = good + [i for i, row in enumerate(rows) if row["defect_type"] == defect_type and row["label"] == DEFECTIVE]
+        chosen = good + [
+            i for i, row in enumerate(rows) if row["defect_type"] == defect_type and row["label"] == DEFECTIVE
+        ]
         labels = np.array([rows[i]["label"] for i in chosen])
         scores = np.array([rows[i]["score"] for i in chosen])
         entry = {"n_images": int((labels == DEFECTIVE).sum()), "image_auroc": auroc(labels, scores)} if good else {}

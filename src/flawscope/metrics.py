@@ -8,7 +8,7 @@ by 0.3. Every function takes labels where 1 = defective and scores where higher 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -168,7 +168,9 @@ def region_overlap_quantiles(
         ``fpr`` (the rates), ``quantiles``, ``thresholds``, ``overlap`` -- one list per quantile,
         one value per rate -- and ``n_regions``.
     """
-    normal = np.concatenate([np.asarray(m, dtype=np.float32)[~np.asarray(k, dtype=bool)] for m, k in zip(anomaly_maps, masks)])
+    normal = np.concatenate(
+        [np.asarray(m, dtype=np.float32)[~np.asarray(k, dtype=bool)] for m, k in zip(anomaly_maps, masks)]
+    )
     if normal.size == 0:
         raise DataError("Region overlap needs defect-free pixels to set its thresholds.")
     thresholds = np.quantile(normal, 1.0 - np.asarray(fprs, dtype=np.float64))

@@ -14,7 +14,9 @@ if TYPE_CHECKING:
     from flawscope.evaluation import Report
 
 
-def heatmap_overlay(image: np.ndarray, anomaly_map: np.ndarray, vmax: float, vmin: float = 0.0, alpha: float = 0.45) -> np.ndarray:
+def heatmap_overlay(
+    image: np.ndarray, anomaly_map: np.ndarray, vmax: float, vmin: float = 0.0, alpha: float = 0.45
+) -> np.ndarray:
     """Blend a ``jet`` colouring of ``anomaly_map`` (clipped to [vmin, vmax]) over ``image``; uint8 ``H x W x 3``."""
     from matplotlib import colormaps
 
@@ -33,7 +35,7 @@ def _figure_png(figure) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _curve_figures(report: "Report") -> list[tuple[str, str]]:
+def _curve_figures(report: Report) -> list[tuple[str, str]]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,7 +57,12 @@ def _curve_figures(report: "Report") -> list[tuple[str, str]]:
         limit = metrics["aupro_max_fpr"]
         axis.plot(fpr, pro)
         axis.axvline(limit, ls=":", color="grey")
-        axis.set(xlabel="false-positive rate", ylabel="per-region overlap", title=f"PRO, AUPRO@{limit:g} = {metrics['aupro']:.3f}", xlim=(0, min(1, 3 * limit)))
+        axis.set(
+            xlabel="false-positive rate",
+            ylabel="per-region overlap",
+            title=f"PRO, AUPRO@{limit:g} = {metrics['aupro']:.3f}",
+            xlim=(0, min(1, 3 * limit)),
+        )
         figures.append(("Per-region overlap", _figure_png(figure)))
     if "region_overlap" in metrics:
         figures.append(("Region overlap quantiles", _region_overlap_figure(metrics["region_overlap"])))
@@ -84,10 +91,23 @@ def _confusion_figure(matrix: list[list[int]]) -> str:
     axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     for row in range(2):
         for col in range(2):
-            axis.text(col, row, f"{int(counts[row, col])}\n{shares[row, col]:.0%}", ha="center", va="center",
-                      color="white" if shares[row, col] > 0.5 else "black")
-    axis.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["good", "defective"], yticklabels=["good", "defective"],
-             xlabel="predicted", ylabel="true", title="Confusion matrix")
+            axis.text(
+                col,
+                row,
+                f"{int(counts[row, col])}\n{shares[row, col]:.0%}",
+                ha="center",
+                va="center",
+                color="white" if shares[row, col] > 0.5 else "black",
+            )
+    axis.set(
+        xticks=[0, 1],
+        yticks=[0, 1],
+        xticklabels=["good", "defective"],
+        yticklabels=["good", "defective"],
+        xlabel="predicted",
+        ylabel="true",
+        title="Confusion matrix",
+    )
     return _figure_png(figure)
 
 
@@ -98,13 +118,17 @@ def _region_overlap_figure(overlap: dict) -> str:
     figure, axis = plt.subplots(figsize=(4.2, 4))
     for quantile, values in zip(overlap["quantiles"], overlap["overlap"]):
         axis.plot(overlap["fpr"], values, marker="o", label=f"{quantile:.0%} quantile")
-    axis.set(xlabel="false-positive rate", ylabel="overlap with the ground-truth region",
-             title=f"Per-region overlap ({overlap['n_regions']} regions)", ylim=(0, 1.02))
+    axis.set(
+        xlabel="false-positive rate",
+        ylabel="overlap with the ground-truth region",
+        title=f"Per-region overlap ({overlap['n_regions']} regions)",
+        ylim=(0, 1.02),
+    )
     axis.legend(loc="lower right")
     return _figure_png(figure)
 
 
-def _case_figures(report: "Report") -> list[tuple[str, str]]:
+def _case_figures(report: Report) -> list[tuple[str, str]]:
     import matplotlib.pyplot as plt
 
     figures = []
@@ -123,7 +147,7 @@ def _case_figures(report: "Report") -> list[tuple[str, str]]:
     return figures
 
 
-def write_html_report(report: "Report", path: Path, title: str) -> Path:
+def write_html_report(report: Report, path: Path, title: str) -> Path:
     """Write ``report`` as one HTML file with embedded PNG figures."""
     metrics = report.metrics
     scalar = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
@@ -134,12 +158,22 @@ def write_html_report(report: "Report", path: Path, title: str) -> Path:
         f"<tr><th>good</th><td>{tn}</td><td>{fp}</td></tr><tr><th>defective</th><td>{fn}</td><td>{tp}</td></tr></table>"
     )
     per_type = "".join(
-        f"<tr><th>{html.escape(name)}</th>" + "".join(f"<td>{_format(entry.get(k, ''))}</td>" for k in ("n_images", "image_auroc", "pixel_auroc", "aupro")) + "</tr>"
+        f"<tr><th>{html.escape(name)}</th>"
+        + "".join(f"<td>{_format(entry.get(k, ''))}</td>" for k in ("n_images", "image_auroc", "pixel_auroc", "aupro"))
+        + "</tr>"
         for name, entry in metrics["per_defect_type"].items()
     )
-    failed = "".join(f"<li>{html.escape(name)}: {html.escape(reason)}</li>" for name, reason in metrics["failed"].items())
-    curves = "".join(f'<figure><img src="data:image/png;base64,{png}"><figcaption>{html.escape(c)}</figcaption></figure>' for c, png in _curve_figures(report))
-    cases = "".join(f'<figure><img src="data:image/png;base64,{png}"><figcaption>{html.escape(c)}</figcaption></figure>' for c, png in _case_figures(report))
+    failed = "".join(
+        f"<li>{html.escape(name)}: {html.escape(reason)}</li>" for name, reason in metrics["failed"].items()
+    )
+    curves = "".join(
+        f'<figure><img src="data:image/png;base64,{png}"><figcaption>{html.escape(c)}</figcaption></figure>'
+        for c, png in _curve_figures(report)
+    )
+    cases = "".join(
+        f'<figure><img src="data:image/png;base64,{png}"><figcaption>{html.escape(c)}</figcaption></figure>'
+        for c, png in _case_figures(report)
+    )
     document = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}figure{{display:inline-block;margin:0.5em}}</style></head><body>
@@ -156,8 +190,10 @@ def _overlap_table(overlap: dict | None) -> str:
     if overlap is None:
         return ""
     header = "".join(f"<th>FPR {fpr:.0%}</th>" for fpr in overlap["fpr"])
-    body = "".join(f"<tr><th>{quantile:.0%} quantile</th>" + "".join(f"<td>{value:.3f}</td>" for value in values) + "</tr>"
-                   for quantile, values in zip(overlap["quantiles"], overlap["overlap"]))
+    body = "".join(
+        f"<tr><th>{quantile:.0%} quantile</th>" + "".join(f"<td>{value:.3f}</td>" for value in values) + "</tr>"
+        for quantile, values in zip(overlap["quantiles"], overlap["overlap"])
+    )
     return f"<h2>Per-region overlap of the defects</h2><table><tr><th></th>{header}</tr>{body}</table>"
 
 

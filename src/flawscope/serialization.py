@@ -80,7 +80,7 @@ def _read_config(path: Path) -> dict[str, Any]:
     except json.JSONDecodeError as error:
         raise ModelFileError(f"{config_path} is not valid JSON: {error}") from error
     if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise ModelFileError(f"{config_path} is not a flawscope model configuration (no \"format\": \"{FORMAT}\").")
+        raise ModelFileError(f'{config_path} is not a flawscope model configuration (no "format": "{FORMAT}").')
     if config.get("format_version") != FORMAT_VERSION:
         raise ModelFileError(
             f"{path} was written by flawscope {config.get('flawscope_version', '?')} in model format version "

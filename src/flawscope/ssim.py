@@ -30,7 +30,9 @@ def ssim_map(
     if window < 1 or window % 2 == 0:
         raise ConfigError(f"The SSIM window must be an odd positive size. Got {window} instead.")
     if images.shape != references.shape:
-        raise ConfigError(f"SSIM needs two tensors of one shape; got {tuple(images.shape)} and {tuple(references.shape)}.")
+        raise ConfigError(
+            f"SSIM needs two tensors of one shape; got {tuple(images.shape)} and {tuple(references.shape)}."
+        )
     channels = images.shape[1]
     radius = window // 2
     stacked = torch.cat([images, references, images * images, references * references, images * references], dim=1)

@@ -13,9 +13,9 @@ Layouts read from disk:
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -39,7 +39,7 @@ class Sample:
     name: str
     label: int = UNKNOWN
     defect_type: str = ""
-    mask: "str | os.PathLike | np.ndarray | None" = None
+    mask: str | os.PathLike | np.ndarray | None = None
 
     def read_mask(self, expected_size: tuple[int, int]) -> np.ndarray:
         """The ground-truth mask as bool ``H x W``; all False for a good image without a mask file."""
@@ -86,7 +86,7 @@ class ImageDataset(Sequence[Sample]):
         defective = [sample for sample in self.samples if sample.label == DEFECTIVE]
         return bool(defective) and all(sample.mask is not None for sample in defective)
 
-    def subset(self, indices: Sequence[int], description: str) -> "ImageDataset":
+    def subset(self, indices: Sequence[int], description: str) -> ImageDataset:
         """A new dataset of the samples at ``indices``, in that order."""
         return ImageDataset([self.samples[i] for i in indices], description)
 
@@ -125,8 +125,10 @@ def stratified_split(dataset: ImageDataset, fractions: Sequence[float], seed: in
         bounds = np.round(np.cumsum(fractions) * len(members)).astype(int)
         for part, (start, stop) in zip(parts, zip(np.r_[0, bounds[:-1]], bounds)):
             part.extend(members[start:stop].tolist())
-    return tuple(dataset.subset(sorted(part), f"{dataset.description} (part {i + 1} of {len(fractions)}, seed {seed})")
-                 for i, part in enumerate(parts))
+    return tuple(
+        dataset.subset(sorted(part), f"{dataset.description} (part {i + 1} of {len(fractions)}, seed {seed})")
+        for i, part in enumerate(parts)
+    )
 
 
 def supervised_split(spec: str | os.PathLike, seed: int) -> tuple[ImageDataset, ImageDataset]:
@@ -135,7 +137,9 @@ def supervised_split(spec: str | os.PathLike, seed: int) -> tuple[ImageDataset, 
     return stratified_split(open_data(spec, "labelled"), (1 - SUPERVISED_TEST_SHARE, SUPERVISED_TEST_SHARE), seed)
 
 
-def unsupervised_split(spec: str | os.PathLike, validation_fraction: float, seed: int) -> tuple[ImageDataset, ImageDataset]:
+def unsupervised_split(
+    spec: str | os.PathLike, validation_fraction: float, seed: int
+) -> tuple[ImageDataset, ImageDataset]:
     """``(train, validation)``: the good images an unsupervised method fits on and those it
     calibrates its threshold on -- ELPV's own validation cells, else a seeded hold-out of train."""
     train = open_data(spec, "train")
@@ -154,9 +158,7 @@ def _require_images(folder: Path) -> list[Path]:
         raise DataError(f"Folder {folder} does not exist.")
     paths = list_images(folder)
     if not paths:
-        raise DataError(
-            f"Folder {folder} holds no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))})."
-        )
+        raise DataError(f"Folder {folder} holds no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
     return paths
 
 
@@ -223,7 +225,11 @@ class FolderDataset(ImageDataset):
 
     @staticmethod
     def _defect_sample(root: Path, path: Path) -> Sample:
-        for candidate in (root / "masks" / path.name, root / "masks" / f"{path.stem}_mask.png", root / "masks" / f"{path.stem}.png"):
+        for candidate in (
+            root / "masks" / path.name,
+            root / "masks" / f"{path.stem}_mask.png",
+            root / "masks" / f"{path.stem}.png",
+        ):
             if candidate.is_file():
                 _check_mask_size(path, candidate)
                 return Sample(path, str(path), DEFECTIVE, "defect", candidate)
@@ -239,9 +245,7 @@ def open_dataset(root: str | os.PathLike, split: str) -> ImageDataset:
         return FolderDataset(root, split)
     if not root.exists():
         raise DataError(f"Dataset folder {root} does not exist.")
-    raise DataError(
-        f"Dataset folder {root} has neither MVTec layout (train/good, test/<type>) nor a good/ folder."
-    )
+    raise DataError(f"Dataset folder {root} has neither MVTec layout (train/good, test/<type>) nor a good/ folder.")
 
 
 def open_data(spec: str | os.PathLike, split: str) -> ImageDataset:
@@ -289,7 +293,7 @@ class InMemoryDataset(ImageDataset):
         super().__init__(samples, f"in-memory ({count} images)")
 
 
-def as_dataset(images: "ImageDataset | Sequence[ImageInput] | str | os.PathLike", split: str = "train") -> ImageDataset:
+def as_dataset(images: ImageDataset | Sequence[ImageInput] | str | os.PathLike, split: str = "train") -> ImageDataset:
     """Turn what a user passes to ``fit``/``predict`` into a dataset.
 
     A dataset is returned as it is; a folder path is opened with :func:`open_dataset` (or, if it
@@ -305,8 +309,13 @@ def as_dataset(images: "ImageDataset | Sequence[ImageInput] | str | os.PathLike"
         return open_dataset(folder, split)
     if isinstance(images, np.ndarray) and images.ndim == 4:
         images = list(images)
-    return ImageDataset((Sample(image, describe(image) if not isinstance(image, np.ndarray) else f"image_{i:05d}")
-                         for i, image in enumerate(images)), f"{len(images)} images")
+    return ImageDataset(
+        (
+            Sample(image, describe(image) if not isinstance(image, np.ndarray) else f"image_{i:05d}")
+            for i, image in enumerate(images)
+        ),
+        f"{len(images)} images",
+    )
 
 
 class ELPV(ImageDataset):
@@ -352,7 +361,9 @@ class ELPV(ImageDataset):
             defective = [row for row in rows if row[1] >= defect_probability]
             chosen = sorted(shuffled[n_train + n_validation :]) + defective
         samples = [
-            Sample(path, Path(path).name, GOOD if prob == 0.0 else DEFECTIVE, "good" if prob == 0.0 else f"p={prob:.2f}")
+            Sample(
+                path, Path(path).name, GOOD if prob == 0.0 else DEFECTIVE, "good" if prob == 0.0 else f"p={prob:.2f}"
+            )
             for path, prob, _ in chosen
         ]
         super().__init__(samples, f"elpv-{cell_type}/{split}")
@@ -363,7 +374,9 @@ def _elpv_rows() -> list[tuple[str, float, str]]:
     try:
         import elpv_dataset
     except ImportError as error:
-        raise DataError("The ELPV data needs the package elpv-dataset: pip install elpv-dataset==1.0.0.post1") from error
+        raise DataError(
+            "The ELPV data needs the package elpv-dataset: pip install elpv-dataset==1.0.0.post1"
+        ) from error
     data_dir = Path(elpv_dataset.__file__).parent / "data"
     with open(data_dir / "labels.csv", newline="") as handle:
         rows = [line.split() for line in handle if line.strip()]

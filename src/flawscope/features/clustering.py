@@ -72,7 +72,7 @@ class PCA:
     components: torch.Tensor  # D x d, orthonormal columns
 
     @classmethod
-    def fit(cls, points: torch.Tensor, variance: float) -> "PCA":
+    def fit(cls, points: torch.Tensor, variance: float) -> PCA:
         """Keep the fewest components whose explained variance reaches ``variance`` (e.g. 0.95)."""
         mean = points.mean(dim=0)
         centred = (points - mean).double()
@@ -108,7 +108,7 @@ class GaussianMixture:
         max_iter: int = 100,
         tolerance: float = 1e-3,
         regularisation: float = 1e-6,
-    ) -> "GaussianMixture":
+    ) -> GaussianMixture:
         """EM from a k-means start, in float64; stops when the mean log-likelihood gains < ``tolerance``.
 
         ``regularisation`` is added to every covariance's diagonal so it stays invertible.
@@ -131,7 +131,7 @@ class GaussianMixture:
         return mixture.to(points.dtype)
 
     @classmethod
-    def _maximise(cls, data: torch.Tensor, responsibilities: torch.Tensor, regularisation: float) -> "GaussianMixture":
+    def _maximise(cls, data: torch.Tensor, responsibilities: torch.Tensor, regularisation: float) -> GaussianMixture:
         counts = responsibilities.sum(0) + 10 * torch.finfo(data.dtype).eps
         means = (responsibilities.T @ data) / counts[:, None]
         eye = torch.eye(data.shape[1], dtype=data.dtype, device=data.device)
@@ -166,5 +166,5 @@ class GaussianMixture:
         """``-log p(x)`` of every row of ``points``."""
         return -torch.logsumexp(self._log_joint(points), dim=1)
 
-    def to(self, dtype: torch.dtype) -> "GaussianMixture":
+    def to(self, dtype: torch.dtype) -> GaussianMixture:
         return GaussianMixture(self.weights.to(dtype), self.means.to(dtype), self.precision_cholesky.to(dtype))

@@ -64,7 +64,9 @@ def greedy_coreset(
     return _greedy_pruned(points.float().contiguous(), n_select, first, progress)
 
 
-def _squared_distances(points: torch.Tensor, squared_norms: torch.Tensor, centre: torch.Tensor, centre_sq: torch.Tensor) -> torch.Tensor:
+def _squared_distances(
+    points: torch.Tensor, squared_norms: torch.Tensor, centre: torch.Tensor, centre_sq: torch.Tensor
+) -> torch.Tensor:
     """``|x - c|^2`` for every row x of ``points`` as ``|x|^2 - 2 x.c + |c|^2`` (one GEMV), clamped at 0."""
     return torch.addmv(squared_norms, points, centre, alpha=-2.0).add_(centre_sq).clamp_(min=0.0)
 

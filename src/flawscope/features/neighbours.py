@@ -23,7 +23,7 @@ class TorchSearch:
     def __init__(self, memory_budget_mb: int = 32) -> None:
         self.memory_budget_mb = memory_budget_mb
 
-    def fit(self, bank: torch.Tensor) -> "TorchSearch":
+    def fit(self, bank: torch.Tensor) -> TorchSearch:
         """Index the ``M x D`` bank."""
         self.bank = bank.contiguous()
         self.bank_sq = bank.pow(2).sum(1)
@@ -49,7 +49,7 @@ class TorchSearch:
 class FaissSearch:
     """Exact k-NN with a faiss ``IndexFlatL2`` on the CPU (results moved back to the queries' device)."""
 
-    def fit(self, bank: torch.Tensor) -> "FaissSearch":
+    def fit(self, bank: torch.Tensor) -> FaissSearch:
         """Index the ``M x D`` bank."""
         try:
             import faiss

@@ -16,10 +16,10 @@ folder is given -- which is how the teacher shipped with flawscope was made (see
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -54,18 +54,30 @@ def patch_description_network(size: str, out_channels: int) -> nn.Sequential:
     """
     if size == "small":
         return nn.Sequential(
-            nn.Conv2d(3, 128, 4), nn.ReLU(inplace=True), nn.AvgPool2d(2, 2),
-            nn.Conv2d(128, 256, 4), nn.ReLU(inplace=True), nn.AvgPool2d(2, 2),
-            nn.Conv2d(256, 256, 3), nn.ReLU(inplace=True),
+            nn.Conv2d(3, 128, 4),
+            nn.ReLU(inplace=True),
+            nn.AvgPool2d(2, 2),
+            nn.Conv2d(128, 256, 4),
+            nn.ReLU(inplace=True),
+            nn.AvgPool2d(2, 2),
+            nn.Conv2d(256, 256, 3),
+            nn.ReLU(inplace=True),
             nn.Conv2d(256, out_channels, 4),
         )
     if size == "medium":
         return nn.Sequential(
-            nn.Conv2d(3, 256, 4), nn.ReLU(inplace=True), nn.AvgPool2d(2, 2),
-            nn.Conv2d(256, 512, 4), nn.ReLU(inplace=True), nn.AvgPool2d(2, 2),
-            nn.Conv2d(512, 512, 1), nn.ReLU(inplace=True),
-            nn.Conv2d(512, 512, 3), nn.ReLU(inplace=True),
-            nn.Conv2d(512, out_channels, 4), nn.ReLU(inplace=True),
+            nn.Conv2d(3, 256, 4),
+            nn.ReLU(inplace=True),
+            nn.AvgPool2d(2, 2),
+            nn.Conv2d(256, 512, 4),
+            nn.ReLU(inplace=True),
+            nn.AvgPool2d(2, 2),
+            nn.Conv2d(512, 512, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(512, 512, 3),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(512, out_channels, 4),
+            nn.ReLU(inplace=True),
             nn.Conv2d(out_channels, out_channels, 1),
         )
     raise ConfigError(f"PDN size must be one of {PDN_SIZES}. Got {size!r} instead.")
@@ -95,18 +107,25 @@ class EfficientADAutoencoder(nn.Module):
         if image_size < 128:
             raise ConfigError(f"EfficientAD's autoencoder needs image_size >= 128. Got {image_size} instead.")
         self.encoder = nn.Sequential(
-            nn.Conv2d(3, 32, 4, 2, 1), nn.ReLU(inplace=True),
-            nn.Conv2d(32, 32, 4, 2, 1), nn.ReLU(inplace=True),
-            nn.Conv2d(32, 64, 4, 2, 1), nn.ReLU(inplace=True),
-            nn.Conv2d(64, 64, 4, 2, 1), nn.ReLU(inplace=True),
-            nn.Conv2d(64, 64, 4, 2, 1), nn.ReLU(inplace=True),
+            nn.Conv2d(3, 32, 4, 2, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(32, 32, 4, 2, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(32, 64, 4, 2, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(64, 64, 4, 2, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(64, 64, 4, 2, 1),
+            nn.ReLU(inplace=True),
             nn.Conv2d(64, 64, min(8, image_size // 32)),
         )
         s = image_size
         self.sizes = [s // 64 - 1, s // 32, s // 16 - 1, s // 8, s // 4 - 1, s // 2 - 1, pdn_output_side(s)]
         self.decoder = nn.ModuleList(nn.Conv2d(64, 64, 4, 1, 2) for _ in range(6))
         self.dropout = nn.Dropout(0.2)
-        self.head = nn.Sequential(nn.Conv2d(64, 64, 3, 1, 1), nn.ReLU(inplace=True), nn.Conv2d(64, out_channels, 3, 1, 1))
+        self.head = nn.Sequential(
+            nn.Conv2d(64, 64, 3, 1, 1), nn.ReLU(inplace=True), nn.Conv2d(64, out_channels, 3, 1, 1)
+        )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         code = self.encoder(images)
@@ -162,7 +181,9 @@ def load_teacher(path: str | Path | None = None) -> Teacher:
     """Load a teacher written by :func:`save_teacher`; ``None`` = the shipped default."""
     path = default_teacher_path() if path is None else Path(path)
     if not path.is_file():
-        raise ModelFileError(f"No teacher file at {path}. Make one with 'flawscope distill-teacher' or leave teacher unset.")
+        raise ModelFileError(
+            f"No teacher file at {path}. Make one with 'flawscope distill-teacher' or leave teacher unset."
+        )
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
     if metadata.get("format") != TEACHER_FORMAT:
@@ -172,7 +193,9 @@ def load_teacher(path: str | Path | None = None) -> Teacher:
     try:
         network.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()}, strict=True)
     except RuntimeError as error:
-        raise ModelFileError(f"Teacher file {path} does not hold a PDN-{info.size} with {info.out_channels} outputs: {error}") from None
+        raise ModelFileError(
+            f"Teacher file {path} does not hold a PDN-{info.size} with {info.out_channels} outputs: {error}"
+        ) from None
     network.eval().requires_grad_(False)
     return Teacher(network, info, file_fingerprint(path))
 
@@ -198,8 +221,9 @@ def teacher_targets(extractor: FeatureExtractor, images: torch.Tensor, grid: int
     return F.grid_sample(features.float(), where, mode="bilinear", align_corners=False)
 
 
-def _distillation_images(images: ImageDataset | None, dead_leaves_share: float, image_size: int,
-                         generator: np.random.Generator) -> Iterator[torch.Tensor]:
+def _distillation_images(
+    images: ImageDataset | None, dead_leaves_share: float, image_size: int, generator: np.random.Generator
+) -> Iterator[torch.Tensor]:
     """An endless stream of ``3 x S x S`` images in [0, 1]: with probability ``dead_leaves_share`` a
     fresh dead-leaves image, else a random image of ``images`` (random square crop of at least half
     its shorter side, random horizontal flip); one in ten turned grey, as in the paper."""
@@ -255,7 +279,9 @@ def distill_teacher(
         raise ConfigError(f"precision must be one of {PRECISIONS}. Got {precision!r} instead.")
     share = (0.0 if images is not None else 1.0) if dead_leaves_share is None else dead_leaves_share
     if not 0.0 <= share <= 1.0 or (images is None and share < 1.0):
-        raise ConfigError(f"dead_leaves_share must be in [0, 1] (and 1 without images). Got {dead_leaves_share} instead.")
+        raise ConfigError(
+            f"dead_leaves_share must be in [0, 1] (and 1 without images). Got {dead_leaves_share} instead."
+        )
     if images is not None and len(images) == 0:
         raise ConfigError(f"{images!r} holds no images to distil on.")
     device = torch.device(device)
@@ -290,8 +316,20 @@ def distill_teacher(
             bar.advance()
     network.eval().requires_grad_(False)
     data = "dead leaves (seeded, generated)" if images is None else f"{images!r}, {share:.0%} dead leaves"
-    info = TeacherInfo(size, out_channels, backbone, list(layers), image_size, steps, batch_size, precision, data, seed,
-                       float(np.mean(losses[-100:])), __version__)
+    info = TeacherInfo(
+        size,
+        out_channels,
+        backbone,
+        list(layers),
+        image_size,
+        steps,
+        batch_size,
+        precision,
+        data,
+        seed,
+        float(np.mean(losses[-100:])),
+        __version__,
+    )
     return Teacher(network.cpu(), info, fingerprint="", loss_history=losses)
 
 
@@ -303,5 +341,14 @@ def _target_statistics(targets: list[torch.Tensor]) -> tuple[torch.Tensor, torch
     return mean, std
 
 
-__all__ = ["EfficientADAutoencoder", "Teacher", "TeacherInfo", "default_teacher_path", "distill_teacher", "load_teacher",
-           "patch_description_network", "pdn_output_side", "save_teacher"]
+__all__ = [
+    "EfficientADAutoencoder",
+    "Teacher",
+    "TeacherInfo",
+    "default_teacher_path",
+    "distill_teacher",
+    "load_teacher",
+    "patch_description_network",
+    "pdn_output_side",
+    "save_teacher",
+]

@@ -22,8 +22,10 @@ OBSERVER_KEY = "activation_post_process"
 
 def _check_backend() -> None:
     if BACKEND not in torch.backends.quantized.supported_engines:
-        raise ConfigError(f"int8 needs torch's {BACKEND!r} quantized engine, which this torch build lacks "
-                          f"(it has {torch.backends.quantized.supported_engines}); use precision='float32'.")
+        raise ConfigError(
+            f"int8 needs torch's {BACKEND!r} quantized engine, which this torch build lacks "
+            f"(it has {torch.backends.quantized.supported_engines}); use precision='float32'."
+        )
     torch.backends.quantized.engine = BACKEND
 
 
@@ -57,8 +59,10 @@ def restore_observed(network: nn.Module, example: torch.Tensor, state: dict[str,
     observed = observe_int8(network, example)
     expected = set(observer_state(observed))
     if set(state) != expected:
-        raise ConfigError(f"The saved int8 calibration does not fit this network: {len(state)} observer tensors "
-                          f"saved, {len(expected)} expected.")
+        raise ConfigError(
+            f"The saved int8 calibration does not fit this network: {len(state)} observer tensors "
+            f"saved, {len(expected)} expected."
+        )
     observed.load_state_dict(state, strict=False)
     return observed
 

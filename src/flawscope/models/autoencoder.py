@@ -38,7 +38,16 @@ from flawscope.ssim import ssim_map
 
 # Table I of Bergmann et al. (2019): the encoder's layers as (output channels, kernel, stride,
 # padding) for a 128 x 128 input; a 1-channel bottleneck convolution to d follows.
-TABLE_I = ((32, 4, 2, 1), (32, 4, 2, 1), (32, 3, 1, 1), (64, 4, 2, 1), (64, 3, 1, 1), (128, 4, 2, 1), (64, 3, 1, 1), (32, 3, 1, 1))
+TABLE_I = (
+    (32, 4, 2, 1),
+    (32, 4, 2, 1),
+    (32, 3, 1, 1),
+    (64, 4, 2, 1),
+    (64, 3, 1, 1),
+    (128, 4, 2, 1),
+    (64, 3, 1, 1),
+    (32, 3, 1, 1),
+)
 # The MVTec AD paper's 256-px variant adds one strided convolution in front (one per doubling).
 EXTRA_DOWNSAMPLING = (32, 4, 2, 1)
 LEAKY_SLOPE = 0.2
@@ -55,7 +64,7 @@ POWER_OF_TWO = Check(_power_of_two, "a power of two in [32, 1024]")
 
 def encoder_layers(channels: int, patch_size: int) -> list[tuple[int, int, int, int, int]]:
     """``(in, out, kernel, stride, padding)`` of every encoder convolution before the bottleneck."""
-    extra = max(0, patch_size.bit_length() - 128 .bit_length())
+    extra = max(0, patch_size.bit_length() - (128).bit_length())
     specs = [EXTRA_DOWNSAMPLING] * extra + list(TABLE_I)
     widths = [channels] + [spec[0] for spec in specs]
     return [(widths[i], *specs[i]) for i in range(len(specs))]
@@ -165,8 +174,10 @@ class ConvolutionalAutoencoder(Detector):
         Seeds the crops, the initial weights, the shuffling (and any sampling).
     """
 
-    recipes: ClassVar[dict[str, dict[str, int]]] = {"fast": {"n_patches": 10_000, "epochs": 5},
-                                                    "paper": {"n_patches": 10_000, "epochs": 200}}
+    recipes: ClassVar[dict[str, dict[str, int]]] = {
+        "fast": {"n_patches": 10_000, "epochs": 5},
+        "paper": {"n_patches": 10_000, "epochs": 200},
+    }
     # image score (the paper scores pixels only): "max" = maximum of the residual map smoothed
     # with a Gaussian of ``SCORE_SIGMA`` px (a raw maximum is one pixel's noise), "mean" = its mean
     image_score: ClassVar[str] = "max"
@@ -303,8 +314,10 @@ class ConvolutionalAutoencoder(Detector):
         paper_patches, paper_epochs = self.recipes["paper"]["n_patches"], self.recipes["paper"]["epochs"]
         line = f"{self.name}: training on {n_patches:,} patches x {epochs} epochs"
         if (n_patches, epochs) != (paper_patches, paper_epochs):
-            line += (f" (the paper: {paper_patches:,} x {paper_epochs}, {paper_patches * paper_epochs / (n_patches * epochs):.0f}x "
-                     "more steps; recipe='paper' for it)")
+            line += (
+                f" (the paper: {paper_patches:,} x {paper_epochs}, {paper_patches * paper_epochs / (n_patches * epochs):.0f}x "
+                "more steps; recipe='paper' for it)"
+            )
         print(line, file=sys.stderr)
 
     def _split_validation(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -312,7 +325,9 @@ class ConvolutionalAutoencoder(Detector):
             return images, None
         held_out = max(1, round(images.shape[0] * self.validation_fraction))
         if held_out >= images.shape[0]:
-            raise DataError(f"early_stopping holds out {held_out} of {images.shape[0]} training images and leaves none to train on.")
+            raise DataError(
+                f"early_stopping holds out {held_out} of {images.shape[0]} training images and leaves none to train on."
+            )
         order = torch.randperm(images.shape[0]).to(images.device)
         return images[order[held_out:]], images[order[:held_out]]
 
@@ -333,7 +348,9 @@ class ConvolutionalAutoencoder(Detector):
                 order = torch.randperm(crops.shape[0])
                 total = 0.0
                 for start in range(0, crops.shape[0], self.patches_per_step):
-                    patches = gather_patches(images, crops[order[start : start + self.patches_per_step]], self.patch_size)
+                    patches = gather_patches(
+                        images, crops[order[start : start + self.patches_per_step]], self.patch_size
+                    )
                     loss = self._loss(patches.contiguous(memory_format=torch.channels_last))
                     optimiser.zero_grad(set_to_none=True)
                     loss.backward()
@@ -358,8 +375,10 @@ class ConvolutionalAutoencoder(Detector):
     def _validation_loss(self, patches: torch.Tensor) -> float:
         self.network_.eval()
         with torch.no_grad():
-            losses = [float(self._loss(chunk.contiguous(memory_format=torch.channels_last))) * chunk.shape[0]
-                      for chunk in patches.split(self.patches_per_step)]
+            losses = [
+                float(self._loss(chunk.contiguous(memory_format=torch.channels_last))) * chunk.shape[0]
+                for chunk in patches.split(self.patches_per_step)
+            ]
         return sum(losses) / patches.shape[0]
 
     # ------------------------------------------------------------------ predict
@@ -369,7 +388,9 @@ class ConvolutionalAutoencoder(Detector):
         size = batch.shape[-1]
         starts = window_starts(size, self.patch_size, self.stride)
         corners = [(y, x) for y in starts for x in starts]
-        windows = torch.stack([batch[:, :, y : y + self.patch_size, x : x + self.patch_size] for y, x in corners], dim=1)
+        windows = torch.stack(
+            [batch[:, :, y : y + self.patch_size, x : x + self.patch_size] for y, x in corners], dim=1
+        )
         reconstructions = self._reconstruct_windows(windows)
         total = torch.zeros(reconstructions.shape[0], *batch.shape, device=batch.device)
         count = torch.zeros(size, size, device=batch.device)
@@ -396,8 +417,13 @@ class ConvolutionalAutoencoder(Detector):
 
     def _state_meta(self) -> dict[str, Any]:
         n_patches, epochs = self.schedule()
-        return {"n_patches": n_patches, "epochs": epochs, "epochs_run": len(self.loss_history_),
-                "loss_history": self.loss_history_, "validation_history": self.validation_history_}
+        return {
+            "n_patches": n_patches,
+            "epochs": epochs,
+            "epochs_run": len(self.loss_history_),
+            "loss_history": self.loss_history_,
+            "validation_history": self.validation_history_,
+        }
 
     def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self.network_ = self._build_network()

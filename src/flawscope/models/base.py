@@ -19,10 +19,11 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -32,11 +33,11 @@ from flawscope._validation import NONE, STRING, Interval, int_sequence, validate
 from flawscope.data.datasets import DEFECTIVE, ImageDataset, Sample, as_dataset
 from flawscope.data.io import read_image
 from flawscope.data.transforms import to_model_input
-from flawscope.features.extractor import FeatureExtractor
 from flawscope.errors import ConfigError, DataError, FlawscopeError, NotFittedError, WeightsError
+from flawscope.features.extractor import FeatureExtractor
 from flawscope.postprocess import Box, boxes_from_mask, segment, threshold_from_scores, upsample_maps
 
-_REGISTRY: dict[str, type["Detector"]] = {}
+_REGISTRY: dict[str, type[Detector]] = {}
 
 # Parameter constraints shared by methods: every method has the run parameters, every method on
 # a pretrained backbone the backbone ones. A method's table is ``{**BACKBONE_CONSTRAINTS, ...,
@@ -48,7 +49,7 @@ BACKBONE_CONSTRAINTS = {"backbone": [STRING], "layers": [int_sequence(0)], "weig
 def register_detector(name: str):
     """Class decorator: make a detector reachable as ``fs.create(name)``."""
 
-    def decorate(cls: type["Detector"]) -> type["Detector"]:
+    def decorate(cls: type[Detector]) -> type[Detector]:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ConfigError(f"A detector named {name!r} is registered already ({_REGISTRY[name].__name__}).")
         cls.name = name
@@ -63,7 +64,7 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(name for name in _REGISTRY if fnmatch.fnmatch(name, pattern))
 
 
-def detector_class(name: str) -> type["Detector"]:
+def detector_class(name: str) -> type[Detector]:
     """The class registered as ``name``; unknown names list what exists and the closest match."""
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
@@ -72,7 +73,7 @@ def detector_class(name: str) -> type["Detector"]:
     return _REGISTRY[name]
 
 
-def create(name: str, **params: Any) -> "Detector":
+def create(name: str, **params: Any) -> Detector:
     """Create an unfitted detector by registry name, e.g. ``create("patchcore", coreset_ratio=0.1)``."""
     cls = detector_class(name)
     known = set(cls._param_names())
@@ -115,7 +116,13 @@ class Prediction:
 
     def __post_init__(self) -> None:
         count = len(self.names)
-        sized = {"scores": self.scores, "anomaly_maps": self.anomaly_maps, "labels": self.labels, "masks": self.masks, "boxes": self.boxes}
+        sized = {
+            "scores": self.scores,
+            "anomaly_maps": self.anomaly_maps,
+            "labels": self.labels,
+            "masks": self.masks,
+            "boxes": self.boxes,
+        }
         for what, value in sized.items():
             if value is not None and len(value) != count:
                 raise ValueError(f"Prediction has {count} names but {len(value)} {what}.")
@@ -176,7 +183,7 @@ class Detector:
         """The constructor parameters, as given."""
         return {name: getattr(self, name) for name in self._param_names()}
 
-    def set_params(self, **params: Any) -> "Detector":
+    def set_params(self, **params: Any) -> Detector:
         """Set constructor parameters (validated at the next ``fit``); returns self."""
         unknown = sorted(set(params) - set(self._param_names()))
         if unknown:
@@ -185,7 +192,7 @@ class Detector:
             setattr(self, name, value)
         return self
 
-    def clone(self) -> "Detector":
+    def clone(self) -> Detector:
         """An unfitted detector with the same parameters."""
         return type(self)(**self.get_params())
 
@@ -198,7 +205,7 @@ class Detector:
         validate_params(type(self).__name__, self.get_params(), self._parameter_constraints)
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, images: "ImageDataset | Sequence | str", *, progress: bool = True) -> "Detector":
+    def fit(self, images: ImageDataset | Sequence | str, *, progress: bool = True) -> Detector:
         """Learn what good looks like from good images only; returns self.
 
         ``images`` is a dataset, a folder or a list of paths / arrays / PIL images. Labels, if
@@ -212,7 +219,9 @@ class Detector:
         if self.supervised:
             _check_labelled(dataset, type(self).__name__)
         elif (dataset.labels == DEFECTIVE).any():
-            raise DataError(f"{dataset!r} contains defective images; {type(self).__name__} learns from good images only.")
+            raise DataError(
+                f"{dataset!r} contains defective images; {type(self).__name__} learns from good images only."
+            )
         self.device_ = resolve_device(self.device)
         self._forget_calibration()
         self.show_progress_ = progress
@@ -234,13 +243,13 @@ class Detector:
     # ------------------------------------------------------------------ calibration
     def calibrate(
         self,
-        images: "ImageDataset | Sequence | str",
+        images: ImageDataset | Sequence | str,
         *,
         rule: str = "sigma",
         k: float = 3.0,
         target_fpr: float = 0.01,
         progress: bool = True,
-    ) -> "Detector":
+    ) -> Detector:
         """Set the OK / NOT OK threshold from validation images; returns self.
 
         ``sigma`` (default): mean + k std of the good images' scores -- needs no defective
@@ -257,8 +266,13 @@ class Detector:
             map_maxima.append(float(result.anomaly_map.max()))
         self.threshold_ = threshold_from_scores(np.array(scores), rule, k, target_fpr, labels)
         self.pixel_threshold_ = threshold_from_scores(np.array(map_maxima), rule, k, target_fpr, labels)
-        self.calibration_ = {"rule": rule, "k": k, "target_fpr": target_fpr, "n_images": len(dataset),
-                             "n_defective": int((labels == 1).sum())}
+        self.calibration_ = {
+            "rule": rule,
+            "k": k,
+            "target_fpr": target_fpr,
+            "n_images": len(dataset),
+            "n_defective": int((labels == 1).sum()),
+        }
         return self
 
     @property
@@ -268,7 +282,7 @@ class Detector:
     # ------------------------------------------------------------------ prediction
     def iter_predict(
         self,
-        images: "ImageDataset | Sequence | str",
+        images: ImageDataset | Sequence | str,
         *,
         batch_size: int | None = None,
         on_error: str = "raise",
@@ -313,7 +327,7 @@ class Detector:
 
     def predict(
         self,
-        images: "ImageDataset | Sequence | str",
+        images: ImageDataset | Sequence | str,
         *,
         batch_size: int | None = None,
         opening: int | None = None,
@@ -342,7 +356,9 @@ class Detector:
         boxes = [box for _, _, box in decisions]
         return Prediction(names, score_array, maps, labels, masks, boxes, self.threshold_, errors)
 
-    def decide(self, score: float, anomaly_map: np.ndarray, opening: int | None = None) -> tuple[bool, np.ndarray, list[Box]]:
+    def decide(
+        self, score: float, anomaly_map: np.ndarray, opening: int | None = None
+    ) -> tuple[bool, np.ndarray, list[Box]]:
         """``(NOT OK?, defect mask, boxes)`` for one scored image, at the calibrated thresholds."""
         if not self.is_calibrated:
             raise NotFittedError(
@@ -361,7 +377,7 @@ class Detector:
         """
         return self._score_batch(self._to_tensor(images).to(self.device_))
 
-    def _training_batches(self, samples: "ImageDataset | Sequence[Sample]", description: str) -> Iterator[torch.Tensor]:
+    def _training_batches(self, samples: ImageDataset | Sequence[Sample], description: str) -> Iterator[torch.Tensor]:
         """Model-input tensors of ``samples`` (a dataset or a list of samples), ``batch_size`` at a
         time, on the model's device, with a progress bar -- for the passes over good images in ``fit``."""
         samples = samples.samples if isinstance(samples, ImageDataset) else list(samples)
@@ -392,7 +408,11 @@ class Detector:
         return save_detector(self, path)
 
     def _calibration_state(self) -> dict[str, Any]:
-        return {"threshold": self.threshold_, "pixel_threshold": self.pixel_threshold_, "calibration": self.calibration_}
+        return {
+            "threshold": self.threshold_,
+            "pixel_threshold": self.pixel_threshold_,
+            "calibration": self.calibration_,
+        }
 
     def _restore_calibration(self, state: dict[str, Any]) -> None:
         self.threshold_ = state.get("threshold")
@@ -424,8 +444,10 @@ def _check_labelled(dataset: ImageDataset, who: str) -> None:
     if (labels < 0).any():
         raise DataError(f"{dataset!r} has unlabelled images; {who} learns from labelled good and defective images.")
     if not (labels == DEFECTIVE).any() or (labels == DEFECTIVE).all():
-        raise DataError(f"{who} needs good and defective images to learn from; {dataset!r} has "
-                        f"{int((labels != DEFECTIVE).sum())} good and {int((labels == DEFECTIVE).sum())} defective.")
+        raise DataError(
+            f"{who} needs good and defective images to learn from; {dataset!r} has "
+            f"{int((labels != DEFECTIVE).sum())} good and {int((labels == DEFECTIVE).sum())} defective."
+        )
 
 
 class BackboneDetector(Detector):
@@ -459,4 +481,13 @@ class BackboneDetector(Detector):
             )
 
 
-__all__ = ["BackboneDetector", "Detector", "Prediction", "ScoredImage", "create", "list_models", "register_detector", "FlawscopeError"]
+__all__ = [
+    "BackboneDetector",
+    "Detector",
+    "FlawscopeError",
+    "Prediction",
+    "ScoredImage",
+    "create",
+    "list_models",
+    "register_detector",
+]

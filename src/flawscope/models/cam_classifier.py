@@ -18,7 +18,8 @@ confident "normal" image has a faint map.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,13 +32,18 @@ from flawscope._validation import BOOLEAN, NONE, STRING, Check, Interval
 from flawscope.data.datasets import DEFECTIVE, ImageDataset, stratified_split
 from flawscope.errors import NotFittedError, WeightsError
 from flawscope.features.backbones import backbone_cfg, create_classifier
-from flawscope.models.base import RUN_CONSTRAINTS, Detector, register_detector
 from flawscope.metrics import mask_box
+from flawscope.models.base import RUN_CONSTRAINTS, Detector, register_detector
 from flawscope.postprocess import Box, upsample_maps
 
-POSITIVE_PAIR = Check(lambda v: isinstance(v, (list, tuple)) and len(v) == 2
-                      and all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in v),
-                      "a pair of positive numbers")
+POSITIVE_PAIR = Check(
+    lambda v: (
+        isinstance(v, (list, tuple))
+        and len(v) == 2
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in v)
+    ),
+    "a pair of positive numbers",
+)
 VALIDATION_SHARE = 0.25  # of the labelled images given to fit: 60 / 20 of a 60 / 20 / 20 split
 
 
@@ -183,14 +189,23 @@ class CamClassifier(Detector):
         self.network_.eval()
         self.threshold_ = 0.5
         self.pixel_threshold_ = self.cam_threshold
-        self.calibration_ = {"rule": "argmax", "n_images": len(validation), "n_defective": int((validation_labels == 1).sum())}
+        self.calibration_ = {
+            "rule": "argmax",
+            "n_images": len(validation),
+            "n_defective": int((validation_labels == 1).sum()),
+        }
 
     def _tensors(self, dataset: ImageDataset) -> tuple[torch.Tensor, torch.Tensor]:
         images = torch.cat(list(self._training_batches(dataset, "reading")))
         return images, torch.as_tensor(dataset.labels == DEFECTIVE, dtype=torch.long, device=self.device_)
 
-    def _train(self, images: torch.Tensor, labels: torch.Tensor, validation_images: torch.Tensor,
-               validation_labels: torch.Tensor) -> list[dict[str, float]]:
+    def _train(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        validation_images: torch.Tensor,
+        validation_labels: torch.Tensor,
+    ) -> list[dict[str, float]]:
         """Fine-tune; keep the weights of the epoch with the best validation balanced accuracy."""
         parameters = [p for p in self.network_.parameters() if p.requires_grad]
         optimiser = torch.optim.Adam(parameters, lr=self.learning_rate)
@@ -211,8 +226,12 @@ class CamClassifier(Detector):
                     optimiser.step()
                     correct += int((logits.argmax(dim=1) == labels[chosen]).sum())
                     total_loss += float(loss.detach()) * chosen.numel()
-                record = {"epoch": epoch + 1, "loss": total_loss / images.shape[0], "train_accuracy": correct / images.shape[0],
-                          "validation_balanced_accuracy": self._balanced_accuracy(validation_images, validation_labels)}
+                record = {
+                    "epoch": epoch + 1,
+                    "loss": total_loss / images.shape[0],
+                    "train_accuracy": correct / images.shape[0],
+                    "validation_balanced_accuracy": self._balanced_accuracy(validation_images, validation_labels),
+                }
                 history.append(record)
                 if record["validation_balanced_accuracy"] >= best:  # ties: the later, longer-trained epoch
                     best = record["validation_balanced_accuracy"]
@@ -237,7 +256,9 @@ class CamClassifier(Detector):
     def _balanced_accuracy(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         with torch.inference_mode():
             predicted = torch.cat([self.network_(chunk)[0].argmax(dim=1) for chunk in images.split(self.batch_size)])
-        recalls = [float((predicted[labels == label] == label).float().mean()) for label in (0, 1) if (labels == label).any()]
+        recalls = [
+            float((predicted[labels == label] == label).float().mean()) for label in (0, 1) if (labels == label).any()
+        ]
         return float(np.mean(recalls))
 
     # ------------------------------------------------------------------ predict
@@ -249,7 +270,9 @@ class CamClassifier(Detector):
         maps = upsample_maps(cam, (batch.shape[2], batch.shape[3]))
         return probability, maps * probability.view(-1, 1, 1)
 
-    def decide(self, score: float, anomaly_map: np.ndarray, opening: int | None = None) -> tuple[bool, np.ndarray, list[Box]]:
+    def decide(
+        self, score: float, anomaly_map: np.ndarray, opening: int | None = None
+    ) -> tuple[bool, np.ndarray, list[Box]]:
         """NOT OK when the anomaly probability passes the threshold; then the defect region is the
         largest connected region of the map at or above ``cam_threshold`` of its maximum, boxed."""
         if not self.is_calibrated:
@@ -273,8 +296,10 @@ class CamClassifier(Detector):
     def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self._build_network()
         if self.fingerprint_ != meta["backbone_fingerprint"]:
-            raise WeightsError(f"This CamClassifier was fine-tuned from backbone weights {meta['backbone_fingerprint']} "
-                               f"but the weights found now are {self.fingerprint_}.")
+            raise WeightsError(
+                f"This CamClassifier was fine-tuned from backbone weights {meta['backbone_fingerprint']} "
+                f"but the weights found now are {self.fingerprint_}."
+            )
         self.network_.load_state_dict({k.removeprefix("network."): v for k, v in tensors.items()}, strict=True)
         self.network_.eval()
         self.history_ = list(meta["history"])

@@ -148,13 +148,17 @@ class DFR(BackboneDetector):
         self._build_extractor()
         generator = torch.Generator().manual_seed(self.seed)
         vectors = self._training_vectors(dataset, generator)
-        sample = vectors[torch.randperm(vectors.shape[0], generator=generator)[:_PCA_SAMPLES].to(vectors.device)].float()
+        sample = vectors[
+            torch.randperm(vectors.shape[0], generator=generator)[:_PCA_SAMPLES].to(vectors.device)
+        ].float()
         self.feature_mean_ = sample.mean(dim=0)
         self.feature_std_ = sample.std(dim=0).clamp_min(1e-6)
         channels = vectors.shape[1]
         latent = self.latent_channels or int(PCA.fit(self._standardise(sample), 0.9).components.shape[1])
         if latent > channels:
-            raise ConfigError(f"latent_channels={latent} exceeds the {channels} feature channels of layers {tuple(self.layers)}.")
+            raise ConfigError(
+                f"latent_channels={latent} exceeds the {channels} feature channels of layers {tuple(self.layers)}."
+            )
         with self._seeded():  # seeded initial weights, global RNG left alone
             self.autoencoder_ = feature_autoencoder(channels, latent).to(self.device_)
         self.latent_ = latent

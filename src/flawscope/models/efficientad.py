@@ -25,8 +25,9 @@ post-training (:mod:`flawscope.features.quantize`) and scores with them on the C
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -39,8 +40,16 @@ from flawscope.data.io import read_image
 from flawscope.data.synthetic import dead_leaves
 from flawscope.data.transforms import luma, normalise, resize_image
 from flawscope.errors import ConfigError, DataError, WeightsError
-from flawscope.features.pdn import (IMAGENET_MEAN, IMAGENET_STD, PDN_SIZES, PRECISIONS, EfficientADAutoencoder, Teacher,
-                                    load_teacher, patch_description_network)
+from flawscope.features.pdn import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PDN_SIZES,
+    PRECISIONS,
+    EfficientADAutoencoder,
+    Teacher,
+    load_teacher,
+    patch_description_network,
+)
 from flawscope.features.quantize import calibrate_int8, convert_int8, observer_state, restore_observed
 from flawscope.models.base import RUN_CONSTRAINTS, Detector, register_detector, resolve_device
 from flawscope.postprocess import upsample_maps
@@ -196,11 +205,13 @@ class EfficientAD(Detector):
     def _split(self, dataset: ImageDataset) -> tuple[ImageDataset, ImageDataset]:
         """(training images, held-out images for the map quantiles), seeded."""
         if len(dataset) < 2:
-            raise DataError(f"EfficientAD needs at least 2 good images (it holds {self.validation_fraction:.0%} out "
-                            f"for the map quantiles); {dataset!r} has {len(dataset)}.")
+            raise DataError(
+                f"EfficientAD needs at least 2 good images (it holds {self.validation_fraction:.0%} out "
+                f"for the map quantiles); {dataset!r} has {len(dataset)}."
+            )
         return holdout_split(dataset, self.validation_fraction, self.seed)
 
-    def quantize(self, images: "ImageDataset | Sequence | str", *, progress: bool = True) -> "EfficientAD":
+    def quantize(self, images: ImageDataset | Sequence | str, *, progress: bool = True) -> EfficientAD:
         """Make a fitted float32 EfficientAD score with int8 networks, without training again; returns self.
 
         ``images`` are the good images it was fitted on: the same seeded split gives the
@@ -211,7 +222,9 @@ class EfficientAD(Detector):
         """
         self._check_fitted()
         if self.precision != "float32":
-            raise ConfigError(f"quantize turns a float32 EfficientAD into int8; this one has precision={self.precision!r}.")
+            raise ConfigError(
+                f"quantize turns a float32 EfficientAD into int8; this one has precision={self.precision!r}."
+            )
         _require_cpu_for_int8(self.device_, "Load it with device='cpu' first.")
         train, validation = self._split(as_dataset(images, split="train"))
         self.show_progress_ = progress
@@ -225,8 +238,10 @@ class EfficientAD(Detector):
     def _load_teacher(self) -> None:
         teacher = load_teacher(self.teacher)
         if teacher.info.size != self.size:
-            raise ConfigError(f"The teacher {self.teacher or '(default)'} is a PDN-{teacher.info.size}; size={self.size!r} "
-                              f"needs a PDN-{self.size} teacher ('flawscope distill-teacher --size {self.size}').")
+            raise ConfigError(
+                f"The teacher {self.teacher or '(default)'} is a PDN-{teacher.info.size}; size={self.size!r} "
+                f"needs a PDN-{self.size} teacher ('flawscope distill-teacher --size {self.size}')."
+            )
         teacher.network.to(self.device_).to(memory_format=torch.channels_last)
         self.teacher_: Teacher = teacher
 
@@ -273,13 +288,16 @@ class EfficientAD(Detector):
         if self.penalty_images is None:
             return None
         if self.penalty_images == "dead_leaves":
+
             def draw() -> torch.Tensor:
                 return torch.from_numpy(dead_leaves(generator, self.image_size)).permute(2, 0, 1)
         else:
             folder = Path(self.penalty_images)
             paths = list_images(folder) if folder.is_dir() else []
             if not paths:
-                raise DataError(f"penalty_images={self.penalty_images!r} is neither 'dead_leaves' nor a folder with images.")
+                raise DataError(
+                    f"penalty_images={self.penalty_images!r} is neither 'dead_leaves' nor a folder with images."
+                )
 
             def draw() -> torch.Tensor:
                 return resize_image(read_image(paths[int(generator.integers(len(paths)))]), self.image_size)
@@ -292,11 +310,14 @@ class EfficientAD(Detector):
 
     def _announce_schedule(self, steps: int) -> None:
         if self.show_progress_ and steps != self.recipes["paper"]:
-            print(f"efficientad: training {steps:,} steps (the paper: {self.recipes['paper']:,}; recipe='paper' for it)",
-                  file=sys.stderr)
+            print(
+                f"efficientad: training {steps:,} steps (the paper: {self.recipes['paper']:,}; recipe='paper' for it)",
+                file=sys.stderr,
+            )
 
-    def _train(self, pixels: torch.Tensor, penalty: Iterator[torch.Tensor] | None, generator: np.random.Generator,
-               steps: int) -> list[float]:
+    def _train(
+        self, pixels: torch.Tensor, penalty: Iterator[torch.Tensor] | None, generator: np.random.Generator, steps: int
+    ) -> list[float]:
         """Algorithm 1 of the paper; returns the total loss of every step."""
         parameters = list(self.student_.parameters()) + list(self.autoencoder_.parameters())
         optimiser = torch.optim.Adam(parameters, lr=self.learning_rate, weight_decay=self.weight_decay)
@@ -308,8 +329,11 @@ class EfficientAD(Detector):
             for _ in range(steps):
                 image = pixels[int(generator.integers(pixels.shape[0]))]
                 augmented = adjust_colour(image, int(generator.integers(3)), float(generator.uniform(0.8, 1.2)))
-                loss = self._step_loss(self._normalise(image[None]), self._normalise(augmented[None]),
-                                       None if penalty is None else next(penalty))
+                loss = self._step_loss(
+                    self._normalise(image[None]),
+                    self._normalise(augmented[None]),
+                    None if penalty is None else next(penalty),
+                )
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
@@ -318,7 +342,9 @@ class EfficientAD(Detector):
                 bar.advance()
         return losses
 
-    def _step_loss(self, image: torch.Tensor, augmented: torch.Tensor, penalty_image: torch.Tensor | None) -> torch.Tensor:
+    def _step_loss(
+        self, image: torch.Tensor, augmented: torch.Tensor, penalty_image: torch.Tensor | None
+    ) -> torch.Tensor:
         """``L_hard + L_penalty + L_AE + L_STAE`` for one training image (Algorithm 1)."""
         channels = self.teacher_.info.out_channels
         with torch.no_grad():
@@ -351,8 +377,12 @@ class EfficientAD(Detector):
 
     def _quantize(self, calibration: torch.Tensor) -> None:
         """int8 copies of the three networks, their activation ranges observed on ``calibration``."""
-        self._set_int8({name: calibrate_int8(network, calibration, self.batch_size)
-                        for name, network in self._float_networks().items()})
+        self._set_int8(
+            {
+                name: calibrate_int8(network, calibration, self.batch_size)
+                for name, network in self._float_networks().items()
+            }
+        )
 
     def _set_int8(self, observed: dict[str, torch.fx.GraphModule]) -> None:
         self.int8_calibration_ = {name: observer_state(network) for name, network in observed.items()}
@@ -383,9 +413,18 @@ class EfficientAD(Detector):
         tensors = {f"student.{k}": v for k, v in self.student_.state_dict().items()}
         tensors |= {f"autoencoder.{k}": v for k, v in self.autoencoder_.state_dict().items()}
         if self.precision == "int8":
-            tensors |= {f"int8.{name}.{key}": value for name, state in self.int8_calibration_.items() for key, value in state.items()}
-        return {**tensors, "teacher_mean": self.teacher_mean_, "teacher_std": self.teacher_std_,
-                "local_quantiles": self.local_quantiles_, "global_quantiles": self.global_quantiles_}
+            tensors |= {
+                f"int8.{name}.{key}": value
+                for name, state in self.int8_calibration_.items()
+                for key, value in state.items()
+            }
+        return {
+            **tensors,
+            "teacher_mean": self.teacher_mean_,
+            "teacher_std": self.teacher_std_,
+            "local_quantiles": self.local_quantiles_,
+            "global_quantiles": self.global_quantiles_,
+        }
 
     def _state_meta(self) -> dict[str, Any]:
         return {"teacher_fingerprint": self.teacher_.fingerprint, "loss_history": self.loss_history_}
@@ -393,8 +432,10 @@ class EfficientAD(Detector):
     def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self._load_teacher()
         if self.teacher_.fingerprint != meta["teacher_fingerprint"]:
-            raise WeightsError(f"This EfficientAD was trained with teacher {meta['teacher_fingerprint']} but the teacher "
-                               f"file found now is {self.teacher_.fingerprint}; its student only matches the original.")
+            raise WeightsError(
+                f"This EfficientAD was trained with teacher {meta['teacher_fingerprint']} but the teacher "
+                f"file found now is {self.teacher_.fingerprint}; its student only matches the original."
+            )
         channels = self.teacher_.info.out_channels
         self.student_ = patch_description_network(self.size, 2 * channels).to(self.device_)
         self.autoencoder_ = EfficientADAutoencoder(channels, self.image_size).to(self.device_)
@@ -405,8 +446,12 @@ class EfficientAD(Detector):
             setattr(self, f"{name}_", tensors[name].to(self.device_))
         if self.precision == "int8":
             example = torch.zeros(1, 3, self.image_size, self.image_size)
-            self._set_int8({name: restore_observed(network, example, _with_prefix(tensors, f"int8.{name}."))
-                            for name, network in self._float_networks().items()})
+            self._set_int8(
+                {
+                    name: restore_observed(network, example, _with_prefix(tensors, f"int8.{name}."))
+                    for name, network in self._float_networks().items()
+                }
+            )
         self.loss_history_ = list(meta["loss_history"])
 
 

@@ -19,7 +19,8 @@ test descriptors are computed the same way.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,7 +37,9 @@ from flawscope.features.clustering import PCA, kmeans, pairwise_squared_distance
 from flawscope.models.base import BACKBONE_CONSTRAINTS, RUN_CONSTRAINTS, BackboneDetector, register_detector
 
 
-def mean_of_covering_patches(patch_scores: torch.Tensor, cells: int, stride: int, size: tuple[int, int]) -> torch.Tensor:
+def mean_of_covering_patches(
+    patch_scores: torch.Tensor, cells: int, stride: int, size: tuple[int, int]
+) -> torch.Tensor:
     """``ny x nx`` scores of patches ``cells * stride`` px wide on a ``stride`` grid -> ``H x W`` map.
 
     Each ``stride x stride`` block gets the mean score of the patches covering it; rows or columns
@@ -151,7 +154,12 @@ class FeatureDictionary(BackboneDetector):
         grid = torch.empty(rows, cols, pooled.shape[1], device=pooled.device)
         per_cell = reduction // self.stride
         for index, (dy, dx) in enumerate(shifts):
-            part = pooled[index, :, : len(range(dy // self.stride, rows, per_cell)), : len(range(dx // self.stride, cols, per_cell))]
+            part = pooled[
+                index,
+                :,
+                : len(range(dy // self.stride, rows, per_cell)),
+                : len(range(dx // self.stride, cols, per_cell)),
+            ]
             grid[dy // self.stride :: per_cell, dx // self.stride :: per_cell] = part.permute(1, 2, 0)
         return grid
 
@@ -227,7 +235,11 @@ class FeatureDictionary(BackboneDetector):
         self._restore_extractor(meta)
         mean, components, dictionary = tensors["pca_mean"], tensors["pca_components"], tensors["dictionary"]
         channels = self.extractor_.channels[0]
-        if mean.shape != (channels,) or components.shape[0] != channels or dictionary.shape != (self.n_centres, components.shape[1]):
+        if (
+            mean.shape != (channels,)
+            or components.shape[0] != channels
+            or dictionary.shape != (self.n_centres, components.shape[1])
+        ):
             raise WeightsError(
                 f"Saved dictionary has shapes mean {tuple(mean.shape)}, components {tuple(components.shape)}, "
                 f"dictionary {tuple(dictionary.shape)}; {self.backbone} stage {self.layers[0]} gives {channels} "

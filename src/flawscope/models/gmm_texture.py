@@ -12,7 +12,7 @@ map's maximum.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from flawscope.errors import ConfigError, DataError, WeightsError
 from flawscope.features.clustering import GaussianMixture
 from flawscope.models.base import RUN_CONSTRAINTS, Detector, register_detector
 from flawscope.postprocess import upsample_maps
+
 
 def pyramid(images: torch.Tensor, levels: int) -> list[torch.Tensor]:
     """``levels`` images, each half the size of the previous one (2 x 2 mean)."""
@@ -131,7 +132,9 @@ class GMMTexture(Detector):
 
     def _fit(self, dataset: ImageDataset) -> None:
         if len(dataset) < 2:
-            raise DataError(f"gmm_texture needs at least 2 good images (one is held out to normalise); got {len(dataset)}.")
+            raise DataError(
+                f"gmm_texture needs at least 2 good images (one is held out to normalise); got {len(dataset)}."
+            )
         generator = torch.Generator().manual_seed(self.seed)
         order = torch.randperm(len(dataset), generator=generator).tolist()
         n_validation = min(self.n_validation, max(1, len(dataset) // 5))
@@ -141,8 +144,9 @@ class GMMTexture(Detector):
         self.mixtures_ = []
         with progress_bar("mixtures", self.levels, self.show_progress_) as bar:
             for patches in level_patches:
-                self.mixtures_.append(GaussianMixture.fit(
-                    patches.to(self.device_), self.n_components, generator, max_iter=self.max_iter))
+                self.mixtures_.append(
+                    GaussianMixture.fit(patches.to(self.device_), self.n_components, generator, max_iter=self.max_iter)
+                )
                 bar.advance()
         self.level_mean_ = torch.zeros(self.levels, device=self.device_)
         self.level_std_ = torch.ones(self.levels, device=self.device_)
@@ -210,15 +214,25 @@ class GMMTexture(Detector):
         self.mixtures_ = []
         for level in range(self.levels):
             try:
-                weights, means, chol = (tensors[f"level{level}.{name}"] for name in ("weights", "means", "precision_cholesky"))
+                weights, means, chol = (
+                    tensors[f"level{level}.{name}"] for name in ("weights", "means", "precision_cholesky")
+                )
             except KeyError as error:
-                raise WeightsError(f"Saved gmm_texture state lacks {error.args[0]!r} for {self.levels} levels.") from None
+                raise WeightsError(
+                    f"Saved gmm_texture state lacks {error.args[0]!r} for {self.levels} levels."
+                ) from None
             expected = (self.n_components, dim)
-            if tuple(weights.shape) != expected[:1] or tuple(means.shape) != expected or tuple(chol.shape) != (*expected, dim):
+            if (
+                tuple(weights.shape) != expected[:1]
+                or tuple(means.shape) != expected
+                or tuple(chol.shape) != (*expected, dim)
+            ):
                 raise WeightsError(
                     f"Saved mixture of level {level} has shapes {tuple(means.shape)} / {tuple(chol.shape)}; "
                     f"n_components={self.n_components} and patch_size={self.patch_size} need {expected} / {(*expected, dim)}."
                 )
-            self.mixtures_.append(GaussianMixture(weights.to(self.device_), means.to(self.device_), chol.to(self.device_)))
+            self.mixtures_.append(
+                GaussianMixture(weights.to(self.device_), means.to(self.device_), chol.to(self.device_))
+            )
         self.level_mean_ = tensors["level_mean"].to(self.device_)
         self.level_std_ = tensors["level_std"].to(self.device_)

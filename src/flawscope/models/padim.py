@@ -32,8 +32,10 @@ def stacked_embedding(feature_maps: list[torch.Tensor], channels: torch.Tensor) 
     Returns ``B x d x H x W`` with ``d = len(channels)``.
     """
     height, width = feature_maps[0].shape[-2:]
-    resized = [m if m.shape[-2:] == (height, width) else F.interpolate(m, size=(height, width), mode="nearest")
-               for m in feature_maps]
+    resized = [
+        m if m.shape[-2:] == (height, width) else F.interpolate(m, size=(height, width), mode="nearest")
+        for m in feature_maps
+    ]
     return torch.cat(resized, dim=1)[:, channels].float()
 
 
@@ -172,7 +174,9 @@ class PaDiM(BackboneDetector):
     def _fit(self, dataset: ImageDataset) -> None:
         self._build_extractor()
         generator = torch.Generator().manual_seed(self.seed)
-        self.channels_ = torch.randperm(sum(self.extractor_.channels), generator=generator)[: self.n_features].to(self.device_)
+        self.channels_ = torch.randperm(sum(self.extractor_.channels), generator=generator)[: self.n_features].to(
+            self.device_
+        )
         self._announce_memory()
         accumulator = GaussianAccumulator()
         with torch.inference_mode():
@@ -208,8 +212,11 @@ class PaDiM(BackboneDetector):
         mean, precision, channels = tensors["mean"], tensors["precision"], tensors["channels"]
         self.grid_ = tuple(meta["grid"])
         positions, dim = self.grid_[0] * self.grid_[1], self.n_features
-        if tuple(mean.shape) != (positions, dim) or tuple(precision.shape) != (positions, dim, dim) \
-                or tuple(channels.shape) != (dim,):
+        if (
+            tuple(mean.shape) != (positions, dim)
+            or tuple(precision.shape) != (positions, dim, dim)
+            or tuple(channels.shape) != (dim,)
+        ):
             raise WeightsError(
                 f"Saved PaDiM statistics have shapes mean {tuple(mean.shape)}, precision {tuple(precision.shape)}, "
                 f"channels {tuple(channels.shape)}; a {self.grid_} grid with n_features={dim} needs "

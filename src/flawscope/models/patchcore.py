@@ -206,8 +206,12 @@ class PatchCore(BackboneDetector):
         patch_scores = distance[:, 0].reshape(count, height * width)
         if self.reweight:
             scores = reweighted_scores(
-                queries.reshape(count, height * width, dim), patch_scores, nearest[:, 0].reshape(count, -1),
-                self.memory_bank_, self.search_index_, self.reweight_neighbours,
+                queries.reshape(count, height * width, dim),
+                patch_scores,
+                nearest[:, 0].reshape(count, -1),
+                self.memory_bank_,
+                self.search_index_,
+                self.reweight_neighbours,
             )
         else:
             scores = patch_scores.max(dim=1).values

@@ -43,7 +43,9 @@ def feature_adaptor(dim: int) -> nn.Linear:
 
 def discriminator(dim: int, hidden: int) -> nn.Sequential:
     """``dim -> hidden`` (batch norm, leaky ReLU 0.2) ``-> 1``; positive = normal."""
-    network = nn.Sequential(nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 1, bias=False))
+    network = nn.Sequential(
+        nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 1, bias=False)
+    )
     for layer in network:
         if isinstance(layer, nn.Linear):
             nn.init.xavier_normal_(layer.weight)
@@ -162,7 +164,10 @@ class SimpleNet(BackboneDetector):
         self.feature_std_ = rows.std(dim=0).clamp_min(1e-6)
         epochs = self.epochs or self.recipes[self.recipe]
         if self.show_progress_ and epochs != self.recipes["paper"]:
-            print(f"simplenet: training {epochs} epochs (the paper: {self.recipes['paper']}; recipe='paper' for it)", file=sys.stderr)
+            print(
+                f"simplenet: training {epochs} epochs (the paper: {self.recipes['paper']}; recipe='paper' for it)",
+                file=sys.stderr,
+            )
         with self._seeded():
             dim = rows.shape[1]
             self.adaptor_ = feature_adaptor(dim).to(self.device_)
@@ -174,15 +179,23 @@ class SimpleNet(BackboneDetector):
     def _training_rows(self, dataset: ImageDataset) -> torch.Tensor:
         """``(N * h * w) x D`` raw features of every training position (float32)."""
         with torch.inference_mode():
-            rows = torch.cat([patch_rows(self._features(batch)) for batch in self._training_batches(dataset, "features")])
+            rows = torch.cat(
+                [patch_rows(self._features(batch)) for batch in self._training_batches(dataset, "features")]
+            )
         return rows.clone()
 
     def _train(self, rows: torch.Tensor, epochs: int, rows_per_step: int) -> list[float]:
         """Adam on the truncated L1 loss; returns every epoch's mean loss."""
-        optimiser = torch.optim.Adam([
-            {"params": self.adaptor_.parameters(), "lr": self.adaptor_lr},
-            {"params": self.discriminator_.parameters(), "lr": self.discriminator_lr, "weight_decay": self.weight_decay},
-        ])
+        optimiser = torch.optim.Adam(
+            [
+                {"params": self.adaptor_.parameters(), "lr": self.adaptor_lr},
+                {
+                    "params": self.discriminator_.parameters(),
+                    "lr": self.discriminator_lr,
+                    "weight_decay": self.weight_decay,
+                },
+            ]
+        )
         self.adaptor_.train()
         self.discriminator_.train()
         history = []
@@ -237,7 +250,9 @@ class SimpleNet(BackboneDetector):
             try:
                 network.load_state_dict(state, strict=True)
             except RuntimeError as error:
-                raise WeightsError(f"Saved SimpleNet {prefix[:-1]} does not fit {dim} feature channels: {error}") from None
+                raise WeightsError(
+                    f"Saved SimpleNet {prefix[:-1]} does not fit {dim} feature channels: {error}"
+                ) from None
             network.eval()
         self.feature_mean_ = tensors["feature_mean"].to(self.device_)
         self.feature_std_ = tensors["feature_std"].to(self.device_)

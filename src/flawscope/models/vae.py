@@ -58,9 +58,14 @@ class VariationalAutoencoder(ConvolutionalAutoencoder):
     def _reconstruct_windows(self, windows: torch.Tensor) -> torch.Tensor:
         images, n_windows = windows.shape[:2]
         flat = windows.flatten(0, 1).contiguous(memory_format=torch.channels_last)
-        mean, std = (torch.cat(parts) for parts in zip(*(self._posterior(chunk) for chunk in flat.split(WINDOWS_PER_PASS))))
+        mean, std = (
+            torch.cat(parts) for parts in zip(*(self._posterior(chunk) for chunk in flat.split(WINDOWS_PER_PASS)))
+        )
         noise = self._window_noise(n_windows).to(windows.device)  # R x W x d x 1 x 1
-        latent = mean.view(1, images, n_windows, *mean.shape[1:]) + std.view(1, images, n_windows, *std.shape[1:]) * noise[:, None]
+        latent = (
+            mean.view(1, images, n_windows, *mean.shape[1:])
+            + std.view(1, images, n_windows, *std.shape[1:]) * noise[:, None]
+        )
         latent = latent.flatten(0, 2)
         decoded = torch.cat([self.network_.decoder(chunk) for chunk in latent.split(WINDOWS_PER_PASS)])
         return decoded.reshape(self.n_samples, *windows.shape)
