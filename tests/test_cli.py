@@ -1,5 +1,7 @@
 import csv
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,15 +58,18 @@ def test_fit_writes_a_calibrated_model(model_dir):
 def test_predict_writes_overlays_masks_and_csv_and_survives_bad_files(model_dir, category, tmp_path):
     inputs = tmp_path / "inputs"
     inputs.mkdir()
-    for path in list((category / "test" / "defect").iterdir())[:2] + list((category / "test" / "good").iterdir())[:1]:
+    defective = sorted((category / "test" / "defect").iterdir())[:2]
+    good = sorted((category / "test" / "good").iterdir())[:1]
+    for path in defective + good:
         (inputs / path.name).write_bytes(path.read_bytes())
     (inputs / "broken.png").write_bytes(b"garbage")
     out = tmp_path / "out"
     result = runner.invoke(app, ["predict", str(model_dir), str(inputs), "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
-    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    with open(out / "predictions.csv") as handle:
+        rows = list(csv.DictReader(handle))
     assert len(rows) == 4
-    broken = [r for r in rows if r["path"].endswith("broken.png")][0]
+    broken = next(r for r in rows if r["path"].endswith("broken.png"))
     assert "broken.png" in broken["error"] and broken["score"] == ""
     scored = [r for r in rows if not r["error"]]
     assert {r["label"] for r in scored} <= {"OK", "NOT OK"}
@@ -73,8 +78,22 @@ def test_predict_writes_overlays_masks_and_csv_and_survives_bad_files(model_dir,
         mask = np.asarray(Image.open(out / row["mask"]))
         assert overlay.shape == (96, 96, 3) and mask.shape == (96, 96)
         assert isinstance(json.loads(row["boxes"]), list)
-    defect_rows = [r for r in scored if "texture" in r["path"] and r["label"] == "NOT OK"]
-    assert defect_rows, "at least one defective image is flagged"
+    labels = {Path(row["path"]).name: row["label"] for row in scored}
+    assert any(labels[path.name] == "NOT OK" for path in defective), "a defective image is flagged"
+    assert all(json.loads(row["boxes"]) for row in scored if row["label"] == "NOT OK" and "defect" in row["path"])
+
+
+def test_evaluate_without_masks_gives_image_metrics_and_a_note(model_dir, category, tmp_path):
+    labels_only = tmp_path / "labels_only"
+    for sub in ("train", "test"):
+        shutil.copytree(category / sub, labels_only / sub)
+    result = runner.invoke(
+        app, ["evaluate", str(model_dir), "--data", str(labels_only), "--out", str(tmp_path / "eval"), "--quiet"]
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["image_auroc"] >= 0.9 and "pixel_auroc" not in metrics
+    assert "no ground-truth masks" in metrics["notes"][0] and "no ground-truth masks" in result.output
 
 
 def test_evaluate_writes_metrics_and_report(model_dir, category, tmp_path):
@@ -133,6 +152,7 @@ def test_fit_takes_the_autoencoder_recipe(category, tmp_path):
     assert result.exit_code == 2 and "recipe" in result.output
 
 
+@pytest.mark.slow
 def test_distill_teacher_then_fit_efficientad_with_it(category, tmp_path):
     teacher = tmp_path / "teacher.safetensors"
     result = runner.invoke(
@@ -258,11 +278,13 @@ def test_list_models():
     lines = result.output.strip().splitlines()
     assert [line.split()[0] for line in lines] == fs.list_models()
     assert all(len(line.split()) > 3 for line in lines)  # every method has its one-line summary
+    assert "``" not in result.output  # plain text, not reStructuredText
+    assert "[quantizable]" in next(line for line in lines if line.startswith("efficientad"))
 
 
 def test_quantize_refuses_a_method_other_than_efficientad(model_dir, category, tmp_path):
     result = runner.invoke(app, ["quantize", str(model_dir), "--data", str(category), "--out", str(tmp_path / "q")])
-    assert result.exit_code == 2 and "holds a PatchCore; only an EfficientAD can be quantized" in " ".join(
+    assert result.exit_code == 2 and "holds a patchcore; only efficientad can be quantized" in " ".join(
         result.output.split()
     )
     assert not (tmp_path / "q").exists()

@@ -3,9 +3,10 @@ import pytest
 from PIL import Image
 
 import flawscope as fs
-from flawscope.data.datasets import ELPV, FolderDataset, MVTecLayout, holdout_split, open_dataset, unsupervised_split
+from flawscope.data.datasets import ELPV, FolderDataset, MVTecLayout, holdout_split, open_dataset
 from flawscope.data.synthetic import make_texture_set, write_mvtec_layout
 from flawscope.errors import DataError
+from flawscope.workflow import training_data
 
 
 def test_mvtec_layout_reads_labels_types_and_masks(tmp_path):
@@ -16,6 +17,22 @@ def test_mvtec_layout_reads_labels_types_and_masks(tmp_path):
     defective = [s for s in test if s.label == 1]
     assert all(s.defect_type == "defect" for s in defective)
     assert defective[0].read_mask((40, 40)).any()
+
+
+def test_mvtec_layout_without_ground_truth_has_image_labels_only(tmp_path):
+    root = write_mvtec_layout(tmp_path / "cat", n_train=2, n_test_good=2, n_test_defective=3, size=(40, 40))
+    mask_folder = root / "ground_truth" / "defect"
+    first_mask = sorted(mask_folder.iterdir())[0]
+    first_mask.unlink()  # one mask missing: a clear error naming it
+    with pytest.raises(DataError, match=first_mask.name):
+        MVTecLayout(root, "test")
+    for mask in mask_folder.iterdir():
+        mask.unlink()
+    mask_folder.rmdir()
+    (root / "ground_truth").rmdir()  # no ground truth at all: image-level labels only
+    test = MVTecLayout(root, "test")
+    assert sorted(test.labels) == [0, 0, 1, 1, 1] and not test.has_masks
+    assert all(sample.mask is None for sample in test)
 
 
 def test_mask_of_wrong_size_is_refused(tmp_path):
@@ -48,7 +65,7 @@ def test_folder_layout_matches_masks_by_stem(tmp_path):
 def test_holdout_split_is_seeded_and_disjoint():
     data = make_texture_set(10, 0, size=(16, 16))
     rest, held = holdout_split(data, 0.3, seed=4)
-    again_rest, again_held = holdout_split(data, 0.3, seed=4)
+    _, again_held = holdout_split(data, 0.3, seed=4)
     assert [s.name for s in held] == [s.name for s in again_held]
     assert len(held) == 3 and not {s.name for s in rest} & {s.name for s in held}
 
@@ -63,11 +80,13 @@ def test_elpv_splits_are_disjoint_and_deterministic():
     assert fs.datasets.ELPV("train", "poly", seed=1)[0].name != ELPV("train", "poly", seed=2)[0].name
 
 
-def test_unsupervised_split_holds_out_part_of_train_or_uses_elpv_validation(tmp_path):
+def test_training_data_holds_out_part_of_train_or_uses_elpv_validation(tmp_path):
     root = write_mvtec_layout(tmp_path / "cat", n_train=10, n_test_good=1, n_test_defective=1, size=(24, 24))
-    train, validation = unsupervised_split(str(root), 0.2, seed=3)
+    data = training_data(str(root), supervised=False, validation_fraction=0.2, seed=3)
+    train, validation = data.train, data.calibration
     names = {s.name for s in train}, {s.name for s in validation}
     assert (len(train), len(validation)) == (8, 2) and not names[0] & names[1]
     assert names[0] | names[1] == {s.name for s in MVTecLayout(root, "train")}
-    elpv_train, elpv_validation = unsupervised_split("elpv:mono", 0.2, seed=3)
+    elpv = training_data("elpv:mono", supervised=False, validation_fraction=0.2, seed=3)
+    elpv_train, elpv_validation = elpv.train, elpv.calibration
     assert (len(elpv_train), len(elpv_validation)) == (200, 50)

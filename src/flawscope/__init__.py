@@ -1,13 +1,24 @@
 """flawscope: visual anomaly detection for industrial inspection.
 
 >>> import flawscope as fs
->>> fs.list_models()
-['patchcore']
+>>> "patchcore" in fs.list_models()
+True
+>>> model = fs.create("padim", image_size=64)
+>>> model.get_params()["n_features"]
+100
+
+The library reports through the standard ``logging`` (logger ``flawscope``; silent unless the
+application configures it) and ``warnings`` modules; it never prints.
 """
+
+import logging
 
 __version__ = "0.1.0"
 
-from flawscope import datasets
+from flawscope import (
+    datasets,
+    workflow,
+)
 from flawscope import models as _models  # noqa: F401  (registers the detectors)
 from flawscope.errors import (
     ConfigError,
@@ -17,7 +28,11 @@ from flawscope.errors import (
     NotFittedError,
     WeightsError,
 )
-from flawscope.models.base import Detector, Prediction, create, list_models
+from flawscope.models.base import Detector
+from flawscope.models.registry import create, list_models, model_entry
+from flawscope.results import Prediction
+
+logging.getLogger("flawscope").addHandler(logging.NullHandler())
 
 
 def load(path, device=None) -> Detector:
@@ -49,4 +64,6 @@ __all__ = [
     "evaluate",
     "list_models",
     "load",
+    "model_entry",
+    "workflow",
 ]

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TextIO
+from typing import TextIO, TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 LOG_INTERVAL_S = 30.0
+Item = TypeVar("Item")
 
 
 class _NullBar:
@@ -33,7 +34,7 @@ class _Bar:
 
 
 def _clock(seconds: float) -> str:
-    minutes, seconds = divmod(int(round(seconds)), 60)
+    minutes, seconds = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
 
@@ -85,3 +86,11 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
     )
     with Progress(*columns, console=console, transient=False) as progress:
         yield _Bar(progress, progress.add_task(description, total=total))
+
+
+def tracked(items: Sequence[Item], description: str, enabled: bool = True) -> Iterator[Item]:
+    """Yield ``items`` one by one, advancing a progress bar (as :func:`progress_bar`) after each."""
+    with progress_bar(description, len(items), enabled) as bar:
+        for item in items:
+            yield item
+            bar.advance()

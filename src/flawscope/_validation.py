@@ -9,7 +9,7 @@ from typing import Any
 
 from flawscope.errors import ConfigError
 
-_BRACKETS = {"both": "[]", "left": "[)", "right": "(]", "neither": "()"}
+_BRACKETS = {"both": ("[", "]"), "left": ("[", ")"), "right": ("(", "]"), "neither": ("(", ")")}
 
 
 @dataclass(frozen=True)
@@ -26,12 +26,11 @@ class Interval:
             return False
         if self.kind is int and not isinstance(value, numbers.Integral):
             return False
+        number = float(value)
         left, right = _BRACKETS[self.closed]
-        if self.low is not None and (value < self.low or (left == "(" and value == self.low)):
+        if self.low is not None and (number < self.low or (left == "(" and number == self.low)):
             return False
-        if self.high is not None and (value > self.high or (right == ")" and value == self.high)):
-            return False
-        return True
+        return self.high is None or not (number > self.high or (right == ")" and number == self.high))
 
     def describe(self) -> str:
         left, right = _BRACKETS[self.closed]
@@ -67,6 +66,9 @@ class Check:
         return self.description
 
 
+Constraint = Interval | Options | Check
+Constraints = dict[str, list[Constraint]]
+
 NONE = Check(lambda v: v is None, "None")
 STRING = Check(lambda v: isinstance(v, str) and bool(v), "a non-empty str")
 BOOLEAN = Check(lambda v: isinstance(v, bool), "a bool")
@@ -78,14 +80,14 @@ def int_sequence(minimum: int = 0) -> Check:
     def accepts(value: Any) -> bool:
         if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) == 0:
             return False
-        if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= minimum for v in value):
+        if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) >= minimum for v in value):
             return False
         return list(value) == sorted(set(value))
 
     return Check(accepts, f"a non-empty increasing sequence of distinct ints >= {minimum}")
 
 
-def validate_params(owner: str, params: dict[str, Any], constraints: dict[str, Sequence]) -> None:
+def validate_params(owner: str, params: dict[str, Any], constraints: Constraints) -> None:
     """Raise :class:`ConfigError` for the first parameter that meets none of its constraints."""
     for name, allowed in constraints.items():
         value = params[name]

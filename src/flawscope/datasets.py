@@ -1,4 +1,4 @@
-"""Public dataset API: ``fs.datasets.MVTecLayout``, ``FolderDataset``, ``ELPV``, ``InMemoryDataset``."""
+"""Public dataset API: ``fs.datasets.MVTecLayout``, ``FolderDataset``, ``ELPV``, ``InMemoryDataset`` and splits."""
 
 from flawscope.data.datasets import (  # noqa: F401
     ELPV,
@@ -8,7 +8,7 @@ from flawscope.data.datasets import (  # noqa: F401
     MVTecLayout,
     Sample,
     holdout_split,
-    open_data,
     open_dataset,
+    stratified_split,
 )
 from flawscope.data.synthetic import make_texture_set, write_mvtec_layout  # noqa: F401

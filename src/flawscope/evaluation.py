@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from flawscope.data.datasets import DEFECTIVE, GOOD, as_dataset
+from flawscope.data.datasets import DEFECTIVE, GOOD, ImageDataset, as_dataset
 from flawscope.errors import DataError
 from flawscope.metrics import (
     auroc,
@@ -105,22 +105,25 @@ def evaluate(
     labels_known = dataset.labels
     if (labels_known < 0).any():
         raise DataError(f"{dataset!r} has unlabelled images; evaluate needs good/defective labels.")
-    with_masks = dataset.has_masks
-    rows, maps, masks, failed = [], [], [], {}
+    with_masks = _masks_given(dataset)
+    rows: list[dict[str, Any]] = []
+    maps: list[np.ndarray] = []
+    masks: list[np.ndarray] = []
+    failed: dict[str, str] = {}
     worst = _WorstCases(worst_cases)
     for result in model.iter_predict(dataset, on_error="skip", progress=progress, description="evaluating"):
-        sample = result.sample
-        if result.error is not None:
-            failed[sample.name] = result.error
+        sample, anomaly_map, image = result.sample, result.anomaly_map, result.image
+        if anomaly_map is None or image is None:
+            failed[sample.name] = str(result.error)
             continue
         row = {"name": sample.name, "label": sample.label, "defect_type": sample.defect_type, "score": result.score}
         rows.append(row)
         if with_masks:
-            maps.append(result.anomaly_map)
-            masks.append(sample.read_mask(result.anomaly_map.shape))
+            maps.append(anomaly_map)
+            masks.append(sample.read_mask(anomaly_map.shape))
             if model.is_calibrated and sample.label == DEFECTIVE:
-                row["box_iou"] = _box_iou(model, result.score, result.anomaly_map, masks[-1])
-        worst.offer(row, result.image, result.anomaly_map)
+                row["box_iou"] = _box_iou(model, result.score, anomaly_map, masks[-1])
+        worst.offer(row, image, anomaly_map)
     labels = np.array([row["label"] for row in rows])
     scores = np.array([row["score"] for row in rows])
     metrics, curves = _image_metrics(model, labels, scores)
@@ -142,8 +145,25 @@ def evaluate(
                 box_iou_over_0_5=float((ious >= 0.5).mean()),
                 n_boxed_images=int(ious.size),
             )
+    if not with_masks:
+        metrics["notes"] = [
+            f"{dataset!r} has no ground-truth masks: image metrics only (no pixel AUROC, AUPRO, region "
+            "overlap or box IoU)."
+        ]
     metrics["per_defect_type"] = _per_type(rows, maps if with_masks else None, masks if with_masks else None, max_fpr)
     return Report(metrics, rows, curves, worst.cases())
+
+
+def _masks_given(dataset: ImageDataset) -> bool:
+    """True when every defective image has a mask, False when none has; DataError for a mixture."""
+    defective = [sample for sample in dataset.samples if sample.label == DEFECTIVE]
+    missing = [sample for sample in defective if sample.mask is None]
+    if missing and len(missing) < len(defective):
+        raise DataError(
+            f"Defective image {missing[0].name} has no mask while {len(defective) - len(missing)} others have one; "
+            "give every defective image a mask, or none (image metrics only)."
+        )
+    return bool(defective) and not missing
 
 
 def _box_iou(model: Detector, score: float, anomaly_map: np.ndarray, mask: np.ndarray) -> float | None:
@@ -177,7 +197,7 @@ def _image_metrics(model: Detector, labels: np.ndarray, scores: np.ndarray) -> t
     if n_good == 0 or n_defective == 0:
         raise DataError(f"evaluate needs good and defective images; got {n_good} good and {n_defective} defective.")
     best_f1, f1_threshold = f1_max(labels, scores)
-    if model.is_calibrated:
+    if model.threshold_ is not None:
         threshold, source = model.threshold_, f"calibrated ({model.calibration_.get('rule')})"
     else:
         threshold, source = f1_threshold, "F1-optimal on this data (model not calibrated)"
@@ -199,14 +219,16 @@ def _image_metrics(model: Detector, labels: np.ndarray, scores: np.ndarray) -> t
 def _per_type(rows, maps, masks, max_fpr) -> dict[str, dict[str, float]]:
     types = sorted({row["defect_type"] for row in rows if row["label"] == DEFECTIVE})
     good = [i for i, row in enumerate(rows) if row["label"] == GOOD]
-    per_type = {}
+    per_type: dict[str, dict[str, float]] = {}
     for defect_type in types:
         chosen = good + [
             i for i, row in enumerate(rows) if row["defect_type"] == defect_type and row["label"] == DEFECTIVE
         ]
         labels = np.array([rows[i]["label"] for i in chosen])
         scores = np.array([rows[i]["score"] for i in chosen])
-        entry = {"n_images": int((labels == DEFECTIVE).sum()), "image_auroc": auroc(labels, scores)} if good else {}
+        entry: dict[str, float] = {}
+        if good:
+            entry.update(n_images=int((labels == DEFECTIVE).sum()), image_auroc=auroc(labels, scores))
         if maps is not None:
             pixel = pixel_metrics([maps[i] for i in chosen], [masks[i] for i in chosen], max_fpr)
             entry.update(pixel_auroc=pixel["pixel_auroc"], aupro=pixel["aupro"])

@@ -9,24 +9,26 @@ by 0.3. Every function takes labels where 1 = defective and scores where higher 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import ndimage
 
 from flawscope.errors import DataError
 
 
-def _check_binary(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    labels = np.asarray(labels).ravel()
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    if labels.shape != scores.shape:
-        raise DataError(f"Got {labels.size} labels but {scores.size} scores.")
-    if not np.isfinite(scores).all():
+def _check_binary(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    label_array = np.asarray(labels).ravel()
+    score_array = np.asarray(scores, dtype=np.float64).ravel()
+    if label_array.shape != score_array.shape:
+        raise DataError(f"Got {label_array.size} labels but {score_array.size} scores.")
+    if not np.isfinite(score_array).all():
         raise DataError("Scores contain NaN or infinity.")
-    positives = labels == 1
+    positives = label_array == 1
     if positives.all() or not positives.any():
         raise DataError("A curve metric needs both good (0) and defective (1) samples.")
-    return positives, scores
+    return positives, score_array
 
 
 def _sorted_counts(positives: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = None):
@@ -41,34 +43,34 @@ def _sorted_counts(positives: np.ndarray, scores: np.ndarray, weights: np.ndarra
     return true_pos, false_pos, sorted_scores[last_of_value], weighted
 
 
-def roc_curve(labels: Sequence[int], scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def roc_curve(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(fpr, tpr, thresholds)``, starting at (0, 0); a sample is positive when score >= threshold."""
-    positives, scores = _check_binary(np.asarray(labels), np.asarray(scores))
-    true_pos, false_pos, thresholds, _ = _sorted_counts(positives, scores)
+    positives, score_array = _check_binary(labels, scores)
+    true_pos, false_pos, thresholds, _ = _sorted_counts(positives, score_array)
     fpr = np.r_[0.0, false_pos / false_pos[-1]]
     tpr = np.r_[0.0, true_pos / true_pos[-1]]
     return fpr, tpr, np.r_[np.inf, thresholds]
 
 
-def auroc(labels: Sequence[int], scores: Sequence[float]) -> float:
+def auroc(labels: ArrayLike, scores: ArrayLike) -> float:
     """Area under the ROC curve."""
     fpr, tpr, _ = roc_curve(labels, scores)
     return float(np.trapezoid(tpr, fpr))
 
 
-def average_precision(labels: Sequence[int], scores: Sequence[float]) -> float:
+def average_precision(labels: ArrayLike, scores: ArrayLike) -> float:
     """Area under the precision-recall curve as the step sum ``sum (R_n - R_{n-1}) P_n``."""
-    positives, scores = _check_binary(np.asarray(labels), np.asarray(scores))
-    true_pos, false_pos, _, _ = _sorted_counts(positives, scores)
+    positives, score_array = _check_binary(labels, scores)
+    true_pos, false_pos, _, _ = _sorted_counts(positives, score_array)
     precision = true_pos / (true_pos + false_pos)
     recall = true_pos / true_pos[-1]
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
-def f1_max(labels: Sequence[int], scores: Sequence[float]) -> tuple[float, float]:
+def f1_max(labels: ArrayLike, scores: ArrayLike) -> tuple[float, float]:
     """``(best F1, threshold)`` over all thresholds; predict defective when ``score > threshold``."""
-    positives, scores = _check_binary(np.asarray(labels), np.asarray(scores))
-    true_pos, false_pos, thresholds, _ = _sorted_counts(positives, scores)
+    positives, score_array = _check_binary(labels, scores)
+    true_pos, false_pos, thresholds, _ = _sorted_counts(positives, score_array)
     f1 = 2 * true_pos / (true_pos + false_pos + true_pos[-1])
     best = int(np.argmax(f1))
     lower = thresholds[best + 1] if best + 1 < thresholds.size else -np.inf
@@ -76,17 +78,17 @@ def f1_max(labels: Sequence[int], scores: Sequence[float]) -> tuple[float, float
     return float(f1[best]), float(threshold)
 
 
-def confusion_matrix(labels: Sequence[int], predictions: Sequence[int]) -> list[list[int]]:
+def confusion_matrix(labels: ArrayLike, predictions: ArrayLike) -> list[list[int]]:
     """``[[TN, FP], [FN, TP]]`` (rows: true good, true defective; columns: predicted)."""
-    labels = np.asarray(labels).astype(bool).ravel()
-    predictions = np.asarray(predictions).astype(bool).ravel()
+    truth = np.asarray(labels).astype(bool).ravel()
+    predicted = np.asarray(predictions).astype(bool).ravel()
     return [
-        [int(np.sum(~labels & ~predictions)), int(np.sum(~labels & predictions))],
-        [int(np.sum(labels & ~predictions)), int(np.sum(labels & predictions))],
+        [int(np.sum(~truth & ~predicted)), int(np.sum(~truth & predicted))],
+        [int(np.sum(truth & ~predicted)), int(np.sum(truth & predicted))],
     ]
 
 
-def balanced_accuracy(labels: Sequence[int], predictions: Sequence[int]) -> float:
+def balanced_accuracy(labels: ArrayLike, predictions: ArrayLike) -> float:
     """Mean of the recall on good and on defective samples."""
     (tn, fp), (fn, tp) = confusion_matrix(labels, predictions)
     if tn + fp == 0 or fn + tp == 0:
@@ -100,7 +102,7 @@ PIXEL_BINS = 1 << 16
 
 def pixel_metrics(
     anomaly_maps: Sequence[np.ndarray], masks: Sequence[np.ndarray], max_fpr: float = 0.3
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """Pixel AUROC and AUPRO over all pixels of all images (each map at its mask's size).
 
     AUPRO follows the MVTec AD evaluation: connected components (8-connectivity) of every

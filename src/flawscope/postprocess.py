@@ -108,7 +108,7 @@ def segment(anomaly_map: np.ndarray, threshold: float, opening: int = 3, shape: 
 
 def boxes_from_mask(mask: np.ndarray, anomaly_map: np.ndarray) -> list[Box]:
     """One ``(x0, y0, x1, y1, score)`` box per 8-connected region (x1, y1 exclusive), highest score first."""
-    regions, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    regions, _ = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
     boxes: list[Box] = []
     for index, region in enumerate(ndimage.find_objects(regions), start=1):
         if region is None:

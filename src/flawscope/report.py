@@ -6,12 +6,13 @@ import base64
 import html
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
     from flawscope.evaluation import Report
+    from flawscope.models.base import Detector
 
 
 def heatmap_overlay(
@@ -26,24 +27,33 @@ def heatmap_overlay(
     return np.round(255 * ((1 - alpha) * base + alpha * heat)).astype(np.uint8)
 
 
+def overlay_scale(detector: Detector, anomaly_map: np.ndarray) -> tuple[float, float]:
+    """``(low, high)`` of an overlay's colour scale: for a calibrated detector the pixel threshold sits in the
+    middle (green-yellow) and red is 1.5x above it; otherwise the map's own range."""
+    if detector.pixel_threshold_ is not None:
+        return 0.5 * detector.pixel_threshold_, 1.5 * detector.pixel_threshold_
+    return float(anomaly_map.min()), float(anomaly_map.max())
+
+
+def _subplots(rows: int = 1, columns: int = 1, figsize: tuple[float, float] = (4.2, 4)) -> tuple[Any, Any]:
+    """A figure and its axes drawn by the Agg canvas directly: pyplot, and with it the user's matplotlib backend,
+    is never touched."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=figsize)
+    return figure, figure.subplots(rows, columns)
+
+
 def _figure_png(figure) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(figure)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _curve_figures(report: Report) -> list[tuple[str, str]]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     figures = []
     metrics, curves = report.metrics, report.curves
-    figure, axis = plt.subplots(figsize=(4.2, 4))
+    figure, axis = _subplots(figsize=(4.2, 4))
     axis.plot(*curves["image_roc"], label=f"image, AUROC {metrics['image_auroc']:.3f}")
     if "pixel_roc" in curves:
         axis.plot(*curves["pixel_roc"], label=f"pixel, AUROC {metrics['pixel_auroc']:.3f}")
@@ -52,7 +62,7 @@ def _curve_figures(report: Report) -> list[tuple[str, str]]:
     axis.legend(loc="lower right")
     figures.append(("ROC curves", _figure_png(figure)))
     if "pro" in curves:
-        figure, axis = plt.subplots(figsize=(4.2, 4))
+        figure, axis = _subplots(figsize=(4.2, 4))
         fpr, pro = np.array(curves["pro"][0]), np.array(curves["pro"][1])
         limit = metrics["aupro_max_fpr"]
         axis.plot(fpr, pro)
@@ -67,7 +77,7 @@ def _curve_figures(report: Report) -> list[tuple[str, str]]:
     if "region_overlap" in metrics:
         figures.append(("Region overlap quantiles", _region_overlap_figure(metrics["region_overlap"])))
     figures.append(("Confusion matrix", _confusion_figure(metrics["confusion_matrix"])))
-    figure, axis = plt.subplots(figsize=(5, 4))
+    figure, axis = _subplots(figsize=(5, 4))
     scores = np.array([row["score"] for row in report.rows])
     labels = np.array([row["label"] for row in report.rows])
     bins = np.linspace(scores.min(), scores.max(), 40)
@@ -83,11 +93,9 @@ def _curve_figures(report: Report) -> list[tuple[str, str]]:
 def _confusion_figure(matrix: list[list[int]]) -> str:
     """The confusion matrix ([[TN, FP], [FN, TP]]) as a picture, each cell with its count and its
     share of the true class."""
-    import matplotlib.pyplot as plt
-
     counts = np.asarray(matrix, dtype=float)
     shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    figure, axis = plt.subplots(figsize=(3.6, 3.2))
+    figure, axis = _subplots(figsize=(3.6, 3.2))
     axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     for row in range(2):
         for col in range(2):
@@ -113,9 +121,7 @@ def _confusion_figure(matrix: list[list[int]]) -> str:
 
 def _region_overlap_figure(overlap: dict) -> str:
     """Quantiles of the per-region overlap against the false-positive rate (Bergmann et al. 2019, Fig. 7)."""
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(4.2, 4))
+    figure, axis = _subplots(figsize=(4.2, 4))
     for quantile, values in zip(overlap["quantiles"], overlap["overlap"]):
         axis.plot(overlap["fpr"], values, marker="o", label=f"{quantile:.0%} quantile")
     axis.set(
@@ -129,12 +135,10 @@ def _region_overlap_figure(overlap: dict) -> str:
 
 
 def _case_figures(report: Report) -> list[tuple[str, str]]:
-    import matplotlib.pyplot as plt
-
     figures = []
     vmax = max((float(case.anomaly_map.max()) for case in report.cases), default=1.0)
     for case in report.cases:
-        figure, axes = plt.subplots(1, 2, figsize=(6, 3))
+        figure, axes = _subplots(1, 2, figsize=(6, 3))
         shown = case.image[..., 0] if case.image.shape[2] == 1 else case.image
         axes[0].imshow(shown, cmap="gray", vmin=0, vmax=1)
         axes[1].imshow(heatmap_overlay(case.image, case.anomaly_map, vmax))
@@ -166,24 +170,31 @@ def write_html_report(report: Report, path: Path, title: str) -> Path:
     failed = "".join(
         f"<li>{html.escape(name)}: {html.escape(reason)}</li>" for name, reason in metrics["failed"].items()
     )
-    curves = "".join(
-        f'<figure><img src="data:image/png;base64,{png}"><figcaption>{html.escape(c)}</figcaption></figure>'
-        for c, png in _curve_figures(report)
-    )
-    cases = "".join(
-        f'<figure><img src="data:image/png;base64,{png}"><figcaption>{html.escape(c)}</figcaption></figure>'
-        for c, png in _case_figures(report)
+    notes = "".join(f"<p><b>Note:</b> {html.escape(note)}</p>" for note in metrics.get("notes", []))
+    header = "".join(f"<th>{name}</th>" for name in ("type", "images", "image AUROC", "pixel AUROC", "AUPRO"))
+    style = (
+        "body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}figure{display:inline-block;margin:0.5em}"
     )
     document = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}figure{{display:inline-block;margin:0.5em}}</style></head><body>
-<h1>{html.escape(title)}</h1><h2>Metrics</h2><table>{rows}</table><h2>Confusion matrix at the threshold</h2>{confusion}
-<h2>Per defect type</h2><table><tr><th>type</th><th>images</th><th>image AUROC</th><th>pixel AUROC</th><th>AUPRO</th></tr>{per_type}</table>
-{_overlap_table(metrics.get("region_overlap"))}<h2>Curves</h2>{curves}<h2>Worst-scored images</h2>{cases or "<p>none kept</p>"}
+<style>{style}</style></head><body>
+<h1>{html.escape(title)}</h1>{notes}<h2>Metrics</h2><table>{rows}</table>
+<h2>Confusion matrix at the threshold</h2>{confusion}
+<h2>Per defect type</h2><table><tr>{header}</tr>{per_type}</table>
+{_overlap_table(metrics.get("region_overlap"))}<h2>Curves</h2>{_figures_html(_curve_figures(report))}
+<h2>Worst-scored images</h2>{_figures_html(_case_figures(report)) or "<p>none kept</p>"}
 <h2>Images that could not be read</h2><ul>{failed or "<li>none</li>"}</ul></body></html>"""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(document)
     return path
+
+
+def _figures_html(figures: list[tuple[str, str]]) -> str:
+    """``(caption, base64 PNG)`` pairs as inline ``<figure>`` elements."""
+    return "".join(
+        f'<figure><img src="data:image/png;base64,{png}"><figcaption>{html.escape(caption)}</figcaption></figure>'
+        for caption, png in figures
+    )
 
 
 def _overlap_table(overlap: dict | None) -> str:

@@ -17,8 +17,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from flawscope import __version__
+from flawscope.devices import resolve_device
 from flawscope.errors import ConfigError, ModelFileError
-from flawscope.models.base import Detector, create
+from flawscope.models.base import Detector
+from flawscope.models.registry import create
 
 FORMAT = "flawscope-model"
 FORMAT_VERSION = 1
@@ -53,7 +55,8 @@ def load_detector(path: str | Path, device: str | None = None) -> Detector:
     """Load a detector saved by :func:`save_detector`; ``device`` overrides the saved one."""
     path = Path(path)
     config = _read_config(path)
-    params = dict(config["params"])
+    # JSON has no tuples: sequence parameters (layers, class_weights) come back as the tuples they default to
+    params = {key: tuple(value) if isinstance(value, list) else value for key, value in config["params"].items()}
     if device is not None:
         params["device"] = device
     try:
@@ -62,12 +65,17 @@ def load_detector(path: str | Path, device: str | None = None) -> Detector:
     except ConfigError as error:
         raise ModelFileError(f"{path / CONFIG_FILE}: {error}") from error
     tensors = _read_tensors(path, config["tensors"])
-    from flawscope.models.base import resolve_device
-
     detector.device_ = resolve_device(detector.device)
-    detector.show_progress_ = True
-    detector._restore(tensors, config["meta"])
-    detector._restore_calibration(config["calibration"])
+    try:
+        detector._restore(tensors, config["meta"])
+        detector._restore_calibration(config["calibration"])
+    except ModelFileError as error:
+        raise ModelFileError(f"{path / TENSOR_FILE} does not fit {path / CONFIG_FILE}: {error}") from None
+    except KeyError as error:
+        raise ModelFileError(
+            f"{path} is incomplete: a {detector.name} needs {error.args[0]!r}, which neither {CONFIG_FILE} "
+            f"nor {TENSOR_FILE} holds."
+        ) from None
     return detector
 
 

@@ -64,7 +64,7 @@ class ImageDataset(Sequence[Sample]):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index):  # type: ignore[override]
+    def __getitem__(self, index):
         if isinstance(index, slice):
             return ImageDataset(self.samples[index], f"{self.description}[{index.start}:{index.stop}]")
         return self.samples[index]
@@ -106,9 +106,6 @@ def holdout_split(dataset: ImageDataset, fraction: float, seed: int) -> tuple[Im
     )
 
 
-SUPERVISED_TEST_SHARE = 0.2  # of a supervised method's labelled images; fit holds out another 20 % for validation
-
-
 def stratified_split(dataset: ImageDataset, fractions: Sequence[float], seed: int = 0) -> tuple[ImageDataset, ...]:
     """Split labelled ``dataset`` into parts of the given ``fractions`` (summing to 1), seeded, with
     good and defective images in every part in the proportions of the whole."""
@@ -129,23 +126,6 @@ def stratified_split(dataset: ImageDataset, fractions: Sequence[float], seed: in
         dataset.subset(sorted(part), f"{dataset.description} (part {i + 1} of {len(fractions)}, seed {seed})")
         for i, part in enumerate(parts)
     )
-
-
-def supervised_split(spec: str | os.PathLike, seed: int) -> tuple[ImageDataset, ImageDataset]:
-    """``(learn, test)``: the labelled images of a data spec split 80 / 20, stratified and seeded --
-    what the command line gives a supervised method to fit on and to be evaluated on."""
-    return stratified_split(open_data(spec, "labelled"), (1 - SUPERVISED_TEST_SHARE, SUPERVISED_TEST_SHARE), seed)
-
-
-def unsupervised_split(
-    spec: str | os.PathLike, validation_fraction: float, seed: int
-) -> tuple[ImageDataset, ImageDataset]:
-    """``(train, validation)``: the good images an unsupervised method fits on and those it
-    calibrates its threshold on -- ELPV's own validation cells, else a seeded hold-out of train."""
-    train = open_data(spec, "train")
-    if str(spec).startswith("elpv:"):
-        return train, open_data(spec, "validation")
-    return holdout_split(train, validation_fraction, seed)
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -177,6 +157,9 @@ class MVTecLayout(ImageDataset):
     ``split="train"`` gives ``train/good`` (label 0). ``split="test"`` gives every
     ``test/<type>`` folder, ``good`` as label 0 and any other type as label 1 with its mask
     ``ground_truth/<type>/<stem>_mask.png`` (mask sizes are checked against their images).
+    A category without ``ground_truth/`` has image-level labels only: its defective images come
+    without masks (and evaluation then reports image metrics only). With ``ground_truth/``,
+    every defective image needs its mask.
     """
 
     def __init__(self, root: str | os.PathLike, split: str = "train") -> None:
@@ -194,15 +177,23 @@ class MVTecLayout(ImageDataset):
         test_root = root / "test"
         if not test_root.is_dir():
             raise DataError(f"Folder {test_root} does not exist; an MVTec-layout category needs test/<type>/.")
+        with_masks = (root / "ground_truth").is_dir()
         for type_dir in sorted(path for path in test_root.iterdir() if path.is_dir()):
             defect_type = type_dir.name
             for path in _require_images(type_dir):
                 if defect_type == "good":
                     yield Sample(path, str(path), GOOD, "good")
                     continue
+                if not with_masks:
+                    yield Sample(path, str(path), DEFECTIVE, defect_type)
+                    continue
                 mask_path = root / "ground_truth" / defect_type / f"{path.stem}_mask.png"
                 if not mask_path.is_file():
-                    raise DataError(f"Defective image {path} has no mask; expected {mask_path}.")
+                    raise DataError(
+                        f"Defective image {path} has no mask; expected {mask_path} (a category with "
+                        "ground_truth/ needs a mask for every defective image; without ground_truth/ it is judged on "
+                        "image labels only)."
+                    )
                 _check_mask_size(path, mask_path)
                 yield Sample(path, str(path), DEFECTIVE, defect_type, mask_path)
 
@@ -246,24 +237,6 @@ def open_dataset(root: str | os.PathLike, split: str) -> ImageDataset:
     if not root.exists():
         raise DataError(f"Dataset folder {root} does not exist.")
     raise DataError(f"Dataset folder {root} has neither MVTec layout (train/good, test/<type>) nor a good/ folder.")
-
-
-def open_data(spec: str | os.PathLike, split: str) -> ImageDataset:
-    """A dataset from a command-line spec: a folder, or ``elpv:mono`` / ``elpv:poly`` / ``elpv:all``.
-
-    ``split`` is 'train', 'validation' (ELPV only), 'test' or 'labelled': every labelled image for
-    a supervised method (a folder's test images; ELPV's good cells and those with a defect
-    probability of at least 2/3).
-    """
-    text = str(spec)
-    if text.startswith("elpv:"):
-        probability = 2 / 3 if split == "labelled" else 1.0
-        return ELPV(split, cell_type=text.split(":", 1)[1], defect_probability=probability)
-    if split == "labelled":
-        return open_dataset(spec, "test")
-    if split == "validation":
-        raise DataError(f"{spec} has no validation split; hold out part of the training images instead.")
-    return open_dataset(spec, split)
 
 
 class InMemoryDataset(ImageDataset):

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from flawscope.errors import DataError
 
-ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
+ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
 
@@ -75,8 +74,8 @@ def image_size(source: ImageInput) -> tuple[int, int]:
     if isinstance(source, (str, os.PathLike)):
         with _open_file(Path(source)) as image:
             return image.size[1], image.size[0]
-    image = read_image(source)
-    return image.shape[0], image.shape[1]
+    pixels = read_image(source)
+    return pixels.shape[0], pixels.shape[1]
 
 
 def _open_file(path: Path) -> Image.Image:

@@ -105,11 +105,11 @@ def write_mvtec_layout(
     test = make_texture_set(n_test_good, n_test_defective, size, seed + 1)
     (root / "train" / "good").mkdir(parents=True, exist_ok=True)
     for sample in train:
-        Image.fromarray(sample.image).save(root / "train" / "good" / f"{sample.name}.png")
+        Image.fromarray(np.asarray(sample.image)).save(root / "train" / "good" / f"{sample.name}.png")
     for sample in test:
         kind = "good" if sample.label == GOOD else "defect"
         (root / "test" / kind).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(sample.image).save(root / "test" / kind / f"{sample.name}.png")
+        Image.fromarray(np.asarray(sample.image)).save(root / "test" / kind / f"{sample.name}.png")
         if sample.label == DEFECTIVE:
             (root / "ground_truth" / kind).mkdir(parents=True, exist_ok=True)
             mask = (np.asarray(sample.mask) * 255).astype(np.uint8)

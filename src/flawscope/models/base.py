@@ -1,14 +1,15 @@
 """The detector contract shared by every method: parameters, fit, calibrate, predict, save.
 
-A method subclasses :class:`Detector`, declares ``_parameter_constraints``, and implements
-small hooks:
+A method subclasses :class:`Detector` (or :class:`BackboneDetector`), declares
+``_parameter_constraints``, implements small hooks and registers itself
+(:func:`flawscope.models.registry.register_detector`):
 
-* ``_fit(dataset)`` -- learn state from good images (attributes ending in ``_``);
+* ``_fit(dataset, progress)`` -- learn state from good images (attributes ending in ``_``);
 * ``_normalisation()`` -- the ``(mean, std)`` its input tensors are normalised with;
 * ``_score_batch(batch)`` -- ``N x 3 x S x S`` tensor -> ``(scores (N,), maps (N, S, S))``
   (or ``_score_images(images)`` for a method that scores each image at its own resolution);
 * ``_state_tensors()`` / ``_state_meta()`` / ``_restore(tensors, meta)`` -- what
-  :mod:`flawscope.serialization` saves and how it is brought back.
+  :mod:`flawscope.serialization` saves and how it is brought back (through :mod:`flawscope.state`).
 
 Reading images, batching, resizing maps back to each image's size, thresholds, masks and boxes
 live here once and are never re-implemented by a method.
@@ -16,12 +17,9 @@ live here once and are never re-implemented by a method.
 
 from __future__ import annotations
 
-import difflib
-import fnmatch
 import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,134 +27,48 @@ import numpy as np
 import torch
 
 from flawscope._progress import progress_bar
-from flawscope._validation import NONE, STRING, Interval, int_sequence, validate_params
+from flawscope._validation import NONE, STRING, Constraints, Interval, int_sequence, validate_params
 from flawscope.data.datasets import DEFECTIVE, ImageDataset, Sample, as_dataset
 from flawscope.data.io import read_image
 from flawscope.data.transforms import to_model_input
-from flawscope.errors import ConfigError, DataError, FlawscopeError, NotFittedError, WeightsError
+from flawscope.devices import resolve_device
+from flawscope.errors import ConfigError, DataError, NotFittedError, WeightsError
 from flawscope.features.extractor import FeatureExtractor
+from flawscope.models.registry import SUPERVISED
 from flawscope.postprocess import Box, boxes_from_mask, segment, threshold_from_scores, upsample_maps
-
-_REGISTRY: dict[str, type[Detector]] = {}
+from flawscope.results import Prediction, ScoredImage
 
 # Parameter constraints shared by methods: every method has the run parameters, every method on
 # a pretrained backbone the backbone ones. A method's table is ``{**BACKBONE_CONSTRAINTS, ...,
 # **RUN_CONSTRAINTS}``.
-RUN_CONSTRAINTS = {"batch_size": [Interval(int, 1, None)], "device": [STRING], "seed": [Interval(int, 0, None)]}
-BACKBONE_CONSTRAINTS = {"backbone": [STRING], "layers": [int_sequence(0)], "weights": [NONE, STRING]}
-
-
-def register_detector(name: str):
-    """Class decorator: make a detector reachable as ``fs.create(name)``."""
-
-    def decorate(cls: type[Detector]) -> type[Detector]:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ConfigError(f"A detector named {name!r} is registered already ({_REGISTRY[name].__name__}).")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorate
-
-
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered detector names matching the fnmatch ``pattern``, sorted."""
-    return sorted(name for name in _REGISTRY if fnmatch.fnmatch(name, pattern))
-
-
-def detector_class(name: str) -> type[Detector]:
-    """The class registered as ``name``; unknown names list what exists and the closest match."""
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"Unknown model {name!r}.{hint} Registered models: {', '.join(list_models())}.")
-    return _REGISTRY[name]
-
-
-def create(name: str, **params: Any) -> Detector:
-    """Create an unfitted detector by registry name, e.g. ``create("patchcore", coreset_ratio=0.1)``."""
-    cls = detector_class(name)
-    known = set(cls._param_names())
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise ConfigError(f"{cls.__name__} has no parameter(s) {unknown}. Its parameters: {sorted(known)}.")
-    return cls(**params)
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without CUDA is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device='cuda' was asked for but torch sees no CUDA device; use device='auto' or 'cpu'.")
-    try:
-        return torch.device(device)
-    except RuntimeError as error:
-        raise ConfigError(f"Unknown device {device!r}; use 'auto', 'cpu' or 'cuda[:N]'.") from error
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """What ``predict`` returns for N images.
-
-    ``anomaly_maps`` hold one float32 ``H_i x W_i`` map per image at that image's own size.
-    ``labels`` (True = NOT OK), ``masks`` and ``boxes`` (``(x0, y0, x1, y1, score)``, x1/y1
-    exclusive) need a calibrated detector and are None otherwise. ``errors`` maps the name of
-    every input that could not be read to the reason (only with ``on_error="skip"``).
-    """
-
-    names: list[str]
-    scores: np.ndarray
-    anomaly_maps: list[np.ndarray]
-    labels: np.ndarray | None = None
-    masks: list[np.ndarray] | None = None
-    boxes: list[list[Box]] | None = None
-    threshold: float | None = None
-    errors: dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        count = len(self.names)
-        sized = {
-            "scores": self.scores,
-            "anomaly_maps": self.anomaly_maps,
-            "labels": self.labels,
-            "masks": self.masks,
-            "boxes": self.boxes,
-        }
-        for what, value in sized.items():
-            if value is not None and len(value) != count:
-                raise ValueError(f"Prediction has {count} names but {len(value)} {what}.")
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-
-@dataclass(frozen=True)
-class ScoredImage:
-    """One image's result from :meth:`Detector.iter_predict` (``error`` set when it could not be read).
-
-    ``image`` holds the pixels as read (float ``H x W x C``), so a consumer that draws overlays
-    does not decode the file a second time.
-    """
-
-    sample: Sample
-    score: float = float("nan")
-    anomaly_map: np.ndarray | None = None
-    error: str | None = None
-    image: np.ndarray | None = None
+RUN_CONSTRAINTS: Constraints = {
+    "batch_size": [Interval(int, 1, None)],
+    "device": [STRING],
+    "seed": [Interval(int, 0, None)],
+}
+BACKBONE_CONSTRAINTS: Constraints = {"backbone": [STRING], "layers": [int_sequence(0)], "weights": [NONE, STRING]}
 
 
 class Detector:
     """Base class of every detector. See the module docstring for the hooks a method implements."""
 
+    # set by register_detector
     name: ClassVar[str] = ""
-    _parameter_constraints: ClassVar[dict[str, Sequence]] = {}
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+    _parameter_constraints: ClassVar[Constraints] = {}
     # how predicted masks are opened unless ``predict`` is told otherwise: a structuring element
     # of this shape ("square" or "disk") and size
     opening_shape: ClassVar[str] = "square"
     default_opening: ClassVar[int] = 3
-    # True for a method that learns from labelled good AND defective images (a classifier)
-    supervised: ClassVar[bool] = False
+
+    image_size: int
+    batch_size: int
+    device: str
+    seed: int
+    device_: torch.device
+    threshold_: float | None
+    pixel_threshold_: float | None
+    calibration_: dict[str, Any]
 
     # ------------------------------------------------------------------ parameters
     @classmethod
@@ -167,7 +79,7 @@ class Detector:
         for klass in cls.__mro__:
             if "__init__" not in vars(klass) or klass is object:
                 continue
-            signature = inspect.signature(klass.__init__)
+            signature = inspect.signature(klass.__init__)  # type: ignore[misc]
             for parameter in signature.parameters.values():
                 if parameter.kind == parameter.KEYWORD_ONLY:
                     parameters.setdefault(parameter.name, parameter)
@@ -176,16 +88,22 @@ class Detector:
         return parameters
 
     @classmethod
-    def _param_names(cls) -> list[str]:
+    def param_names(cls) -> list[str]:
+        """Names of the constructor parameters."""
         return list(cls._init_parameters())
+
+    @property
+    def supervised(self) -> bool:
+        """True for a method that learns from labelled good AND defective images (a classifier)."""
+        return SUPERVISED in self.capabilities
 
     def get_params(self) -> dict[str, Any]:
         """The constructor parameters, as given."""
-        return {name: getattr(self, name) for name in self._param_names()}
+        return {name: getattr(self, name) for name in self.param_names()}
 
     def set_params(self, **params: Any) -> Detector:
         """Set constructor parameters (validated at the next ``fit``); returns self."""
-        unknown = sorted(set(params) - set(self._param_names()))
+        unknown = sorted(set(params) - set(self.param_names()))
         if unknown:
             raise ConfigError(f"{type(self).__name__} has no parameter(s) {unknown}.")
         for name, value in params.items():
@@ -210,7 +128,8 @@ class Detector:
 
         ``images`` is a dataset, a folder or a list of paths / arrays / PIL images. Labels, if
         present, must all be good -- except for a ``supervised`` method, which needs labelled good
-        and defective images. Fitting again forgets the previous fit and calibration.
+        and defective images. Fitting again forgets the previous fit and calibration; a fit that
+        fails leaves the detector as it was before (fitted or not).
         """
         self._validate()
         dataset = as_dataset(images, split="test" if self.supervised else "train")
@@ -222,16 +141,31 @@ class Detector:
             raise DataError(
                 f"{dataset!r} contains defective images; {type(self).__name__} learns from good images only."
             )
-        self.device_ = resolve_device(self.device)
-        self._forget_calibration()
-        self.show_progress_ = progress
-        self._fit(dataset)
+        before = self._learned_state()
+        self._set_learned_state({})
+        try:
+            self.device_ = resolve_device(self.device)
+            self._forget_calibration()
+            self._fit(dataset, progress)
+        except BaseException:
+            self._set_learned_state(before)
+            raise
         return self
 
+    def _learned_state(self) -> dict[str, Any]:
+        """Every learned attribute (public, name ending in ``_``)."""
+        return {key: value for key, value in vars(self).items() if key.endswith("_") and not key.startswith("_")}
+
+    def _set_learned_state(self, state: dict[str, Any]) -> None:
+        """Replace every learned attribute by those of ``state``."""
+        for key in self._learned_state():
+            delattr(self, key)
+        vars(self).update(state)
+
     def _forget_calibration(self) -> None:
-        self.threshold_: float | None = None
-        self.pixel_threshold_: float | None = None
-        self.calibration_: dict[str, Any] = {}
+        self.threshold_ = None
+        self.pixel_threshold_ = None
+        self.calibration_ = {}
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "device_"):
@@ -262,6 +196,7 @@ class Detector:
         labels = np.clip(dataset.labels, 0, 1)
         scores, map_maxima = [], []
         for result in self.iter_predict(dataset, progress=progress, description="calibrating"):
+            assert result.anomaly_map is not None  # on_error="raise": every image was scored
             scores.append(result.score)
             map_maxima.append(float(result.anomaly_map.max()))
         self.threshold_ = threshold_from_scores(np.array(scores), rule, k, target_fpr, labels)
@@ -299,7 +234,7 @@ class Detector:
             raise ConfigError(f"on_error must be 'raise' or 'skip'. Got {on_error!r} instead.")
         dataset = as_dataset(images, split="test")
         size = batch_size or self.batch_size
-        with progress_bar(description, len(dataset), progress and getattr(self, "show_progress_", True)) as bar:
+        with progress_bar(description, len(dataset), progress) as bar:
             for start in range(0, len(dataset), size):
                 chunk = dataset.samples[start : start + size]
                 yield from self._predict_chunk(chunk, on_error)
@@ -319,11 +254,13 @@ class Detector:
         if pixels:
             with torch.inference_mode():
                 scores, maps = self._score_images(pixels)
-                scores = scores.float().cpu().numpy()
+                score_values = scores.float().cpu().numpy()
                 for index, (position, image) in enumerate(zip(readable, pixels)):
                     anomaly_map = upsample_maps(maps[index][None].float(), image.shape[:2])[0].cpu().numpy()
-                    results[position] = ScoredImage(chunk[position], float(scores[index]), anomaly_map, image=image)
-        yield from results  # type: ignore[misc]
+                    results[position] = ScoredImage(
+                        chunk[position], float(score_values[index]), anomaly_map, image=image
+                    )
+        yield from (result for result in results if result is not None)
 
     def predict(
         self,
@@ -341,8 +278,8 @@ class Detector:
         """
         names, scores, maps, errors = [], [], [], {}
         for result in self.iter_predict(images, batch_size=batch_size, on_error=on_error, progress=progress):
-            if result.error is not None:
-                errors[result.sample.name] = result.error
+            if result.anomaly_map is None:
+                errors[result.sample.name] = str(result.error)
                 continue
             names.append(result.sample.name)
             scores.append(result.score)
@@ -360,16 +297,21 @@ class Detector:
         self, score: float, anomaly_map: np.ndarray, opening: int | None = None
     ) -> tuple[bool, np.ndarray, list[Box]]:
         """``(NOT OK?, defect mask, boxes)`` for one scored image, at the calibrated thresholds."""
-        if not self.is_calibrated:
+        threshold, pixel_threshold = self._thresholds()
+        size = self.default_opening if opening is None else opening
+        mask = segment(anomaly_map, pixel_threshold, size, self.opening_shape)
+        return bool(score > threshold), mask, boxes_from_mask(mask, anomaly_map)
+
+    def _thresholds(self) -> tuple[float, float]:
+        """``(image threshold, pixel threshold)``; NotFittedError when not calibrated."""
+        if self.threshold_ is None or self.pixel_threshold_ is None:
             raise NotFittedError(
                 f"This {type(self).__name__} instance is not calibrated yet. Call 'calibrate' with good "
                 "validation images to set the OK / NOT OK threshold."
             )
-        size = self.default_opening if opening is None else opening
-        mask = segment(anomaly_map, self.pixel_threshold_, size, self.opening_shape)
-        return bool(score > self.threshold_), mask, boxes_from_mask(mask, anomaly_map)
+        return self.threshold_, self.pixel_threshold_
 
-    def _score_images(self, images: list[np.ndarray]) -> tuple[torch.Tensor, Sequence[torch.Tensor]]:
+    def _score_images(self, images: list[np.ndarray]) -> tuple[torch.Tensor, Sequence[torch.Tensor] | torch.Tensor]:
         """Scores ``(N,)`` and one map per image (any size; resized to the image afterwards).
 
         By default the images are resized to one tensor for ``_score_batch``; a method that works
@@ -377,11 +319,13 @@ class Detector:
         """
         return self._score_batch(self._to_tensor(images).to(self.device_))
 
-    def _training_batches(self, samples: ImageDataset | Sequence[Sample], description: str) -> Iterator[torch.Tensor]:
+    def _training_batches(
+        self, samples: ImageDataset | Sequence[Sample], description: str, progress: bool
+    ) -> Iterator[torch.Tensor]:
         """Model-input tensors of ``samples`` (a dataset or a list of samples), ``batch_size`` at a
         time, on the model's device, with a progress bar -- for the passes over good images in ``fit``."""
         samples = samples.samples if isinstance(samples, ImageDataset) else list(samples)
-        with progress_bar(description, len(samples), self.show_progress_) as bar:
+        with progress_bar(description, len(samples), progress) as bar:
             for start in range(0, len(samples), self.batch_size):
                 chunk = samples[start : start + self.batch_size]
                 yield self._to_tensor([read_image(sample.image) for sample in chunk]).to(self.device_)
@@ -394,11 +338,16 @@ class Detector:
     @contextmanager
     def _seeded(self) -> Iterator[None]:
         """Run a block on the global torch RNG seeded with ``seed`` (CPU and the model's CUDA
-        device), leaving the caller's RNG state as it was."""
+        device), leaving the caller's RNG state as it was -- for what cannot take a
+        ``torch.Generator``: layers' initial weights and dropout."""
         devices = [self.device_.index or 0] if self.device_.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed)
             yield
+
+    def _generator(self) -> torch.Generator:
+        """A CPU ``torch.Generator`` seeded with ``seed``: the source of a fit's random draws."""
+        return torch.Generator().manual_seed(self.seed)
 
     # ------------------------------------------------------------------ saving
     def save(self, path: str | Path) -> Path:
@@ -420,7 +369,7 @@ class Detector:
         self.calibration_ = state.get("calibration", {})
 
     # ------------------------------------------------------------------ hooks
-    def _fit(self, dataset: ImageDataset) -> None:
+    def _fit(self, dataset: ImageDataset, progress: bool) -> None:
         raise NotImplementedError
 
     def _score_batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -461,6 +410,7 @@ class BackboneDetector(Detector):
     backbone: str
     layers: Sequence[int]
     weights: str | None
+    extractor_: FeatureExtractor
 
     def _build_extractor(self) -> None:
         self.extractor_ = FeatureExtractor(self.backbone, self.layers, self.weights).to(self.device_)
@@ -474,20 +424,16 @@ class BackboneDetector(Detector):
     def _restore_extractor(self, meta: dict[str, Any]) -> None:
         """Rebuild the extractor and check it has the weights the saved state was fitted with."""
         self._build_extractor()
-        if self.extractor_.fingerprint != meta["backbone_fingerprint"]:
-            raise WeightsError(
-                f"This {type(self).__name__} was fitted with backbone weights {meta['backbone_fingerprint']} but the "
-                f"weights found now are {self.extractor_.fingerprint}; its state only matches the original weights."
-            )
+        check_fingerprint(type(self).__name__, meta["backbone_fingerprint"], self.extractor_.fingerprint)
 
 
-__all__ = [
-    "BackboneDetector",
-    "Detector",
-    "FlawscopeError",
-    "Prediction",
-    "ScoredImage",
-    "create",
-    "list_models",
-    "register_detector",
-]
+def check_fingerprint(who: str, saved: str, found: str) -> None:
+    """WeightsError unless the pretrained weights ``found`` now are those (``saved``) a model was fitted with."""
+    if saved != found:
+        raise WeightsError(
+            f"This {who} was fitted with pretrained weights {saved} but the weights found now are {found}; "
+            "its learned state only matches the original weights."
+        )
+
+
+__all__ = ["BACKBONE_CONSTRAINTS", "RUN_CONSTRAINTS", "BackboneDetector", "Detector", "check_fingerprint"]

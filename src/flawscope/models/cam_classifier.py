@@ -18,7 +18,8 @@ confident "normal" image has a faint map.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -27,14 +28,16 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
-from flawscope._progress import progress_bar
 from flawscope._validation import BOOLEAN, NONE, STRING, Check, Interval
 from flawscope.data.datasets import DEFECTIVE, ImageDataset, stratified_split
-from flawscope.errors import NotFittedError, WeightsError
+from flawscope.errors import WeightsError
 from flawscope.features.backbones import backbone_cfg, create_classifier
 from flawscope.metrics import mask_box
-from flawscope.models.base import RUN_CONSTRAINTS, Detector, register_detector
+from flawscope.models.base import RUN_CONSTRAINTS, Detector, check_fingerprint
+from flawscope.models.registry import SUPERVISED, register_detector
 from flawscope.postprocess import Box, upsample_maps
+from flawscope.state import module_tensors, restore_module
+from flawscope.training import EarlyStopping, TrainingLoop
 
 POSITIVE_PAIR = Check(
     lambda v: (
@@ -66,12 +69,14 @@ class CamNetwork(nn.Module):
 
     def __init__(self, trunk: nn.Module) -> None:
         super().__init__()
+        timm_model: Any = trunk  # a timm model: forward_features, num_features
         self.trunk = trunk
-        self.head = nn.Linear(trunk.num_features, 2)
+        self.head = nn.Linear(timm_model.num_features, 2)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits N x 2, last convolutional features N x C x h x w)``."""
-        features = self.trunk.forward_features(images)
+        timm_model: Any = self.trunk
+        features = timm_model.forward_features(images)
         return self.head(features.mean(dim=(2, 3))), features
 
     def anomaly_cam(self, features: torch.Tensor) -> torch.Tensor:
@@ -79,7 +84,6 @@ class CamNetwork(nn.Module):
         return torch.einsum("c,nchw->nhw", self.head.weight[1], features)
 
 
-@register_detector("cam_classifier")
 class CamClassifier(Detector):
     """Fine-tuned CNN classifier (normal / anomaly) with a class activation map and a defect box.
 
@@ -118,7 +122,6 @@ class CamClassifier(Detector):
         Seeds the validation hold-out, the new dense layer, the order and the flips.
     """
 
-    supervised = True
     _parameter_constraints = {
         "backbone": [STRING],
         "weights": [NONE, STRING],
@@ -179,13 +182,13 @@ class CamClassifier(Detector):
         self.network_ = CamNetwork(trunk).to(self.device_)
 
     # ------------------------------------------------------------------ fit
-    def _fit(self, dataset: ImageDataset) -> None:
+    def _fit(self, dataset: ImageDataset, progress: bool) -> None:
         train, validation = stratified_split(dataset, (1 - VALIDATION_SHARE, VALIDATION_SHARE), self.seed)
-        with self._seeded():
+        with self._seeded():  # the new dense layer's initial weights
             self._build_network()
-            images, labels = self._tensors(train)
-            validation_images, validation_labels = self._tensors(validation)
-            self.history_ = self._train(images, labels, validation_images, validation_labels)
+        images, labels = self._tensors(train, progress)
+        validation_images, validation_labels = self._tensors(validation, progress)
+        self.history_ = self._train(images, labels, validation_images, validation_labels, progress)
         self.network_.eval()
         self.threshold_ = 0.5
         self.pixel_threshold_ = self.cam_threshold
@@ -195,8 +198,8 @@ class CamClassifier(Detector):
             "n_defective": int((validation_labels == 1).sum()),
         }
 
-    def _tensors(self, dataset: ImageDataset) -> tuple[torch.Tensor, torch.Tensor]:
-        images = torch.cat(list(self._training_batches(dataset, "reading")))
+    def _tensors(self, dataset: ImageDataset, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        images = torch.cat(list(self._training_batches(dataset, "reading", progress)))
         return images, torch.as_tensor(dataset.labels == DEFECTIVE, dtype=torch.long, device=self.device_)
 
     def _train(
@@ -205,47 +208,67 @@ class CamClassifier(Detector):
         labels: torch.Tensor,
         validation_images: torch.Tensor,
         validation_labels: torch.Tensor,
+        progress: bool,
     ) -> list[dict[str, float]]:
-        """Fine-tune; keep the weights of the epoch with the best validation balanced accuracy."""
-        parameters = [p for p in self.network_.parameters() if p.requires_grad]
-        optimiser = torch.optim.Adam(parameters, lr=self.learning_rate)
-        weights = torch.tensor(self.class_weights, dtype=torch.float32, device=self.device_)
-        history, best, best_state = [], -1.0, None
-        with progress_bar("fine-tuning", self.max_epochs, self.show_progress_) as bar:
-            for epoch in range(self.max_epochs):
-                self.network_.head.train()
-                order = torch.randperm(images.shape[0]).to(self.device_)
-                correct, total_loss = 0, 0.0
-                for start in range(0, images.shape[0], self.batch_size):
-                    chosen = order[start : start + self.batch_size]
-                    batch = self._flipped(images[chosen]) if self.augment else images[chosen]
-                    logits, _ = self.network_(batch)
-                    loss = F.cross_entropy(logits, labels[chosen], weight=weights)
-                    optimiser.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimiser.step()
-                    correct += int((logits.argmax(dim=1) == labels[chosen]).sum())
-                    total_loss += float(loss.detach()) * chosen.numel()
-                record = {
-                    "epoch": epoch + 1,
-                    "loss": total_loss / images.shape[0],
-                    "train_accuracy": correct / images.shape[0],
-                    "validation_balanced_accuracy": self._balanced_accuracy(validation_images, validation_labels),
-                }
-                history.append(record)
-                if record["validation_balanced_accuracy"] >= best:  # ties: the later, longer-trained epoch
-                    best = record["validation_balanced_accuracy"]
-                    best_state = {k: v.detach().clone() for k, v in self.network_.state_dict().items()}
-                bar.advance()
-                if record["train_accuracy"] >= self.stop_accuracy:
-                    break
-        self.network_.load_state_dict(best_state)
-        return history
+        """Fine-tune; keep the weights of the epoch with the best validation balanced accuracy (ties: the
+        later, longer-trained epoch); stop once an epoch's training accuracy reaches ``stop_accuracy``."""
+        class_weights = torch.tensor(self.class_weights, dtype=torch.float32, device=self.device_)
+        epoch_counts = {"correct": 0, "seen": 0}
+        train_accuracy: list[float] = []
+
+        def epoch_batches(generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            epoch_counts.update(correct=0, seen=0)
+            order = torch.randperm(images.shape[0], generator=generator).to(self.device_)
+            for start in range(0, images.shape[0], self.batch_size):
+                chosen = order[start : start + self.batch_size]
+                batch = self._flipped(images[chosen], generator) if self.augment else images[chosen]
+                yield batch, labels[chosen]
+
+        def step_loss(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+            inputs, targets = batch
+            logits, _ = self.network_(inputs)
+            epoch_counts["correct"] += int((logits.argmax(dim=1) == targets).sum())
+            epoch_counts["seen"] += targets.numel()
+            return F.cross_entropy(logits, targets, weight=class_weights)
+
+        def accurate_enough() -> bool:
+            train_accuracy.append(epoch_counts["correct"] / max(epoch_counts["seen"], 1))
+            return train_accuracy[-1] >= self.stop_accuracy
+
+        early_stopping = EarlyStopping(
+            partial(self._balanced_accuracy, validation_images, validation_labels),
+            self.network_,
+            higher_is_better=True,
+            ties_improve=True,
+        )
+        optimiser = torch.optim.Adam([p for p in self.network_.parameters() if p.requires_grad], lr=self.learning_rate)
+        loop = TrainingLoop(
+            [self.network_.head],
+            optimiser,
+            epoch_batches,
+            step_loss,
+            early_stopping=early_stopping,
+            stop_after_epoch=accurate_enough,
+        )
+        steps = -(-images.shape[0] // self.batch_size)
+        history = loop.run(
+            epochs=self.max_epochs,
+            steps_per_epoch=steps,
+            generator=self._generator(),
+            progress=progress,
+            description="fine-tuning",
+        )
+        return [
+            {"epoch": epoch, "loss": loss, "train_accuracy": accuracy, "validation_balanced_accuracy": validation}
+            for epoch, loss, accuracy, validation in zip(
+                range(1, len(history.epoch_losses) + 1), history.epoch_losses, train_accuracy, history.validation
+            )
+        ]
 
     @staticmethod
-    def _flipped(batch: torch.Tensor) -> torch.Tensor:
+    def _flipped(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Each image flipped left-right and/or up-down with probability 1/2 each."""
-        flips = torch.rand(batch.shape[0], 2) < 0.5
+        flips = torch.rand(batch.shape[0], 2, generator=generator) < 0.5
         out = batch.clone()
         for index, (horizontal, vertical) in enumerate(flips.tolist()):
             dims = [d for d, flip in ((-1, horizontal), (-2, vertical)) if flip]
@@ -275,31 +298,35 @@ class CamClassifier(Detector):
     ) -> tuple[bool, np.ndarray, list[Box]]:
         """NOT OK when the anomaly probability passes the threshold; then the defect region is the
         largest connected region of the map at or above ``cam_threshold`` of its maximum, boxed."""
-        if not self.is_calibrated:
-            raise NotFittedError(f"This {type(self).__name__} instance is not fitted yet.")
-        defective = bool(score > self.threshold_)
+        threshold, _ = self._thresholds()
+        defective = bool(score > threshold)
         mask = np.zeros(anomaly_map.shape, dtype=bool)
         if not defective or anomaly_map.max() <= 0:
             return defective, mask, []
         regions, count = ndimage.label(anomaly_map >= self.cam_threshold * anomaly_map.max())
         sizes = ndimage.sum_labels(np.ones_like(regions), regions, index=np.arange(1, count + 1))
         mask = regions == 1 + int(np.argmax(sizes))
-        return defective, mask, [(*mask_box(mask), float(anomaly_map[mask].max()))]
+        box = mask_box(mask)
+        assert box is not None  # the region is not empty
+        return defective, mask, [(*box, float(anomaly_map[mask].max()))]
 
     # ------------------------------------------------------------------ state
     def _state_tensors(self) -> dict[str, torch.Tensor]:
-        return {f"network.{k}": v for k, v in self.network_.state_dict().items()}
+        return module_tensors("network", self.network_)
 
     def _state_meta(self) -> dict[str, Any]:
         return {"backbone_fingerprint": self.fingerprint_, "history": self.history_}
 
     def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self._build_network()
-        if self.fingerprint_ != meta["backbone_fingerprint"]:
-            raise WeightsError(
-                f"This CamClassifier was fine-tuned from backbone weights {meta['backbone_fingerprint']} "
-                f"but the weights found now are {self.fingerprint_}."
-            )
-        self.network_.load_state_dict({k.removeprefix("network."): v for k, v in tensors.items()}, strict=True)
-        self.network_.eval()
+        check_fingerprint(type(self).__name__, meta["backbone_fingerprint"], self.fingerprint_)
+        restore_module(self.network_, tensors, "network").eval()
         self.history_ = list(meta["history"])
+
+
+register_detector(
+    "cam_classifier",
+    CamClassifier,
+    test_params={"image_size": 64, "max_epochs": 2, "learning_rate": 1e-3},
+    capabilities=[SUPERVISED],
+)

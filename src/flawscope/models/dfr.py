@@ -14,19 +14,23 @@ Image score: the map's maximum.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flawscope._progress import progress_bar
 from flawscope._validation import NONE, Interval
 from flawscope.data.datasets import ImageDataset
-from flawscope.errors import ConfigError, WeightsError
+from flawscope.errors import ConfigError
 from flawscope.features.clustering import PCA
-from flawscope.models.base import BACKBONE_CONSTRAINTS, RUN_CONSTRAINTS, BackboneDetector, register_detector
+from flawscope.models.base import BACKBONE_CONSTRAINTS, RUN_CONSTRAINTS, BackboneDetector
+from flawscope.models.registry import register_detector
 from flawscope.postprocess import upsample_maps
+from flawscope.state import checked_tensor, module_tensors, restore_module
+from flawscope.training import TrainingLoop
 
 _PCA_SAMPLES = 100_000
 
@@ -52,7 +56,7 @@ def feature_autoencoder(in_channels: int, latent: int) -> nn.Sequential:
     widths = [in_channels, (in_channels + 2 * latent) // 2, 2 * latent, latent]
     widths = widths + widths[-2::-1]
     layers: list[nn.Module] = []
-    for index, (width_in, width_out) in enumerate(zip(widths[:-1], widths[1:])):
+    for index, (width_in, width_out) in enumerate(itertools.pairwise(widths)):
         layers.append(nn.Conv2d(width_in, width_out, 1))
         last_of_half = index in (2, len(widths) - 2)  # the latent and the output layers are linear
         if not last_of_half:
@@ -60,7 +64,6 @@ def feature_autoencoder(in_channels: int, latent: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-@register_detector("dfr")
 class DFR(BackboneDetector):
     """DFR: a 1 x 1 convolutional autoencoder reconstructs multi-scale regional features.
 
@@ -144,10 +147,10 @@ class DFR(BackboneDetector):
         return regional_features(self.extractor_(batch), self._grid())
 
     # ------------------------------------------------------------------ fit
-    def _fit(self, dataset: ImageDataset) -> None:
+    def _fit(self, dataset: ImageDataset, progress: bool) -> None:
         self._build_extractor()
-        generator = torch.Generator().manual_seed(self.seed)
-        vectors = self._training_vectors(dataset, generator)
+        generator = self._generator()
+        vectors = self._training_vectors(dataset, generator, progress)
         sample = vectors[
             torch.randperm(vectors.shape[0], generator=generator)[:_PCA_SAMPLES].to(vectors.device)
         ].float()
@@ -162,10 +165,9 @@ class DFR(BackboneDetector):
         with self._seeded():  # seeded initial weights, global RNG left alone
             self.autoencoder_ = feature_autoencoder(channels, latent).to(self.device_)
         self.latent_ = latent
-        self.loss_history_ = self._train(vectors, generator)
-        self.autoencoder_.eval()
+        self.loss_history_ = self._train(vectors, generator, progress)
 
-    def _training_vectors(self, dataset: ImageDataset, generator: torch.Generator) -> torch.Tensor:
+    def _training_vectors(self, dataset: ImageDataset, generator: torch.Generator, progress: bool) -> torch.Tensor:
         """``M x C`` float16 feature vectors of the training images (at most ``max_train_vectors``).
 
         Filled in place, batch by batch, so peak memory is the result plus one batch.
@@ -176,7 +178,7 @@ class DFR(BackboneDetector):
         vectors = torch.empty(len(dataset) * per_image, channels, dtype=torch.float16, device=self.device_)
         filled = 0
         with torch.inference_mode():
-            for batch in self._training_batches(dataset, "features"):
+            for batch in self._training_batches(dataset, "features", progress):
                 rows = self._features(batch).flatten(2).transpose(1, 2)  # B x P x C
                 for image_rows in rows:
                     if per_image < image_rows.shape[0]:
@@ -192,29 +194,24 @@ class DFR(BackboneDetector):
         shape[dim] = -1
         return (features - self.feature_mean_.view(shape)) / self.feature_std_.view(shape)
 
-    def _train(self, vectors: torch.Tensor, generator: torch.Generator) -> list[float]:
+    def _train(self, vectors: torch.Tensor, generator: torch.Generator, progress: bool) -> list[float]:
         """Adam on the mean squared reconstruction error; returns the mean loss of every epoch."""
+        starts = range(0, vectors.shape[0] - 1, self.vectors_per_step)
+
+        def epoch_batches(generator: torch.Generator) -> Iterator[torch.Tensor]:
+            order = torch.randperm(vectors.shape[0], generator=generator).to(vectors.device)
+            for start in starts:
+                chunk = self._standardise(vectors[order[start : start + self.vectors_per_step]].float())
+                if chunk.shape[0] >= 2:  # batch norm needs two vectors
+                    yield chunk.T[None, :, :, None]  # 1 x C x M x 1: a 1 x 1 conv over M positions
+
+        def step_loss(inputs: torch.Tensor) -> torch.Tensor:
+            return F.mse_loss(self.autoencoder_(inputs), inputs)
+
         optimiser = torch.optim.Adam(self.autoencoder_.parameters(), lr=self.learning_rate)
-        self.autoencoder_.train()
-        history = []
-        with progress_bar("training", self.epochs, self.show_progress_) as bar:
-            for _ in range(self.epochs):
-                order = torch.randperm(vectors.shape[0], generator=generator).to(vectors.device)
-                total, steps = 0.0, 0
-                for start in range(0, vectors.shape[0] - 1, self.vectors_per_step):
-                    chunk = self._standardise(vectors[order[start : start + self.vectors_per_step]].float())
-                    if chunk.shape[0] < 2:  # batch norm needs two vectors
-                        continue
-                    inputs = chunk.T[None, :, :, None]  # 1 x C x M x 1: a 1 x 1 conv over M positions
-                    loss = F.mse_loss(self.autoencoder_(inputs), inputs)
-                    optimiser.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimiser.step()
-                    total += float(loss.detach())
-                    steps += 1
-                history.append(total / max(steps, 1))
-                bar.advance()
-        return history
+        loop = TrainingLoop([self.autoencoder_], optimiser, epoch_batches, step_loss)
+        history = loop.run(epochs=self.epochs, steps_per_epoch=len(starts), generator=generator, progress=progress)
+        return history.epoch_losses
 
     # ------------------------------------------------------------------ predict
     def _score_batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -225,7 +222,7 @@ class DFR(BackboneDetector):
 
     # ------------------------------------------------------------------ state
     def _state_tensors(self) -> dict[str, torch.Tensor]:
-        tensors = {f"autoencoder.{k}": v for k, v in self.autoencoder_.state_dict().items()}
+        tensors = module_tensors("autoencoder", self.autoencoder_)
         return {**tensors, "feature_mean": self.feature_mean_, "feature_std": self.feature_std_}
 
     def _state_meta(self) -> dict[str, Any]:
@@ -237,11 +234,9 @@ class DFR(BackboneDetector):
         self.latent_ = int(meta["latent_channels"])
         self.loss_history_ = list(meta["loss_history"])
         self.autoencoder_ = feature_autoencoder(channels, self.latent_).to(self.device_)
-        state = {k.removeprefix("autoencoder."): v for k, v in tensors.items() if k.startswith("autoencoder.")}
-        try:
-            self.autoencoder_.load_state_dict(state, strict=True)
-        except RuntimeError as error:
-            raise WeightsError(f"Saved DFR autoencoder does not fit {channels} feature channels: {error}") from None
-        self.autoencoder_.eval()
-        self.feature_mean_ = tensors["feature_mean"].to(self.device_)
-        self.feature_std_ = tensors["feature_std"].to(self.device_)
+        restore_module(self.autoencoder_, tensors, "autoencoder").eval()
+        self.feature_mean_ = checked_tensor(tensors, "feature_mean", (channels,)).to(self.device_)
+        self.feature_std_ = checked_tensor(tensors, "feature_std", (channels,)).to(self.device_)
+
+
+register_detector("dfr", DFR, test_params={"image_size": 64, "epochs": 3, "vectors_per_step": 512})

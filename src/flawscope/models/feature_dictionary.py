@@ -19,7 +19,6 @@ test descriptors are computed the same way.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -27,14 +26,16 @@ import torch
 import torch.nn.functional as F
 
 from flawscope._memory import release_freed_memory
-from flawscope._progress import progress_bar
+from flawscope._progress import tracked
 from flawscope._validation import Interval
-from flawscope.data.datasets import ImageDataset, Sample
+from flawscope.data.datasets import ImageDataset
 from flawscope.data.io import read_image
 from flawscope.data.transforms import normalise, rgb_tensor
-from flawscope.errors import ConfigError, WeightsError
+from flawscope.errors import ConfigError
 from flawscope.features.clustering import PCA, kmeans, pairwise_squared_distances
-from flawscope.models.base import BACKBONE_CONSTRAINTS, RUN_CONSTRAINTS, BackboneDetector, register_detector
+from flawscope.models.base import BACKBONE_CONSTRAINTS, RUN_CONSTRAINTS, BackboneDetector
+from flawscope.models.registry import register_detector
+from flawscope.state import checked_tensor
 
 
 def mean_of_covering_patches(
@@ -53,7 +54,6 @@ def mean_of_covering_patches(
     return F.pad(blocks, (0, pad_right, 0, pad_bottom), mode="replicate")[0, 0]
 
 
-@register_detector("feature_dictionary")
 class FeatureDictionary(BackboneDetector):
     """CNN Feature Dictionary: nearest-dictionary-word distance of global-pooled patch descriptors.
 
@@ -131,7 +131,8 @@ class FeatureDictionary(BackboneDetector):
         if self.patch_size % reduction or reduction % self.stride:
             raise ConfigError(
                 f"With {self.backbone} stage {self.layers[0]} (stride {reduction}) patch_size must be a multiple of "
-                f"{reduction} and stride must divide {reduction}; got patch_size={self.patch_size}, stride={self.stride}."
+                f"{reduction} and stride must divide {reduction}; got patch_size={self.patch_size}, "
+                f"stride={self.stride}."
             )
 
     # ------------------------------------------------------------------ descriptors
@@ -179,13 +180,13 @@ class FeatureDictionary(BackboneDetector):
         return F.interpolate(pixels[None], size=size, mode="bilinear", align_corners=False)[0]
 
     # ------------------------------------------------------------------ fit
-    def _fit(self, dataset: ImageDataset) -> None:
+    def _fit(self, dataset: ImageDataset, progress: bool) -> None:
         self._build_extractor()
-        generator = torch.Generator().manual_seed(self.seed)
+        generator = self._generator()
         per_image = -(-self.n_patches // len(dataset))
         descriptors = []
         with torch.inference_mode():
-            for position, sample in enumerate(self._progress_over(dataset, "descriptors")):
+            for sample in tracked(dataset.samples, "descriptors", progress):
                 grid = self._descriptor_grid(read_image(sample.image)).flatten(0, 1)
                 chosen = torch.randperm(grid.shape[0], generator=generator)[:per_image]
                 descriptors.append(grid[chosen.to(grid.device)])
@@ -200,12 +201,6 @@ class FeatureDictionary(BackboneDetector):
         centres = kmeans(projected, self.n_centres, generator)
         self.dictionary_ = projected[pairwise_squared_distances(projected, centres).argmin(dim=0)].contiguous()
         self.n_training_patches_ = int(training.shape[0])
-
-    def _progress_over(self, dataset: ImageDataset, description: str) -> Iterator[Sample]:
-        with progress_bar(description, len(dataset), self.show_progress_) as bar:
-            for sample in dataset.samples:
-                yield sample
-                bar.advance()
 
     # ------------------------------------------------------------------ predict
     def _patch_scores(self, image: np.ndarray) -> torch.Tensor:
@@ -233,18 +228,17 @@ class FeatureDictionary(BackboneDetector):
 
     def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self._restore_extractor(meta)
-        mean, components, dictionary = tensors["pca_mean"], tensors["pca_components"], tensors["dictionary"]
         channels = self.extractor_.channels[0]
-        if (
-            mean.shape != (channels,)
-            or components.shape[0] != channels
-            or dictionary.shape != (self.n_centres, components.shape[1])
-        ):
-            raise WeightsError(
-                f"Saved dictionary has shapes mean {tuple(mean.shape)}, components {tuple(components.shape)}, "
-                f"dictionary {tuple(dictionary.shape)}; {self.backbone} stage {self.layers[0]} gives {channels} "
-                f"channels and n_centres={self.n_centres}."
-            )
+        components = checked_tensor(tensors, "pca_components", (channels, None))
+        mean = checked_tensor(tensors, "pca_mean", (channels,))
+        dictionary = checked_tensor(tensors, "dictionary", (self.n_centres, components.shape[1]))
         self.pca_ = PCA(mean.to(self.device_), components.to(self.device_))
         self.dictionary_ = dictionary.to(self.device_)
         self.n_training_patches_ = meta["n_training_patches"]
+
+
+register_detector(
+    "feature_dictionary",
+    FeatureDictionary,
+    test_params={"layers": (3,), "patch_size": 32, "n_patches": 600, "n_centres": 5},
+)

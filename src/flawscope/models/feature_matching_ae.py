@@ -22,11 +22,10 @@ from flawscope._validation import NONE, STRING, Interval, int_sequence
 from flawscope.data.datasets import ImageDataset
 from flawscope.data.transforms import normalise
 from flawscope.features.extractor import FeatureExtractor
-from flawscope.models.autoencoder import ConvolutionalAutoencoder
-from flawscope.models.base import register_detector
+from flawscope.models.autoencoder import PATCH_TEST_PARAMS, ConvolutionalAutoencoder
+from flawscope.models.registry import register_detector
 
 
-@register_detector("feature_matching_ae")
 class FeatureMatchingAutoencoder(ConvolutionalAutoencoder):
     """L2 autoencoder regularised by matching pretrained CNN features of input and reconstruction.
 
@@ -67,12 +66,12 @@ class FeatureMatchingAutoencoder(ConvolutionalAutoencoder):
         self.weights = weights
         self.feature_weight = feature_weight
 
-    def _fit(self, dataset: ImageDataset) -> None:
+    def _fit(self, dataset: ImageDataset, progress: bool) -> None:
         self.extractor_ = FeatureExtractor(self.backbone, self.layers, self.weights).to(self.device_)
         self.extractor_.requires_grad_(False)
         self.backbone_fingerprint_ = self.extractor_.fingerprint
         try:
-            super()._fit(dataset)
+            super()._fit(dataset, progress)
         finally:
             del self.extractor_  # only the training loss uses it
 
@@ -82,7 +81,7 @@ class FeatureMatchingAutoencoder(ConvolutionalAutoencoder):
         normalised = normalise(rgb, self.extractor_.cfg.mean, self.extractor_.cfg.std)
         return self.extractor_.model(normalised.contiguous(memory_format=torch.channels_last))
 
-    def _loss(self, patches: torch.Tensor) -> torch.Tensor:
+    def _loss(self, patches: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         reconstructions = self.network_(patches)
         loss = self._patch_losses(patches, reconstructions)
         with torch.no_grad():
@@ -97,3 +96,6 @@ class FeatureMatchingAutoencoder(ConvolutionalAutoencoder):
     def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         super()._restore(tensors, meta)
         self.backbone_fingerprint_ = meta["backbone_fingerprint"]
+
+
+register_detector("feature_matching_ae", FeatureMatchingAutoencoder, test_params=PATCH_TEST_PARAMS)

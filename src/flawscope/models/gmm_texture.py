@@ -18,15 +18,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from flawscope._progress import progress_bar
+from flawscope._progress import tracked
 from flawscope._validation import Interval
 from flawscope.data.datasets import ImageDataset, Sample
 from flawscope.data.io import read_image
 from flawscope.data.transforms import grey_batch
-from flawscope.errors import ConfigError, DataError, WeightsError
+from flawscope.errors import ConfigError, DataError
 from flawscope.features.clustering import GaussianMixture
-from flawscope.models.base import RUN_CONSTRAINTS, Detector, register_detector
+from flawscope.models.base import RUN_CONSTRAINTS, Detector
+from flawscope.models.registry import register_detector
 from flawscope.postprocess import upsample_maps
+from flawscope.state import checked_tensor
 
 
 def pyramid(images: torch.Tensor, levels: int) -> list[torch.Tensor]:
@@ -44,7 +46,6 @@ def dense_patches(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     return F.unfold(padded, patch_size).transpose(1, 2)
 
 
-@register_detector("gmm_texture")
 class GMMTexture(Detector):
     """GMM Texture Inspection: per-level Gaussian mixtures of grey 7 x 7 patches, z-normalised NLL maps.
 
@@ -130,49 +131,44 @@ class GMMTexture(Detector):
     def _to_tensor(self, images: list[np.ndarray]) -> torch.Tensor:
         return grey_batch(images, self.image_size)
 
-    def _fit(self, dataset: ImageDataset) -> None:
+    def _fit(self, dataset: ImageDataset, progress: bool) -> None:
         if len(dataset) < 2:
             raise DataError(
                 f"gmm_texture needs at least 2 good images (one is held out to normalise); got {len(dataset)}."
             )
-        generator = torch.Generator().manual_seed(self.seed)
+        generator = self._generator()
         order = torch.randperm(len(dataset), generator=generator).tolist()
         n_validation = min(self.n_validation, max(1, len(dataset) // 5))
         validation = [dataset.samples[i] for i in order[:n_validation]]
         training = [dataset.samples[i] for i in order[n_validation:][: self.max_train_images]]
-        level_patches = self._sample_patches(training, generator)
-        self.mixtures_ = []
-        with progress_bar("mixtures", self.levels, self.show_progress_) as bar:
-            for patches in level_patches:
-                self.mixtures_.append(
-                    GaussianMixture.fit(patches.to(self.device_), self.n_components, generator, max_iter=self.max_iter)
-                )
-                bar.advance()
+        level_patches = self._sample_patches(training, generator, progress)
+        self.mixtures_ = [
+            GaussianMixture.fit(patches.to(self.device_), self.n_components, generator, max_iter=self.max_iter)
+            for patches in tracked(level_patches, "mixtures", progress)
+        ]
         self.level_mean_ = torch.zeros(self.levels, device=self.device_)
         self.level_std_ = torch.ones(self.levels, device=self.device_)
-        self._normalise_levels(validation)
+        self._normalise_levels(validation, progress)
 
-    def _sample_patches(self, training: list, generator: torch.Generator) -> list[torch.Tensor]:
+    def _sample_patches(self, training: list[Sample], generator: torch.Generator, progress: bool) -> list[torch.Tensor]:
         """``samples_per_level`` random patches per level, drawn evenly from the training images."""
         per_image = -(-self.samples_per_level // len(training))
         level_patches: list[list[torch.Tensor]] = [[] for _ in range(self.levels)]
-        with progress_bar("patches", len(training), self.show_progress_) as bar:
-            for sample in training:
-                images = pyramid(self._to_tensor([read_image(sample.image)]), self.levels)
-                for level, image in enumerate(images):
-                    patches = dense_patches(image, self.patch_size)[0]
-                    chosen = torch.randperm(patches.shape[0], generator=generator)[:per_image]
-                    level_patches[level].append(patches[chosen])
-                bar.advance()
+        for sample in tracked(training, "patches", progress):
+            images = pyramid(self._to_tensor([read_image(sample.image)]), self.levels)
+            for level, image in enumerate(images):
+                patches = dense_patches(image, self.patch_size)[0]
+                chosen = torch.randperm(patches.shape[0], generator=generator)[:per_image]
+                level_patches[level].append(patches[chosen])
         return [torch.cat(patches)[: self.samples_per_level] for patches in level_patches]
 
-    def _normalise_levels(self, validation: list[Sample]) -> None:
+    def _normalise_levels(self, validation: list[Sample], progress: bool) -> None:
         """Set each level's mean and standard deviation of the NLL over the held-out good images."""
         sums = torch.zeros(self.levels, dtype=torch.float64)
         squares = torch.zeros(self.levels, dtype=torch.float64)
         count = torch.zeros(self.levels, dtype=torch.float64)
         with torch.inference_mode():
-            for batch in self._training_batches(validation, "normalising"):
+            for batch in self._training_batches(validation, "normalising", progress):
                 for level, nll in enumerate(self._level_maps(batch)):
                     values = nll.double().cpu()
                     sums[level] += values.sum()
@@ -210,29 +206,21 @@ class GMMTexture(Detector):
         return tensors
 
     def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        dim = self.patch_size**2
-        self.mixtures_ = []
-        for level in range(self.levels):
-            try:
-                weights, means, chol = (
-                    tensors[f"level{level}.{name}"] for name in ("weights", "means", "precision_cholesky")
-                )
-            except KeyError as error:
-                raise WeightsError(
-                    f"Saved gmm_texture state lacks {error.args[0]!r} for {self.levels} levels."
-                ) from None
-            expected = (self.n_components, dim)
-            if (
-                tuple(weights.shape) != expected[:1]
-                or tuple(means.shape) != expected
-                or tuple(chol.shape) != (*expected, dim)
-            ):
-                raise WeightsError(
-                    f"Saved mixture of level {level} has shapes {tuple(means.shape)} / {tuple(chol.shape)}; "
-                    f"n_components={self.n_components} and patch_size={self.patch_size} need {expected} / {(*expected, dim)}."
-                )
-            self.mixtures_.append(
-                GaussianMixture(weights.to(self.device_), means.to(self.device_), chol.to(self.device_))
+        dim, components = self.patch_size**2, self.n_components
+        self.mixtures_ = [
+            GaussianMixture(
+                checked_tensor(tensors, f"level{level}.weights", (components,)).to(self.device_),
+                checked_tensor(tensors, f"level{level}.means", (components, dim)).to(self.device_),
+                checked_tensor(tensors, f"level{level}.precision_cholesky", (components, dim, dim)).to(self.device_),
             )
-        self.level_mean_ = tensors["level_mean"].to(self.device_)
-        self.level_std_ = tensors["level_std"].to(self.device_)
+            for level in range(self.levels)
+        ]
+        self.level_mean_ = checked_tensor(tensors, "level_mean", (self.levels,)).to(self.device_)
+        self.level_std_ = checked_tensor(tensors, "level_std", (self.levels,)).to(self.device_)
+
+
+register_detector(
+    "gmm_texture",
+    GMMTexture,
+    test_params={"image_size": 64, "levels": 2, "patch_size": 5, "n_components": 2, "samples_per_level": 2000},
+)

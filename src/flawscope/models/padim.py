@@ -11,7 +11,7 @@ to the input size and smoothed with a Gaussian of sigma 4; the image score is th
 
 from __future__ import annotations
 
-import sys
+import warnings
 from typing import Any
 
 import torch
@@ -19,9 +19,11 @@ import torch.nn.functional as F
 
 from flawscope._validation import Interval
 from flawscope.data.datasets import ImageDataset
-from flawscope.errors import ConfigError, WeightsError
-from flawscope.models.base import BACKBONE_CONSTRAINTS, RUN_CONSTRAINTS, BackboneDetector, register_detector
+from flawscope.errors import ConfigError
+from flawscope.models.base import BACKBONE_CONSTRAINTS, RUN_CONSTRAINTS, BackboneDetector
+from flawscope.models.registry import register_detector
 from flawscope.postprocess import gaussian_blur, upsample_maps
+from flawscope.state import checked_tensor
 
 _MEMORY_NOTICE_BYTES = 256 * 2**20
 
@@ -55,7 +57,7 @@ class GaussianAccumulator:
         batch_count = embeddings.shape[0]
         batch_mean = embeddings.mean(dim=0)
         centred = (embeddings - batch_mean).permute(1, 0, 2)  # P x B x d
-        if self.mean is None:
+        if self.mean is None or self.scatter is None:
             self.count, self.mean = batch_count, batch_mean
             self.scatter = centred.transpose(1, 2) @ centred
             return
@@ -92,7 +94,6 @@ def model_bytes(positions: int, n_features: int) -> int:
     return 4 * positions * n_features * (n_features + 1)
 
 
-@register_detector("padim")
 class PaDiM(BackboneDetector):
     """PaDiM: a Gaussian per feature-map position, Mahalanobis distance as the anomaly map.
 
@@ -171,29 +172,30 @@ class PaDiM(BackboneDetector):
         self.grid_ = tuple(embedding.shape[-2:])
         return embedding.flatten(2).transpose(1, 2)
 
-    def _fit(self, dataset: ImageDataset) -> None:
+    def _fit(self, dataset: ImageDataset, progress: bool) -> None:
         self._build_extractor()
-        generator = torch.Generator().manual_seed(self.seed)
+        generator = self._generator()
         self.channels_ = torch.randperm(sum(self.extractor_.channels), generator=generator)[: self.n_features].to(
             self.device_
         )
         self._announce_memory()
         accumulator = GaussianAccumulator()
         with torch.inference_mode():
-            for batch in self._training_batches(dataset, "features"):
+            for batch in self._training_batches(dataset, "features", progress):
                 accumulator.update(self._embedding(batch))
+            assert accumulator.mean is not None  # fit has at least one image
             self.mean_ = accumulator.mean.contiguous()
             self.precision_ = accumulator.precision(self.regularisation).contiguous()
 
     def _announce_memory(self) -> None:
-        """Print the model's size when it is large (the covariance grows with positions x features^2)."""
+        """Warn when the model is large (the covariance grows with positions x features^2)."""
         side = -(-self.image_size // self.extractor_.reductions[0])
         size = model_bytes(side * side, self.n_features)
         if size >= _MEMORY_NOTICE_BYTES:
-            print(
+            warnings.warn(
                 f"PaDiM: {side}x{side} positions x {self.n_features}^2 covariance = {size / 2**20:.0f} MiB for the "
                 f"model (about twice that while fitting); lower image_size or n_features to shrink it.",
-                file=sys.stderr,
+                stacklevel=4,
             )
 
     def _score_batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,19 +211,11 @@ class PaDiM(BackboneDetector):
 
     def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self._restore_extractor(meta)
-        mean, precision, channels = tensors["mean"], tensors["precision"], tensors["channels"]
         self.grid_ = tuple(meta["grid"])
         positions, dim = self.grid_[0] * self.grid_[1], self.n_features
-        if (
-            tuple(mean.shape) != (positions, dim)
-            or tuple(precision.shape) != (positions, dim, dim)
-            or tuple(channels.shape) != (dim,)
-        ):
-            raise WeightsError(
-                f"Saved PaDiM statistics have shapes mean {tuple(mean.shape)}, precision {tuple(precision.shape)}, "
-                f"channels {tuple(channels.shape)}; a {self.grid_} grid with n_features={dim} needs "
-                f"{(positions, dim)}, {(positions, dim, dim)}, {(dim,)}."
-            )
-        self.mean_ = mean.to(self.device_).contiguous()
-        self.precision_ = precision.to(self.device_).contiguous()
-        self.channels_ = channels.to(self.device_)
+        self.mean_ = checked_tensor(tensors, "mean", (positions, dim)).to(self.device_).contiguous()
+        self.precision_ = checked_tensor(tensors, "precision", (positions, dim, dim)).to(self.device_).contiguous()
+        self.channels_ = checked_tensor(tensors, "channels", (dim,)).to(self.device_)
+
+
+register_detector("padim", PaDiM, test_params={"image_size": 64, "n_features": 40})

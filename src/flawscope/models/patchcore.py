@@ -17,12 +17,13 @@ import torch
 
 from flawscope._validation import BOOLEAN, Interval, Options
 from flawscope.data.datasets import ImageDataset
-from flawscope.errors import WeightsError
 from flawscope.features.coreset import greedy_coreset, projection_matrix
 from flawscope.features.extractor import local_patch_features, patch_rows
 from flawscope.features.neighbours import SEARCH_BACKENDS, make_search
-from flawscope.models.base import BACKBONE_CONSTRAINTS, RUN_CONSTRAINTS, BackboneDetector, register_detector
+from flawscope.models.base import BACKBONE_CONSTRAINTS, RUN_CONSTRAINTS, BackboneDetector
+from flawscope.models.registry import register_detector
 from flawscope.postprocess import gaussian_blur, upsample_maps
+from flawscope.state import checked_tensor
 
 
 def reweighted_scores(
@@ -54,7 +55,6 @@ def reweighted_scores(
     return weight * best_score
 
 
-@register_detector("patchcore")
 class PatchCore(BackboneDetector):
     """PatchCore: nearest-neighbour distance of patch features to a coreset memory bank.
 
@@ -137,7 +137,7 @@ class PatchCore(BackboneDetector):
         return local_patch_features(self.extractor_(batch)).float()
 
     # ------------------------------------------------------------------ fit
-    def _fit(self, dataset: ImageDataset) -> None:
+    def _fit(self, dataset: ImageDataset, progress: bool) -> None:
         """Extract features, select the coreset on their projection, keep the selected patches.
 
         Only the projected features of all training patches are held at once (the paper's 128-d
@@ -145,15 +145,15 @@ class PatchCore(BackboneDetector):
         dimension by a second pass of the backbone, so peak memory stays near ``N x 128`` floats.
         """
         self._build_extractor()
-        generator = torch.Generator().manual_seed(self.seed)
+        generator = self._generator()
         matrix = projection_matrix(sum(self.extractor_.channels), self.projection_dim, generator)
-        projected = self._training_features(dataset, matrix, description="features")
-        selected = greedy_coreset(projected, self.coreset_ratio, generator, self.show_progress_)
+        projected = self._training_features(dataset, matrix, progress, description="features")
+        selected = greedy_coreset(projected, self.coreset_ratio, generator, progress)
         if matrix is None:
             bank = projected[selected]
         else:
             del projected
-            bank = self._training_features(dataset, None, rows=selected, description="memory bank")
+            bank = self._training_features(dataset, None, progress, rows=selected, description="memory bank")
         self.memory_bank_ = bank.contiguous()
         self.search_index_ = make_search(self.search, self.device_).fit(self.memory_bank_)
 
@@ -161,6 +161,7 @@ class PatchCore(BackboneDetector):
         self,
         dataset: ImageDataset,
         matrix: torch.Tensor | None,
+        progress: bool,
         rows: torch.Tensor | None = None,
         description: str = "features",
     ) -> torch.Tensor:
@@ -175,7 +176,7 @@ class PatchCore(BackboneDetector):
         wanted = None if rows is None else rows[order].to(self.device_)
         kept = first_row = 0
         with torch.inference_mode():
-            for batch in self._training_batches(dataset, description):
+            for batch in self._training_batches(dataset, description, progress):
                 patches = self._patch_features(batch)
                 per_image = patches.shape[2] * patches.shape[3]
                 batch_rows = patch_rows(patches)
@@ -191,6 +192,7 @@ class PatchCore(BackboneDetector):
                 features[kept : kept + batch_rows.shape[0]] = batch_rows
                 kept += batch_rows.shape[0]
                 first_row = end_row
+        assert features is not None  # fit has at least one image
         if order is None:
             return features
         restored = torch.empty_like(features)
@@ -227,9 +229,9 @@ class PatchCore(BackboneDetector):
 
     def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self._restore_extractor(meta)
-        dim = sum(self.extractor_.channels)
-        bank = tensors["memory_bank"]
-        if bank.ndim != 2 or bank.shape[1] != dim:
-            raise WeightsError(f"Saved memory bank has shape {tuple(bank.shape)}; backbone layers give {dim} features.")
+        bank = checked_tensor(tensors, "memory_bank", (None, sum(self.extractor_.channels)))
         self.memory_bank_ = bank.to(self.device_).contiguous()
         self.search_index_ = make_search(self.search, self.device_).fit(self.memory_bank_)
+
+
+register_detector("patchcore", PatchCore, test_params={"image_size": 64, "coreset_ratio": 0.25})

@@ -18,20 +18,22 @@ deviation.
 
 from __future__ import annotations
 
-import sys
+from collections.abc import Iterator
+from functools import partial
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flawscope._progress import progress_bar
 from flawscope._validation import NONE, Interval, Options
 from flawscope.data.datasets import ImageDataset
-from flawscope.errors import WeightsError
 from flawscope.features.extractor import local_patch_features, patch_rows
-from flawscope.models.base import BACKBONE_CONSTRAINTS, RUN_CONSTRAINTS, BackboneDetector, register_detector
+from flawscope.models.base import BACKBONE_CONSTRAINTS, RUN_CONSTRAINTS, BackboneDetector
+from flawscope.models.registry import register_detector
 from flawscope.postprocess import gaussian_blur, upsample_maps
+from flawscope.state import checked_tensor, module_tensors, restore_module
+from flawscope.training import TrainingLoop, announce_schedule
 
 
 def feature_adaptor(dim: int) -> nn.Linear:
@@ -57,7 +59,6 @@ def truncated_l1_loss(normal_scores: torch.Tensor, anomalous_scores: torch.Tenso
     return F.relu(margin - normal_scores).mean() + F.relu(margin + anomalous_scores).mean()
 
 
-@register_detector("simplenet")
 class SimpleNet(BackboneDetector):
     """SimpleNet: a discriminator tells adapted normal features from noise-perturbed ones.
 
@@ -157,35 +158,37 @@ class SimpleNet(BackboneDetector):
         return (rows - self.feature_mean_) / self.feature_std_
 
     # ------------------------------------------------------------------ fit
-    def _fit(self, dataset: ImageDataset) -> None:
+    def _fit(self, dataset: ImageDataset, progress: bool) -> None:
         self._build_extractor()
-        rows = self._training_rows(dataset)
+        rows = self._training_rows(dataset, progress)
         self.feature_mean_ = rows.mean(dim=0)
         self.feature_std_ = rows.std(dim=0).clamp_min(1e-6)
         epochs = self.epochs or self.recipes[self.recipe]
-        if self.show_progress_ and epochs != self.recipes["paper"]:
-            print(
-                f"simplenet: training {epochs} epochs (the paper: {self.recipes['paper']}; recipe='paper' for it)",
-                file=sys.stderr,
-            )
-        with self._seeded():
+        paper = self.recipes["paper"]
+        announce_schedule(self.name, f"{epochs} epochs", f"{paper} epochs", paper / epochs)
+        with self._seeded():  # the layers' initial weights
             dim = rows.shape[1]
             self.adaptor_ = feature_adaptor(dim).to(self.device_)
             self.discriminator_ = discriminator(dim, self.hidden).to(self.device_)
-            self.loss_history_ = self._train(rows, epochs, rows.shape[0] // len(dataset) * self.batch_size)
-        self.adaptor_.eval()
-        self.discriminator_.eval()
+        self.loss_history_ = self._train(rows, epochs, rows.shape[0] // len(dataset) * self.batch_size, progress)
 
-    def _training_rows(self, dataset: ImageDataset) -> torch.Tensor:
+    def _training_rows(self, dataset: ImageDataset, progress: bool) -> torch.Tensor:
         """``(N * h * w) x D`` raw features of every training position (float32)."""
         with torch.inference_mode():
-            rows = torch.cat(
-                [patch_rows(self._features(batch)) for batch in self._training_batches(dataset, "features")]
-            )
+            batches = self._training_batches(dataset, "features", progress)
+            rows = torch.cat([patch_rows(self._features(batch)) for batch in batches])
         return rows.clone()
 
-    def _train(self, rows: torch.Tensor, epochs: int, rows_per_step: int) -> list[float]:
+    def _train(self, rows: torch.Tensor, epochs: int, rows_per_step: int, progress: bool) -> list[float]:
         """Adam on the truncated L1 loss; returns every epoch's mean loss."""
+        starts = range(0, rows.shape[0] - 1, rows_per_step)
+        generator = self._generator()
+
+        def epoch_batches(generator: torch.Generator) -> Iterator[torch.Tensor]:
+            order = torch.randperm(rows.shape[0], generator=generator).to(rows.device)
+            for start in starts:
+                yield self._standardise(rows[order[start : start + rows_per_step]])
+
         optimiser = torch.optim.Adam(
             [
                 {"params": self.adaptor_.parameters(), "lr": self.adaptor_lr},
@@ -196,28 +199,15 @@ class SimpleNet(BackboneDetector):
                 },
             ]
         )
-        self.adaptor_.train()
-        self.discriminator_.train()
-        history = []
-        with progress_bar("training", epochs, self.show_progress_) as bar:
-            for _ in range(epochs):
-                order = torch.randperm(rows.shape[0]).to(rows.device)
-                total, steps = 0.0, 0
-                for start in range(0, rows.shape[0] - 1, rows_per_step):
-                    loss = self._loss(self._standardise(rows[order[start : start + rows_per_step]]))
-                    optimiser.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimiser.step()
-                    total += float(loss.detach())
-                    steps += 1
-                history.append(total / max(steps, 1))
-                bar.advance()
-        return history
+        networks = [self.adaptor_, self.discriminator_]
+        loop = TrainingLoop(networks, optimiser, epoch_batches, partial(self._loss, generator=generator))
+        return loop.run(epochs=epochs, steps_per_epoch=len(starts), generator=generator, progress=progress).epoch_losses
 
-    def _loss(self, normal_rows: torch.Tensor) -> torch.Tensor:
+    def _loss(self, normal_rows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Truncated L1 loss of adapted normal features and their noise-perturbed copies."""
         adapted = self.adaptor_(normal_rows)
-        anomalous = adapted + self.noise_std * torch.randn_like(adapted)
+        noise = torch.randn(adapted.shape, generator=generator).to(adapted.device)
+        anomalous = adapted + self.noise_std * noise
         scores = self.discriminator_(torch.cat([adapted, anomalous]))[:, 0]
         normal_scores, anomalous_scores = scores.split(adapted.shape[0])
         return truncated_l1_loss(normal_scores, anomalous_scores, self.margin)
@@ -233,8 +223,7 @@ class SimpleNet(BackboneDetector):
 
     # ------------------------------------------------------------------ state
     def _state_tensors(self) -> dict[str, torch.Tensor]:
-        tensors = {f"adaptor.{k}": v for k, v in self.adaptor_.state_dict().items()}
-        tensors |= {f"discriminator.{k}": v for k, v in self.discriminator_.state_dict().items()}
+        tensors = module_tensors("adaptor", self.adaptor_) | module_tensors("discriminator", self.discriminator_)
         return {**tensors, "feature_mean": self.feature_mean_, "feature_std": self.feature_std_}
 
     def _state_meta(self) -> dict[str, Any]:
@@ -243,17 +232,12 @@ class SimpleNet(BackboneDetector):
     def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self._restore_extractor(meta)
         dim = sum(self.extractor_.channels)
-        self.adaptor_ = feature_adaptor(dim).to(self.device_)
-        self.discriminator_ = discriminator(dim, self.hidden).to(self.device_)
-        for prefix, network in (("adaptor.", self.adaptor_), ("discriminator.", self.discriminator_)):
-            state = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
-            try:
-                network.load_state_dict(state, strict=True)
-            except RuntimeError as error:
-                raise WeightsError(
-                    f"Saved SimpleNet {prefix[:-1]} does not fit {dim} feature channels: {error}"
-                ) from None
-            network.eval()
-        self.feature_mean_ = tensors["feature_mean"].to(self.device_)
-        self.feature_std_ = tensors["feature_std"].to(self.device_)
+        self.adaptor_ = restore_module(feature_adaptor(dim), tensors, "adaptor").to(self.device_).eval()
+        self.discriminator_ = restore_module(discriminator(dim, self.hidden), tensors, "discriminator")
+        self.discriminator_.to(self.device_).eval()
+        self.feature_mean_ = checked_tensor(tensors, "feature_mean", (dim,)).to(self.device_)
+        self.feature_std_ = checked_tensor(tensors, "feature_std", (dim,)).to(self.device_)
         self.loss_history_ = list(meta["loss_history"])
+
+
+register_detector("simplenet", SimpleNet, test_params={"image_size": 64, "epochs": 3, "noise_std": 0.5})

@@ -18,11 +18,10 @@ from typing import Any
 import torch
 
 from flawscope._validation import Interval
-from flawscope.models.autoencoder import WINDOWS_PER_PASS, ConvolutionalAutoencoder
-from flawscope.models.base import register_detector
+from flawscope.models.autoencoder import PATCH_TEST_PARAMS, WINDOWS_PER_PASS, ConvolutionalAutoencoder
+from flawscope.models.registry import register_detector
 
 
-@register_detector("vae")
 class VariationalAutoencoder(ConvolutionalAutoencoder):
     """VAE on 128 x 128 grey patches; residual averaged over ``n_samples`` posterior samples.
 
@@ -48,9 +47,9 @@ class VariationalAutoencoder(ConvolutionalAutoencoder):
         mean, log_variance = self.network_.encoder(patches).chunk(2, dim=1)
         return mean, torch.exp(0.5 * log_variance)
 
-    def _loss(self, patches: torch.Tensor) -> torch.Tensor:
+    def _loss(self, patches: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         mean, std = self._posterior(patches)
-        latent = mean + std * torch.randn_like(std)
+        latent = mean + std * torch.randn(std.shape, generator=generator).to(std.device)
         reconstruction = self._patch_losses(patches, self.network_.decoder(latent))
         divergence = 0.5 * (mean.square() + std.square() - 2.0 * std.log() - 1.0).flatten(1).sum(dim=1)
         return (reconstruction + divergence).mean()
@@ -71,5 +70,8 @@ class VariationalAutoencoder(ConvolutionalAutoencoder):
         return decoded.reshape(self.n_samples, *windows.shape)
 
     def _window_noise(self, n_windows: int) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(self.seed)
+        generator = self._generator()
         return torch.randn(self.n_samples, n_windows, self.latent_dim, 1, 1, generator=generator)
+
+
+register_detector("vae", VariationalAutoencoder, test_params=PATCH_TEST_PARAMS)

@@ -2,7 +2,7 @@
 Millisecond-Level Latencies", WACV 2024).
 
 Recipe (Algorithm 1 of the paper): a frozen teacher PDN distilled from a pretrained network
-(:mod:`flawscope.features.pdn`), its outputs standardised per channel over the training images;
+(:mod:`flawscope.models.efficientad.pdn`), its outputs standardised per channel over the training images;
 a student PDN with twice the teacher's channels and an autoencoder, trained together for 70,000
 steps of one image (Adam 1e-4, weight decay 1e-5, learning rate x 0.1 after 95 % of the steps):
 
@@ -19,12 +19,11 @@ and 0.995 quantiles on held-out good images map to 0 and 0.1; the anomaly map is
 padded by 4 cells to cover the image border and upsampled; image score = its maximum.
 
 ``precision="int8"`` (not in the paper) trains in float32, then quantizes the three networks
-post-training (:mod:`flawscope.features.quantize`) and scores with them on the CPU.
+post-training (:mod:`flawscope.models.efficientad.quantize`) and scores with them on the CPU.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -33,14 +32,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from flawscope._progress import progress_bar
+from flawscope._progress import tracked
 from flawscope._validation import NONE, STRING, Interval, Options
 from flawscope.data.datasets import ImageDataset, as_dataset, holdout_split, list_images
 from flawscope.data.io import read_image
 from flawscope.data.synthetic import dead_leaves
 from flawscope.data.transforms import luma, normalise, resize_image
-from flawscope.errors import ConfigError, DataError, WeightsError
-from flawscope.features.pdn import (
+from flawscope.devices import resolve_device
+from flawscope.errors import ConfigError, DataError
+from flawscope.models.base import RUN_CONSTRAINTS, Detector, check_fingerprint
+from flawscope.models.efficientad.pdn import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     PDN_SIZES,
@@ -50,9 +51,11 @@ from flawscope.features.pdn import (
     load_teacher,
     patch_description_network,
 )
-from flawscope.features.quantize import calibrate_int8, convert_int8, observer_state, restore_observed
-from flawscope.models.base import RUN_CONSTRAINTS, Detector, register_detector, resolve_device
+from flawscope.models.efficientad.quantize import calibrate_int8, convert_int8, observer_state, restore_observed
+from flawscope.models.registry import QUANTIZABLE, register_detector
 from flawscope.postprocess import upsample_maps
+from flawscope.state import checked_tensor, module_tensors, restore_module, tensors_under
+from flawscope.training import TrainingLoop, announce_schedule
 
 HARD_QUANTILE = 0.999
 MAP_QUANTILES = (0.9, 0.995)
@@ -79,7 +82,6 @@ def adjust_colour(image: torch.Tensor, kind: int, factor: float) -> torch.Tensor
     return changed.clamp(0.0, 1.0)
 
 
-@register_detector("efficientad")
 class EfficientAD(Detector):
     """EfficientAD: student-teacher PDNs plus an autoencoder for logical anomalies.
 
@@ -130,7 +132,7 @@ class EfficientAD(Detector):
         "weight_decay": [Interval(float, 0.0, None)],
         "penalty_images": [NONE, STRING],
         "validation_fraction": [Interval(float, 0.0, 1.0, "neither")],
-        "precision": [Options(PRECISIONS + ("int8",))],
+        "precision": [Options((*PRECISIONS, "int8"))],
         **RUN_CONSTRAINTS,
     }
 
@@ -180,27 +182,28 @@ class EfficientAD(Detector):
         return self.steps or self.recipes[self.recipe]
 
     # ------------------------------------------------------------------ fit
-    def _fit(self, dataset: ImageDataset) -> None:
+    def _fit(self, dataset: ImageDataset, progress: bool) -> None:
         if self.image_size % 4:
             raise ConfigError(f"image_size must be a multiple of 4 (the PDN's stride). Got {self.image_size} instead.")
         self._load_teacher()
         train, validation = self._split(dataset)
-        pixels = self._pixels(train)
+        pixels = self._pixels(train, progress)
         self._fit_teacher_statistics(pixels)
         steps = self._schedule()
-        self._announce_schedule(steps)
-        generator = np.random.default_rng(self.seed)
-        penalty = self._penalty_stream(generator)
-        with self._seeded():
+        paper = self.recipes["paper"]
+        announce_schedule(self.name, f"{steps:,} steps", f"{paper:,} steps", paper / steps)
+        # the images, augmentations and penalty images are drawn from a numpy Generator: the
+        # dead-leaves images are made with numpy
+        rng = np.random.default_rng(self.seed)
+        penalty = self._penalty_stream(rng)
+        with self._seeded():  # initial weights and dropout
             channels = self.teacher_.info.out_channels
             self.student_ = patch_description_network(self.size, 2 * channels).to(self.device_)
             self.autoencoder_ = EfficientADAutoencoder(channels, self.image_size).to(self.device_)
-            self.loss_history_ = self._train(pixels, penalty, generator, steps)
-        self.student_.eval()
-        self.autoencoder_.eval()
+            self.loss_history_ = self._train(pixels, penalty, rng, steps, progress)
         if self.precision == "int8":
             self._quantize(self._normalise(pixels[:INT8_CALIBRATION_IMAGES]))
-        self._fit_map_quantiles(validation)
+        self._fit_map_quantiles(validation, progress)
 
     def _split(self, dataset: ImageDataset) -> tuple[ImageDataset, ImageDataset]:
         """(training images, held-out images for the map quantiles), seeded."""
@@ -212,13 +215,14 @@ class EfficientAD(Detector):
         return holdout_split(dataset, self.validation_fraction, self.seed)
 
     def quantize(self, images: ImageDataset | Sequence | str, *, progress: bool = True) -> EfficientAD:
-        """Make a fitted float32 EfficientAD score with int8 networks, without training again; returns self.
+        """A new EfficientAD with ``precision="int8"`` that scores with int8 copies of this one's networks,
+        without training again; this model is left as it is.
 
-        ``images`` are the good images it was fitted on: the same seeded split gives the
+        ``images`` are the good images this model was fitted on: the same seeded split gives the
         activation ranges (the first 32 training images) and the map quantiles (the held-out
         images), so the result equals a ``precision="int8"`` fit of the same seed and images.
-        CPU only. The OK / NOT OK threshold no longer fits the new scores and is dropped:
-        calibrate again.
+        CPU only. The OK / NOT OK threshold would not fit the new scores: the new model is not
+        calibrated.
         """
         self._check_fitted()
         if self.precision != "float32":
@@ -227,13 +231,13 @@ class EfficientAD(Detector):
             )
         _require_cpu_for_int8(self.device_, "Load it with device='cpu' first.")
         train, validation = self._split(as_dataset(images, split="train"))
-        self.show_progress_ = progress
+        quantized = type(self)(**{**self.get_params(), "precision": "int8"})
+        quantized._set_learned_state(self._learned_state())  # the float networks, shared: both only score
+        quantized._forget_calibration()
         calibration = train.subset(range(min(INT8_CALIBRATION_IMAGES, len(train))), "int8 calibration")
-        self.precision = "int8"
-        self._quantize(self._normalise(self._pixels(calibration)))
-        self._fit_map_quantiles(validation)
-        self._forget_calibration()
-        return self
+        quantized._quantize(quantized._normalise(quantized._pixels(calibration, progress)))
+        quantized._fit_map_quantiles(validation, progress)
+        return quantized
 
     def _load_teacher(self) -> None:
         teacher = load_teacher(self.teacher)
@@ -245,14 +249,12 @@ class EfficientAD(Detector):
         teacher.network.to(self.device_).to(memory_format=torch.channels_last)
         self.teacher_: Teacher = teacher
 
-    def _pixels(self, dataset: ImageDataset) -> torch.Tensor:
+    def _pixels(self, dataset: ImageDataset, progress: bool) -> torch.Tensor:
         """The images resized to ``N x 3 x S x S`` in [0, 1] (not normalised: augmentation works on pixels)."""
-        tensors = []
-        with progress_bar("reading", len(dataset), self.show_progress_) as bar:
-            for sample in dataset.samples:
-                tensors.append(resize_image(read_image(sample.image), self.image_size))
-                bar.advance()
-        return torch.stack(tensors).to(self.device_)
+        samples = tracked(dataset.samples, "reading", progress)
+        return torch.stack([resize_image(read_image(sample.image), self.image_size) for sample in samples]).to(
+            self.device_
+        )
 
     def _teacher_features(self, inputs: torch.Tensor) -> torch.Tensor:
         """Raw teacher output of normalised ``inputs``, float32."""
@@ -261,7 +263,10 @@ class EfficientAD(Detector):
 
     def _fit_teacher_statistics(self, pixels: torch.Tensor) -> None:
         """Per-channel mean and deviation of the teacher's outputs over the training images."""
-        total, total_sq, count = 0.0, 0.0, 0
+        channels = self.teacher_.info.out_channels
+        total = torch.zeros(channels, dtype=torch.float64, device=self.device_)
+        total_sq = torch.zeros_like(total)
+        count = 0
         with torch.inference_mode():
             for chunk in pixels.split(self.batch_size):
                 features = self._teacher_features(self._normalise(chunk)).double()
@@ -308,39 +313,38 @@ class EfficientAD(Detector):
 
         return stream()
 
-    def _announce_schedule(self, steps: int) -> None:
-        if self.show_progress_ and steps != self.recipes["paper"]:
-            print(
-                f"efficientad: training {steps:,} steps (the paper: {self.recipes['paper']:,}; recipe='paper' for it)",
-                file=sys.stderr,
-            )
-
     def _train(
-        self, pixels: torch.Tensor, penalty: Iterator[torch.Tensor] | None, generator: np.random.Generator, steps: int
+        self,
+        pixels: torch.Tensor,
+        penalty: Iterator[torch.Tensor] | None,
+        rng: np.random.Generator,
+        steps: int,
+        progress: bool,
     ) -> list[float]:
-        """Algorithm 1 of the paper; returns the total loss of every step."""
-        parameters = list(self.student_.parameters()) + list(self.autoencoder_.parameters())
-        optimiser = torch.optim.Adam(parameters, lr=self.learning_rate, weight_decay=self.weight_decay)
-        scheduler = torch.optim.lr_scheduler.StepLR(optimiser, step_size=max(1, int(0.95 * steps)), gamma=0.1)
-        self.student_.train()
-        self.autoencoder_.train()
-        losses = []
-        with progress_bar("training", steps, self.show_progress_) as bar:
-            for _ in range(steps):
-                image = pixels[int(generator.integers(pixels.shape[0]))]
-                augmented = adjust_colour(image, int(generator.integers(3)), float(generator.uniform(0.8, 1.2)))
-                loss = self._step_loss(
+        """Algorithm 1 of the paper, one image a step; returns the total loss of every step."""
+
+        def epoch_batches(_: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+            for _step in range(steps):
+                image = pixels[int(rng.integers(pixels.shape[0]))]
+                augmented = adjust_colour(image, int(rng.integers(3)), float(rng.uniform(0.8, 1.2)))
+                yield (
                     self._normalise(image[None]),
                     self._normalise(augmented[None]),
                     None if penalty is None else next(penalty),
                 )
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                scheduler.step()
-                losses.append(float(loss.detach()))
-                bar.advance()
-        return losses
+
+        parameters = list(self.student_.parameters()) + list(self.autoencoder_.parameters())
+        optimiser = torch.optim.Adam(parameters, lr=self.learning_rate, weight_decay=self.weight_decay)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimiser, step_size=max(1, int(0.95 * steps)), gamma=0.1)
+        loop = TrainingLoop(
+            [self.student_, self.autoencoder_],
+            optimiser,
+            epoch_batches,
+            lambda batch: self._step_loss(*batch),
+            scheduler=scheduler,
+        )
+        history = loop.run(epochs=1, steps_per_epoch=steps, generator=self._generator(), progress=progress)
+        return history.step_losses
 
     def _step_loss(
         self, image: torch.Tensor, augmented: torch.Tensor, penalty_image: torch.Tensor | None
@@ -359,11 +363,11 @@ class EfficientAD(Detector):
         loss = loss + (targets[1] - reconstruction[0]).square().mean()
         return loss + (reconstruction[0] - student[1, channels:]).square().mean()
 
-    def _fit_map_quantiles(self, validation: ImageDataset) -> None:
+    def _fit_map_quantiles(self, validation: ImageDataset, progress: bool) -> None:
         """The 0.9 and 0.995 quantiles of both raw maps over the held-out good images."""
         local_maps, global_maps = [], []
         with torch.inference_mode():
-            for batch in self._training_batches(validation, "validation maps"):
+            for batch in self._training_batches(validation, "validation maps", progress):
                 local_map, global_map = self._raw_maps(batch)
                 local_maps.append(local_map.flatten())
                 global_maps.append(global_map.flatten())
@@ -410,8 +414,7 @@ class EfficientAD(Detector):
 
     # ------------------------------------------------------------------ state
     def _state_tensors(self) -> dict[str, torch.Tensor]:
-        tensors = {f"student.{k}": v for k, v in self.student_.state_dict().items()}
-        tensors |= {f"autoencoder.{k}": v for k, v in self.autoencoder_.state_dict().items()}
+        tensors = module_tensors("student", self.student_) | module_tensors("autoencoder", self.autoencoder_)
         if self.precision == "int8":
             tensors |= {
                 f"int8.{name}.{key}": value
@@ -431,24 +434,21 @@ class EfficientAD(Detector):
 
     def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self._load_teacher()
-        if self.teacher_.fingerprint != meta["teacher_fingerprint"]:
-            raise WeightsError(
-                f"This EfficientAD was trained with teacher {meta['teacher_fingerprint']} but the teacher "
-                f"file found now is {self.teacher_.fingerprint}; its student only matches the original."
-            )
+        check_fingerprint(type(self).__name__, meta["teacher_fingerprint"], self.teacher_.fingerprint)
         channels = self.teacher_.info.out_channels
-        self.student_ = patch_description_network(self.size, 2 * channels).to(self.device_)
-        self.autoencoder_ = EfficientADAutoencoder(channels, self.image_size).to(self.device_)
-        for prefix, network in (("student.", self.student_), ("autoencoder.", self.autoencoder_)):
-            network.load_state_dict(_with_prefix(tensors, prefix), strict=True)
-            network.eval()
-        for name in ("teacher_mean", "teacher_std", "local_quantiles", "global_quantiles"):
-            setattr(self, f"{name}_", tensors[name].to(self.device_))
+        student = patch_description_network(self.size, 2 * channels)
+        self.student_ = restore_module(student, tensors, "student").to(self.device_).eval()
+        autoencoder = EfficientADAutoencoder(channels, self.image_size)
+        self.autoencoder_ = restore_module(autoencoder, tensors, "autoencoder").to(self.device_).eval()
+        self.teacher_mean_ = checked_tensor(tensors, "teacher_mean", (1, channels, 1, 1)).to(self.device_)
+        self.teacher_std_ = checked_tensor(tensors, "teacher_std", (1, channels, 1, 1)).to(self.device_)
+        self.local_quantiles_ = checked_tensor(tensors, "local_quantiles", (2,)).to(self.device_)
+        self.global_quantiles_ = checked_tensor(tensors, "global_quantiles", (2,)).to(self.device_)
         if self.precision == "int8":
             example = torch.zeros(1, 3, self.image_size, self.image_size)
             self._set_int8(
                 {
-                    name: restore_observed(network, example, _with_prefix(tensors, f"int8.{name}."))
+                    name: restore_observed(network, example, tensors_under(tensors, f"int8.{name}"))
                     for name, network in self._float_networks().items()
                 }
             )
@@ -458,11 +458,6 @@ class EfficientAD(Detector):
 def _require_cpu_for_int8(device: torch.device, remedy: str) -> None:
     if device.type != "cpu":
         raise ConfigError(f"precision='int8' runs on the CPU only; this EfficientAD would run on {device}. {remedy}")
-
-
-def _with_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """The tensors whose names start with ``prefix``, without it."""
-    return {key.removeprefix(prefix): value for key, value in tensors.items() if key.startswith(prefix)}
 
 
 def _rescale(raw_map: torch.Tensor, quantiles: torch.Tensor) -> torch.Tensor:
@@ -476,3 +471,6 @@ def _at_most(values: torch.Tensor, seed: int, limit: int = 2**24) -> torch.Tenso
         return values
     generator = torch.Generator().manual_seed(seed)
     return values[torch.randperm(values.numel(), generator=generator)[:limit].to(values.device)]
+
+
+register_detector("efficientad", EfficientAD, test_params={"image_size": 128, "steps": 4}, capabilities=[QUANTIZABLE])

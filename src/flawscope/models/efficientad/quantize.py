@@ -14,7 +14,7 @@ import warnings
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from flawscope.errors import ConfigError, ModelFileError
 
 BACKEND = "x86"
 OBSERVER_KEY = "activation_post_process"
@@ -59,8 +59,8 @@ def restore_observed(network: nn.Module, example: torch.Tensor, state: dict[str,
     observed = observe_int8(network, example)
     expected = set(observer_state(observed))
     if set(state) != expected:
-        raise ConfigError(
-            f"The saved int8 calibration does not fit this network: {len(state)} observer tensors "
+        raise ModelFileError(
+            f"its int8 calibration does not fit this network: {len(state)} observer tensors "
             f"saved, {len(expected)} expected."
         )
     observed.load_state_dict(state, strict=False)

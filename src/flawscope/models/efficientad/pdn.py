@@ -269,9 +269,9 @@ def distill_teacher(
     The targets are standardised per channel with statistics of ``min(steps, 100)`` batches
     (the paper's feature normalisation); the PDN minimises the mean squared error to them with
     Adam. Each image is a seeded dead-leaves image with probability ``dead_leaves_share``
-    (``None`` = 1 without ``images``, 0 with them), else a random crop of one of ``images``. ``precision="bfloat16"`` runs
-    the PDN's forward and backward passes under bfloat16 autocast (about 2.5x faster on a CPU
-    with AVX512-BF16; the weights stay float32).
+    (``None`` = 1 without ``images``, 0 with them), else a random crop of one of ``images``.
+    ``precision="bfloat16"`` runs the PDN's forward and backward passes under bfloat16 autocast (about
+    2.5x faster on a CPU with AVX512-BF16; the weights stay float32).
     """
     if image_size % 4 or image_size < 128:
         raise ConfigError(f"image_size must be a multiple of 4 and >= 128. Got {image_size} instead.")

@@ -1,0 +1,19 @@
+"""Where a detector runs: ``device="auto"`` picks CUDA when torch sees it, else the CPU."""
+
+from __future__ import annotations
+
+import torch
+
+from flawscope.errors import ConfigError
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without CUDA is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' was asked for but torch sees no CUDA device; use device='auto' or 'cpu'.")
+    try:
+        return torch.device(device)
+    except RuntimeError as error:
+        raise ConfigError(f"Unknown device {device!r}; use 'auto', 'cpu' or 'cuda[:N]'.") from error

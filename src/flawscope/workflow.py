@@ -1,0 +1,301 @@
+"""Library policy shared by the command line, the benchmarks and (later) the service -- written once here.
+
+* :func:`open_data`: a data spec (a folder, or ``elpv:mono`` / ``elpv:poly`` / ``elpv:all``) -> a dataset;
+* :func:`training_data` / :func:`evaluation_data`: which images a method fits on, is calibrated on and is
+  tested on;
+* :func:`fit_and_calibrate`: fit + calibrate, returning the model and the datasets it used;
+* :func:`run_benchmark`: fit + calibrate + evaluate in this process, with time and peak memory;
+* :func:`predict_to_folder`: score files and folders, writing overlays, masks and ``predictions.csv``;
+* :func:`parse_params`: ``KEY=VALUE`` pairs (JSON values) -> method parameters.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flawscope import __version__
+from flawscope._memory import peak_rss_mib
+from flawscope.data.datasets import (
+    ELPV,
+    GOOD,
+    IMAGE_SUFFIXES,
+    ImageDataset,
+    Sample,
+    holdout_split,
+    list_images,
+    open_dataset,
+    stratified_split,
+)
+from flawscope.errors import ConfigError, DataError
+from flawscope.evaluation import Report, evaluate
+from flawscope.models.base import Detector
+from flawscope.models.registry import SUPERVISED, create, model_entry
+
+DATA_SPEC_HELP = (
+    "An MVTec-layout category (train/good, test/<type>, ground_truth/), a folder with good/ (and optionally "
+    "defect/ and masks/), or elpv:mono / elpv:poly."
+)
+SUPERVISED_TEST_SHARE = 0.2  # of a supervised method's labelled images; its fit holds out another 20 % to validate
+
+
+def open_data(spec: str | os.PathLike, split: str) -> ImageDataset:
+    """A dataset from a data spec: a folder, or ``elpv:mono`` / ``elpv:poly`` / ``elpv:all``.
+
+    ``split`` is 'train', 'validation' (ELPV only), 'test' or 'labelled': every labelled image for
+    a supervised method (a folder's test images; ELPV's good cells and those with a defect
+    probability of at least 2/3).
+    """
+    text = str(spec)
+    if text.startswith("elpv:"):
+        probability = 2 / 3 if split == "labelled" else 1.0
+        return ELPV(split, cell_type=text.split(":", 1)[1], defect_probability=probability)
+    if split == "labelled":
+        return open_dataset(spec, "test")
+    if split == "validation":
+        raise DataError(f"{spec} has no validation split; hold out part of the training images instead.")
+    return open_dataset(spec, split)
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The images a fit learns from and those its threshold is calibrated on (``None`` for a supervised
+    method, whose fit holds out its own validation images and sets its own threshold)."""
+
+    train: ImageDataset
+    calibration: ImageDataset | None
+
+
+def training_data(
+    spec: str | os.PathLike, *, supervised: bool, validation_fraction: float = 0.1, seed: int = 0
+) -> TrainingData:
+    """What a method fits and calibrates on.
+
+    Unsupervised: the good training images, and as calibration ELPV's own validation cells, else a
+    seeded ``validation_fraction`` of the training images held out. Supervised: 80 % of the
+    labelled good and defective images, stratified and seeded (the other 20 % are :func:`evaluation_data`).
+    """
+    if supervised:
+        return TrainingData(_supervised_parts(spec, seed)[0], None)
+    train = open_data(spec, "train")
+    if str(spec).startswith("elpv:"):
+        return TrainingData(train, open_data(spec, "validation"))
+    rest, held_out = holdout_split(train, validation_fraction, seed)
+    return TrainingData(rest, held_out)
+
+
+def evaluation_data(spec: str | os.PathLike, *, supervised: bool, seed: int = 0) -> ImageDataset:
+    """What a method is evaluated on: the test split, or for a supervised method the 20 % of the
+    labelled images its fit did not see (the same seeded split as :func:`training_data`)."""
+    return _supervised_parts(spec, seed)[1] if supervised else open_data(spec, "test")
+
+
+def _supervised_parts(spec: str | os.PathLike, seed: int) -> tuple[ImageDataset, ImageDataset]:
+    learn, test = stratified_split(
+        open_data(spec, "labelled"), (1 - SUPERVISED_TEST_SHARE, SUPERVISED_TEST_SHARE), seed
+    )
+    return learn, test
+
+
+@dataclass(frozen=True)
+class ThresholdRule:
+    """How :meth:`Detector.calibrate` sets the OK / NOT OK threshold: ``sigma`` (mean + k std of good
+    scores), ``fpr`` (the ``target_fpr`` quantile of good scores) or ``f1``."""
+
+    rule: str = "sigma"
+    k: float = 3.0
+    target_fpr: float = 0.01
+
+
+@dataclass
+class FitResult:
+    """A fitted (and, when unsupervised, calibrated) model with the datasets it used."""
+
+    model: Detector
+    data: TrainingData
+    fit_seconds: float
+
+
+def fit_and_calibrate(
+    model_name: str,
+    spec: str | os.PathLike,
+    params: dict[str, Any] | None = None,
+    *,
+    validation_fraction: float = 0.1,
+    threshold: ThresholdRule = ThresholdRule(),
+    progress: bool = True,
+) -> FitResult:
+    """Create ``model_name`` with ``params``, fit it on :func:`training_data` and calibrate it on the
+    held-out good images (a supervised method sets its own threshold while fitting)."""
+    params = dict(params or {})
+    supervised = model_entry(model_name).supports(SUPERVISED)
+    data = training_data(
+        spec, supervised=supervised, validation_fraction=validation_fraction, seed=params.get("seed", 0)
+    )
+    model = create(model_name, **params)
+    started = time.perf_counter()
+    model.fit(data.train, progress=progress)
+    fit_seconds = time.perf_counter() - started
+    if data.calibration is not None:
+        model.calibrate(
+            data.calibration, rule=threshold.rule, k=threshold.k, target_fpr=threshold.target_fpr, progress=progress
+        )
+    return FitResult(model, data, fit_seconds)
+
+
+@dataclass
+class BenchmarkResult:
+    """One :func:`run_benchmark`: the fit, the test set, the evaluation and what they cost."""
+
+    fit: FitResult
+    spec: str
+    test: ImageDataset
+    report: Report
+    predict_seconds: float
+    peak_rss_mib: float | None
+    machine: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON record every benchmark in ``benchmarks/results`` is written in."""
+        calibration = self.fit.data.calibration
+        return {
+            "model": self.fit.model.name,
+            "data": self.spec,
+            "params": self.fit.model.get_params(),
+            "n_train": len(self.fit.data.train),
+            "n_calibration": 0 if calibration is None else len(calibration),
+            "n_test": len(self.test),
+            "fit_seconds": round(self.fit.fit_seconds, 2),
+            "predict_seconds": round(self.predict_seconds, 2),
+            "predict_images_per_second": round(len(self.test) / self.predict_seconds, 2),
+            "peak_rss_mib": None if self.peak_rss_mib is None else round(self.peak_rss_mib, 1),
+            "metrics": {k: v for k, v in self.report.metrics.items() if k != "failed"},
+            "machine": self.machine,
+        }
+
+
+def run_benchmark(
+    model_name: str, spec: str | os.PathLike, params: dict[str, Any] | None = None, *, progress: bool = False
+) -> BenchmarkResult:
+    """Fit + calibrate (sigma rule, k = 3) + evaluate in this process; timings, peak memory and metrics."""
+    fitted = fit_and_calibrate(model_name, spec, params, progress=progress)
+    test = evaluation_data(spec, supervised=fitted.model.supervised, seed=fitted.model.seed)
+    started = time.perf_counter()
+    report = evaluate(fitted.model, test, worst_cases=0, progress=progress)
+    predict_seconds = time.perf_counter() - started
+    machine = {
+        "cpu_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "device": str(fitted.model.device_),
+        "flawscope": __version__,
+    }
+    return BenchmarkResult(fitted, str(spec), test, report, predict_seconds, peak_rss_mib(), machine)
+
+
+def parse_params(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["coreset_ratio=0.01", "layers=[2,3]"]`` -> ``{"coreset_ratio": 0.01, "layers": [2, 3]}``: values are
+    read as JSON where they parse, else kept as strings; ``-`` in keys becomes ``_``."""
+    params = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"A parameter is KEY=VALUE; got {pair!r}.")
+        key, value = pair.split("=", 1)
+        try:
+            params[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key.replace("-", "_")] = value
+    return params
+
+
+def image_collection(specs: Sequence[str]) -> ImageDataset:
+    """Every image of the given folders (searched recursively) and data specs (``elpv:mono``: its training
+    split; an MVTec-layout category: its training images), all labelled good."""
+    samples: list[Sample] = []
+    for spec in specs:
+        folder = Path(spec)
+        if spec.startswith("elpv:") or (folder / "train").is_dir():
+            samples += open_data(spec, "train").samples
+            continue
+        if not folder.is_dir():
+            raise DataError(f"{spec} is neither a folder nor a data spec such as elpv:mono.")
+        paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not paths:
+            raise DataError(f"No images under {folder}.")
+        samples += [Sample(path, str(path), GOOD, "good") for path in paths]
+    return ImageDataset(samples, " + ".join(specs))
+
+
+@dataclass
+class FolderPrediction:
+    """What :func:`predict_to_folder` wrote: ``predictions.csv`` and how many images it scored or could not read."""
+
+    csv_path: Path
+    n_scored: int
+    failed: dict[str, str]
+
+
+def predict_to_folder(
+    detector: Detector,
+    inputs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    opening: int | None = None,
+    progress: bool = True,
+) -> FolderPrediction:
+    """Score image files and folders of images; write per image a heat-map overlay, a defect mask (calibrated
+    models) and a row of ``out/predictions.csv``. Unreadable files get a row with the reason and the rest go on."""
+    import numpy as np
+    from PIL import Image
+
+    from flawscope.report import heatmap_overlay, overlay_scale
+
+    paths = [p for item in map(Path, inputs) for p in (list_images(item) if item.is_dir() else [item])]
+    if not paths:
+        raise DataError(f"No images found in {', '.join(map(str, inputs))}.")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    failed: dict[str, str] = {}
+    dataset = ImageDataset([Sample(path, str(path)) for path in paths], "inputs")
+    csv_path = out / "predictions.csv"
+    with open(csv_path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "score", "label", "boxes", "overlay", "mask", "error"])
+        for result in detector.iter_predict(dataset, on_error="skip", progress=progress):
+            if result.anomaly_map is None or result.image is None:
+                failed[result.sample.name] = str(result.error)
+                writer.writerow([result.sample.name, "", "", "", "", "", result.error])
+                continue
+            stem = _unique_stem(result.sample.name, used)
+            overlay_path = out / f"{stem}_overlay.png"
+            low, high = overlay_scale(detector, result.anomaly_map)
+            Image.fromarray(heatmap_overlay(result.image, result.anomaly_map, vmax=high, vmin=low)).save(overlay_path)
+            label, boxes, mask_name = "", "", ""
+            if detector.is_calibrated:
+                not_ok, mask, found = detector.decide(result.score, result.anomaly_map, opening)
+                label = "NOT OK" if not_ok else "OK"
+                boxes = json.dumps([[int(v) for v in box[:4]] + [round(box[4], 4)] for box in found])
+                mask_name = f"{stem}_mask.png"
+                Image.fromarray((mask * 255).astype(np.uint8)).save(out / mask_name)
+            writer.writerow([result.sample.name, f"{result.score:.6f}", label, boxes, overlay_path.name, mask_name, ""])
+    return FolderPrediction(csv_path, len(paths) - len(failed), failed)
+
+
+def _unique_stem(path_name: str, used: set[str]) -> str:
+    stem = Path(path_name).stem or "image"
+    candidate, counter = stem, 1
+    while candidate in used:
+        counter += 1
+        candidate = f"{stem}_{counter}"
+    used.add(candidate)
+    return candidate
