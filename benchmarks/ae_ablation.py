@@ -48,8 +48,8 @@ def main() -> None:
     import torch
 
     import flawscope as fs
-    from flawscope.data.datasets import open_data
     from flawscope.metrics import pixel_metrics
+    from flawscope.workflow import open_data
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", required=True, help="An MVTec-layout category with masks.")

@@ -27,7 +27,7 @@ FLAWSCOPE = [sys.executable, "-m", "flawscope.cli"]
 def run(model: str, data: str, name: str, skip_existing: bool) -> dict:
     out = RESULTS / f"{model}_{name}.json"
     if not (skip_existing and out.exists()):
-        command = FLAWSCOPE + ["benchmark", "--model", model, "--data", data, "--out", str(out), "--device", "cpu"]
+        command = [*FLAWSCOPE, "benchmark", "--model", model, "--data", data, "--out", str(out), "--device", "cpu"]
         print(" ".join(command), flush=True)
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     return json.loads(out.read_text())

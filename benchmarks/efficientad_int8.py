@@ -25,15 +25,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import flawscope as fs  # noqa: E402
-from flawscope.cli import test_data  # noqa: E402
-from flawscope.data.datasets import unsupervised_split  # noqa: E402
+from flawscope.workflow import evaluation_data, training_data  # noqa: E402
 
 VALIDATION_FRACTION = 0.1  # as `flawscope fit`
 
 
 def judge(model, data: str) -> dict:
     started = time.perf_counter()
-    metrics = fs.evaluate(model, test_data(data, model), worst_cases=0, progress=False).metrics
+    metrics = fs.evaluate(model, evaluation_data(data, supervised=False), worst_cases=0, progress=False).metrics
     result = {key: metrics.get(key) for key in ("image_auroc", "pixel_auroc", "aupro", "balanced_accuracy")}
     result["evaluate_seconds"] = round(time.perf_counter() - started, 1)
     if "per_defect_type" in metrics:
@@ -53,12 +52,12 @@ def main() -> None:
     model = fs.load(args.model, device="cpu")
     if model.precision != "float32":
         raise SystemExit(f"{args.model} was fitted with precision={model.precision!r}; this compares a float32 fit.")
-    train, validation = unsupervised_split(args.data, VALIDATION_FRACTION, model.seed)
+    data = training_data(args.data, supervised=False, validation_fraction=VALIDATION_FRACTION, seed=model.seed)
     results = {"float32": judge(model, args.data)}
     print("float32", results["float32"], flush=True)
-    model.quantize(train, progress=False)
-    model.calibrate(validation, rule="sigma", k=3.0, progress=False)
-    results["int8"] = judge(model, args.data)
+    quantized = model.quantize(data.train, progress=False)
+    quantized.calibrate(data.calibration, rule="sigma", k=3.0, progress=False)
+    results["int8"] = judge(quantized, args.data)
     print("int8", results["int8"], flush=True)
     name = Path(args.data).name if not args.data.startswith("elpv:") else args.data.replace(":", "-")
     (ROOT / "benchmarks" / "results" / f"efficientad_{name}_int8.json").write_text(json.dumps(results, indent=2))

@@ -20,6 +20,7 @@ Writes ``benchmarks/results/grouped_split_<model>_magnetic_tile.json``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import re
 import sys
@@ -32,9 +33,9 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import flawscope as fs  # noqa: E402
-from flawscope.cli import _parse_params  # noqa: E402
-from flawscope.data.datasets import GOOD, ImageDataset, Sample, open_data  # noqa: E402
+from flawscope.data.datasets import GOOD, ImageDataset, Sample  # noqa: E402
 from flawscope.metrics import auroc, pixel_metrics  # noqa: E402
+from flawscope.workflow import open_data, parse_params  # noqa: E402
 from pixel_auroc_breakdown import breakdown, score_test_images  # noqa: E402
 
 CAPTURE = re.compile(r"exp\d+_num_(\d+)$")
@@ -51,7 +52,7 @@ def tiles(samples: list[Sample], gap: int) -> list[list[Sample]]:
     """Good images grouped into runs of ``num`` no more than ``gap`` apart, in ``num`` order."""
     ordered = sorted(samples, key=capture_number)
     groups = [[ordered[0]]]
-    for previous, sample in zip(ordered, ordered[1:]):
+    for previous, sample in itertools.pairwise(ordered):
         if capture_number(sample) - capture_number(previous) > gap:
             groups.append([])
         groups[-1].append(sample)
@@ -97,7 +98,7 @@ def main() -> None:
     )
     parser.add_argument("--gap", type=int, default=100, help="Largest num step within one tile (default 100).")
     args = parser.parse_args()
-    params = _parse_params(args.param)
+    params = parse_params(args.param)
     shipped_train = list(open_data(str(args.data), "train"))
     test = list(open_data(str(args.data), "test"))
     shipped_good = [sample for sample in test if sample.label == GOOD]

@@ -20,7 +20,7 @@ FLAWSCOPE = [sys.executable, "-m", "flawscope.cli"]
 
 def run(data: str, name: str, params: list[str]) -> None:
     out = ROOT / "benchmarks" / "results" / f"patchcore_{name}.json"
-    command = FLAWSCOPE + ["benchmark", "--data", data, "--out", str(out), "--device", "cpu"]
+    command = [*FLAWSCOPE, "benchmark", "--data", data, "--out", str(out), "--device", "cpu"]
     for param in params:
         command += ["--param", param]
     print(" ".join(command), flush=True)

@@ -2,8 +2,9 @@
 
 A feasibility measurement for the issue's 40 ms target: the PDN-S (Table 6 of the paper) with the
 student's 304 output channels, float32 and bfloat16 as flawscope scores today (channels-last),
-and int8 as ``precision="int8"`` makes it (``flawscope.features.quantize``: torch's
-post-training static quantization, FX graph mode, x86 backend), calibrated on synthetic texture images. The weights are untrained (seeded), so
+and int8 as ``precision="int8"`` makes it (``flawscope.models.efficientad.quantize``: torch's
+post-training static quantization, FX graph mode, x86 backend), calibrated on synthetic texture
+images. The weights are untrained (seeded), so
 ``int8_relative_error`` (``|int8 - float32| / |float32|`` over the output) only says that the
 quantized network computes the same function to about that precision; what int8 would cost in
 AUROC needs a trained model and is not measured here.
@@ -31,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import median_seconds  # noqa: E402
 from flawscope.data.synthetic import make_texture_set  # noqa: E402
 from flawscope.data.transforms import normalise, rgb_tensor  # noqa: E402
-from flawscope.features.pdn import IMAGENET_MEAN, IMAGENET_STD, patch_description_network  # noqa: E402
-from flawscope.features.quantize import calibrate_int8, convert_int8  # noqa: E402
+from flawscope.models.efficientad.pdn import IMAGENET_MEAN, IMAGENET_STD, patch_description_network  # noqa: E402
+from flawscope.models.efficientad.quantize import calibrate_int8, convert_int8  # noqa: E402
 
 SIZE = 256
 REPEATS = 20

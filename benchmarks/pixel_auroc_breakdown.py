@@ -31,8 +31,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT / "src"))
 
 import flawscope as fs  # noqa: E402
-from flawscope.cli import _parse_params  # noqa: E402
-from flawscope.data.datasets import open_data  # noqa: E402
+from flawscope.workflow import open_data, parse_params  # noqa: E402
 
 BINS = 4096
 QUANTILES = (0.1, 0.5, 0.9, 0.99)
@@ -114,7 +113,7 @@ def main() -> None:
         train = train.subset(
             list(range(0, len(train), step))[: args.train_images], f"every {step}th, {args.train_images}"
         )
-    model = fs.create(args.model, **{"device": "cpu", **_parse_params(args.param)})
+    model = fs.create(args.model, **{"device": "cpu", **parse_params(args.param)})
     started = time.perf_counter()
     model.fit(train, progress=False)
     fit_seconds = time.perf_counter() - started

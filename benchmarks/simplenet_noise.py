@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import flawscope as fs
-from flawscope.data.datasets import open_data
+from flawscope.workflow import open_data
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 

@@ -24,8 +24,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT / "src"))
 
 import flawscope as fs  # noqa: E402
-from flawscope.cli import fit_and_calibrate  # noqa: E402
-from flawscope.data.datasets import ImageDataset, supervised_split, unsupervised_split  # noqa: E402
+from flawscope.data.datasets import ImageDataset  # noqa: E402
+from flawscope.workflow import evaluation_data, fit_and_calibrate, training_data  # noqa: E402
 
 KEYS = ("accuracy", "balanced_accuracy", "confusion_matrix", "image_auroc")
 
@@ -35,36 +35,38 @@ VALIDATION_FRACTION = 0.1  # of the good training images, held out to calibrate 
 
 def images_seen(data: str, seed: int) -> set[str]:
     """Names of the images an unsupervised method fits or calibrates on."""
-    train, validation = unsupervised_split(data, VALIDATION_FRACTION, seed)
-    return {sample.name for sample in list(train) + list(validation)}
+    used = training_data(data, supervised=False, validation_fraction=VALIDATION_FRACTION, seed=seed)
+    return {sample.name for sample in list(used.train) + list(used.calibration or [])}
 
 
 def common_test_images(data: str, seed: int) -> ImageDataset:
     """The classifier's test split without the images the unsupervised methods fit or calibrate on."""
-    test = supervised_split(data, seed)[1]
+    test = evaluation_data(data, supervised=True, seed=seed)
     seen = images_seen(data, seed)
     kept = [index for index, sample in enumerate(test) if sample.name not in seen]
     return test.subset(kept, f"{test.description} minus unsupervised train/validation")
 
 
 def judge(model: str, data: str, test: ImageDataset, seed: int) -> dict:
-    detector, fit_seconds, _, _ = fit_and_calibrate(
-        model, data, {"device": "cpu", "seed": seed}, VALIDATION_FRACTION, "sigma", 3.0, 0.01, True
+    fitted = fit_and_calibrate(
+        model, data, {"device": "cpu", "seed": seed}, validation_fraction=VALIDATION_FRACTION, progress=False
     )
-    metrics = fs.evaluate(detector, test, worst_cases=0, progress=False).metrics
-    return {"model": model, "fit_seconds": round(fit_seconds, 1), **{key: metrics[key] for key in KEYS}}
+    metrics = fs.evaluate(fitted.model, test, worst_cases=0, progress=False).metrics
+    return {"model": model, "fit_seconds": round(fitted.fit_seconds, 1), **{key: metrics[key] for key in KEYS}}
 
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| data | test images (good / defective) | method | accuracy | balanced accuracy | confusion [[TN, FP], [FN, TP]] | image AUROC |",
+        "| data | test images (good / defective) | method | accuracy | balanced accuracy "
+        "| confusion [[TN, FP], [FN, TP]] | image AUROC |",
         "|---|---|---|---|---|---|---|",
     ]
     for block in results:
         for row in block["rows"]:
             lines.append(
                 f"| {block['dataset']} | {block['n_good']} / {block['n_defective']} | {row['model']} | "
-                f"{row['accuracy']:.3f} | {row['balanced_accuracy']:.3f} | {row['confusion_matrix']} | {row['image_auroc']:.3f} |"
+                f"{row['accuracy']:.3f} | {row['balanced_accuracy']:.3f} | {row['confusion_matrix']} | "
+                f"{row['image_auroc']:.3f} |"
             )
     return "\n".join(lines)
 
