@@ -20,9 +20,7 @@ Writes ``benchmarks/results/grouped_split_<model>_magnetic_tile.json``.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -33,37 +31,20 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import flawscope as fs  # noqa: E402
+from _groups import magnetic_tiles  # noqa: E402
 from flawscope.data.datasets import GOOD, ImageDataset, Sample  # noqa: E402
 from flawscope.metrics import auroc, pixel_metrics  # noqa: E402
 from flawscope.workflow import open_data, parse_params  # noqa: E402
 from pixel_auroc_breakdown import breakdown, score_test_images  # noqa: E402
 
-CAPTURE = re.compile(r"exp\d+_num_(\d+)$")
-
-
-def capture_number(sample: Sample) -> int:
-    match = CAPTURE.match(Path(sample.name).stem)
-    if match is None:
-        raise SystemExit(f"{sample.name}: not an 'expN_num_M' magnetic-tile name.")
-    return int(match.group(1))
-
-
-def tiles(samples: list[Sample], gap: int) -> list[list[Sample]]:
-    """Good images grouped into runs of ``num`` no more than ``gap`` apart, in ``num`` order."""
-    ordered = sorted(samples, key=capture_number)
-    groups = [[ordered[0]]]
-    for previous, sample in itertools.pairwise(ordered):
-        if capture_number(sample) - capture_number(previous) > gap:
-            groups.append([])
-        groups[-1].append(sample)
-    return groups
-
 
 def grouped_split(good: list[Sample], gap: int) -> tuple[list[Sample], list[Sample], int]:
-    groups = tiles(good, gap)
-    train = [sample for index, group in enumerate(groups) if index % 3 != 2 for sample in group]
-    test = [sample for index, group in enumerate(groups) if index % 3 == 2 for sample in group]
-    return train, test, len(groups)
+    """Every third tile (in ``num`` order) to the test set, the others to training."""
+    tile_of = magnetic_tiles(good, gap)
+    index_of = {tile: index for index, tile in enumerate(sorted(set(tile_of)))}
+    train = [sample for sample, tile in zip(good, tile_of) if index_of[tile] % 3 != 2]
+    test = [sample for sample, tile in zip(good, tile_of) if index_of[tile] % 3 == 2]
+    return train, test, len(index_of)
 
 
 def judge(model_name: str, params: dict, train: list[Sample], test: list[Sample]) -> dict:

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import flawscope as fs
-from flawscope.data.datasets import ELPV, stratified_split
+from flawscope.data.elpv import ELPV
+from flawscope.data.splits import stratified_split
 from flawscope.data.synthetic import make_texture_set
 from flawscope.errors import DataError
 from flawscope.features.backbones import create_classifier

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import flawscope as fs
-from flawscope.data.datasets import ELPV, FolderDataset, MVTecLayout, holdout_split, open_dataset
+from flawscope.data.datasets import FolderDataset, MVTecLayout, open_dataset
+from flawscope.data.elpv import ELPV, module_ids
+from flawscope.data.splits import group_kfold, group_split, holdout_split, with_groups
 from flawscope.data.synthetic import make_texture_set, write_mvtec_layout
 from flawscope.errors import DataError
 from flawscope.workflow import training_data
@@ -70,14 +71,61 @@ def test_holdout_split_is_seeded_and_disjoint():
     assert len(held) == 3 and not {s.name for s in rest} & {s.name for s in held}
 
 
-def test_elpv_splits_are_disjoint_and_deterministic():
+def test_elpv_module_rule_gives_the_44_modules_of_the_data():
+    rows = [("a.png", 0.0, "mono")] * 60 + [("b.png", 0.0, "poly")] * 714 + [("c.png", 0.0, "mono")] * 48
+    ids = module_ids([cell_type for _, _, cell_type in rows])
+    sizes = {module: ids.count(module) for module in dict.fromkeys(ids)}
+    assert list(sizes.values()) == [60] + [60] * 11 + [54] + [48]  # runs of 60, the rest last; 48 is one module
+    assert ids[:2] == ["mono00", "mono00"] and ids[60] == "poly00" and ids[-1] == "mono01"
+    modules = {sample.group for sample in ELPV("labelled", "all")}
+    assert len(modules) == 44 and sum(m.startswith("mono") for m in modules) == 18  # 18 mono, 26 poly: the paper's
+
+
+def test_elpv_default_split_keeps_modules_apart():
     train, val, test = (ELPV(split, "mono") for split in ("train", "validation", "test"))
+    assert (len(train), len(val)) == (200, 50) and set(train.labels) == set(val.labels) == {0}
+    groups = [{s.group for s in d} for d in (train, val, test)]
+    assert not (groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2])
+    assert test.labels.sum() > 50 and (test.labels == 0).sum() > 200
+    assert [s.name for s in ELPV("train", "mono")] == [s.name for s in train]  # deterministic
+    assert {s.group for s in ELPV("train", "mono", seed=1)} != groups[0]
+    folds = [ELPV("test", "poly", n_folds=3, fold=fold) for fold in range(3)]
+    tested = [{s.group for s in fold} for fold in folds]
+    assert sum(len(t) for t in tested) == 26 and not (tested[0] & tested[1] or tested[1] & tested[2])
+    assert not {s.group for s in ELPV("train", "poly", n_folds=3, fold=1)} & tested[1]
+
+
+def test_elpv_shuffled_split_is_the_old_one():
+    train, val, test = (ELPV(split, "mono", scheme="shuffled") for split in ("train", "validation", "test"))
     assert (len(train), len(val)) == (200, 50)
     names = [set(s.name for s in d) for d in (train, val, test)]
     assert not (names[0] & names[1] or names[0] & names[2] or names[1] & names[2])
     assert test.labels.sum() == 313 and (test.labels == 0).sum() == 588 - 250
-    assert [s.name for s in ELPV("train", "mono")] == [s.name for s in train]
-    assert fs.datasets.ELPV("train", "poly", seed=1)[0].name != ELPV("train", "poly", seed=2)[0].name
+    assert all(s.group is None for s in train)  # shuffled ignores the modules
+    with pytest.raises(DataError, match="scheme must be one of"):
+        ELPV("train", "mono", scheme="random")
+
+
+def test_group_split_and_kfold_keep_groups_whole():
+    data = make_texture_set(30, 0, size=(16, 16))
+    lots = [f"lot{i // 5}" for i in range(30)]  # 6 lots of 5
+    rest, held = group_split(data, (0.7, 0.3), seed=1, groups=lots)
+    lot_of = dict(zip([s.name for s in data], lots))
+    assert not {lot_of[s.name] for s in rest} & {lot_of[s.name] for s in held}
+    assert len(held) in (5, 10) and len(rest) + len(held) == 30
+    again = group_split(data, (0.7, 0.3), seed=1, groups=lots)[1]
+    assert [s.name for s in again] == [s.name for s in held]
+    folds = group_kfold(data, 3, seed=0, groups=lots)
+    assert [len(fold) for _, fold in folds] == [10, 10, 10]
+    assert sorted(s.name for _, fold in folds for s in fold) == sorted(s.name for s in data)
+    grouped = with_groups(data, r"texture_00(\d)\d")  # a file-name pattern: its first group (tens)
+    assert grouped[3].group == "0" and grouped[13].group == "1"
+    with pytest.raises(DataError, match="does not match the file name"):
+        with_groups(data, r"lot(\d+)")
+    with pytest.raises(DataError, match="has no group"):
+        group_split(data, (0.5, 0.5))
+    with pytest.raises(DataError, match="needs as many"):
+        group_split(data, (0.5, 0.5), groups=["one"] * 30)
 
 
 def test_training_data_holds_out_part_of_train_or_uses_elpv_validation(tmp_path):

@@ -3,7 +3,15 @@ import pytest
 from sklearn import metrics as sk
 
 from flawscope.errors import DataError
-from flawscope.metrics import auroc, average_precision, balanced_accuracy, confusion_matrix, f1_max, pixel_metrics
+from flawscope.metrics import (
+    auroc,
+    average_precision,
+    balanced_accuracy,
+    best_balanced_accuracy,
+    confusion_matrix,
+    f1_max,
+    pixel_metrics,
+)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -117,3 +125,14 @@ def test_box_iou_and_mask_box_by_hand():
     mask[2:5, 3:9] = True
     mask[7, 10] = True
     assert mask_box(mask) == (3, 2, 11, 8) and mask_box(np.zeros((3, 3), bool)) is None
+
+
+def test_best_balanced_accuracy_is_the_best_threshold_on_the_data():
+    labels = np.array([0, 0, 0, 0, 1, 1])
+    scores = np.array([0.1, 0.2, 0.3, 0.9, 0.5, 0.8])
+    best, threshold = best_balanced_accuracy(labels, scores)
+    assert best == pytest.approx(0.875)  # 3 of 4 good below, both defective above
+    predicted = scores > threshold
+    assert balanced_accuracy(labels, predicted) == pytest.approx(best)
+    every = [balanced_accuracy(labels, scores > t) for t in np.r_[scores, -1.0]]
+    assert best == pytest.approx(max(every))

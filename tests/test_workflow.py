@@ -117,3 +117,13 @@ def test_the_html_report_leaves_the_matplotlib_backend_alone(fitted_patchcore, t
     report.write_html(tmp_path / "report.html")
     assert matplotlib.get_backend() == before
     assert np.isfinite(report.metrics["image_auroc"])
+
+
+def test_a_group_pattern_keeps_calibration_groups_apart_from_training(category):
+    lots = r"texture_00(\d)\d"  # tens of the image number: a lot of ten images
+    data = training_data(category, supervised=False, validation_fraction=0.25, seed=0, groups=lots)
+    train_lots = {sample.group for sample in data.train}
+    calibration_lots = {sample.group for sample in data.calibration}
+    assert train_lots and calibration_lots and not train_lots & calibration_lots
+    with pytest.raises(ConfigError, match="ELPV brings its own groups"):
+        training_data("elpv:mono", supervised=False, groups=lots)

@@ -21,6 +21,7 @@ from flawscope import (
 )
 from flawscope import models as _models  # noqa: F401  (registers the detectors)
 from flawscope.errors import (
+    CalibrationWarning,
     ConfigError,
     DataError,
     FlawscopeError,
@@ -50,6 +51,7 @@ def evaluate(model: Detector, data, **kwargs):
 
 
 __all__ = [
+    "CalibrationWarning",
     "ConfigError",
     "DataError",
     "Detector",

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from flawscope.workflow import DATA_SPEC_HELP
+from flawscope.workflow import DATA_SPEC_HELP, GROUPS_HELP
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Visual anomaly detection for industrial inspection."
@@ -53,6 +53,7 @@ def _metrics_table(metrics: dict[str, Any], title: str) -> Table:
         "f1_max",
         "threshold",
         "balanced_accuracy",
+        "balanced_accuracy_oracle",
         "accuracy",
         "pixel_auroc",
         "aupro",
@@ -112,11 +113,13 @@ def fit(
     threshold_rule: str = typer.Option("sigma", help="sigma (mean + k std of good scores), fpr or f1."),
     k: float = typer.Option(3.0, help="k of the sigma rule."),
     target_fpr: float = typer.Option(0.01, help="False-positive rate of the fpr rule."),
+    groups: str | None = typer.Option(None, help=GROUPS_HELP),
     quiet: bool = typer.Option(False, help="No progress bars or messages."),
 ) -> None:
     """Learn from good images and calibrate the OK / NOT OK threshold on held-out good ones (cam_classifier: learn
     from 80 % of the labelled good and defective images)."""
     import flawscope as fs
+    from flawscope.postprocess import describe_false_alarms
     from flawscope.workflow import ThresholdRule, fit_and_calibrate, parse_params
 
     _show_library_messages(quiet)
@@ -130,6 +133,7 @@ def fit(
             params,
             validation_fraction=val_fraction,
             threshold=ThresholdRule(threshold_rule, k, target_fpr),
+            groups=groups,
             progress=not quiet,
         )
         fitted.model.save(out)
@@ -138,8 +142,8 @@ def fit(
     n_train, calibration = len(fitted.data.train), fitted.data.calibration
     if calibration is None:
         console.print(
-            f"fitted {model} on {n_train} labelled images (80 % of them, stratified, seed {seed}; a quarter of "
-            f"those held out to pick the best epoch) in {fitted.fit_seconds:.1f} s; saved to {out}"
+            f"fitted {model} on {n_train} labelled images (80 % of them, seeded; a quarter of those held out to "
+            f"pick the best epoch) in {fitted.fit_seconds:.1f} s; saved to {out}"
         )
     else:
         console.print(
@@ -147,6 +151,7 @@ def fit(
             f"{fitted.model.threshold_:.4f} ({threshold_rule} on {len(calibration)} held-out good images); "
             f"saved to {out}"
         )
+        console.print(f"threshold: {describe_false_alarms(fitted.model.calibration_)}")
 
 
 @app.command()
@@ -197,6 +202,7 @@ def evaluate(
     ),
     out: Path = typer.Option(..., help="Directory for metrics.json and report.html."),
     device: str | None = typer.Option(None, help="Override the saved device (auto, cpu, cuda)."),
+    groups: str | None = typer.Option(None, help="The --groups the model was fitted with. " + GROUPS_HELP),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Compute image AUROC, AUPR, F1-max, balanced accuracy, confusion matrix and (with masks) pixel AUROC, AUPRO
@@ -206,9 +212,8 @@ def evaluate(
 
     try:
         detector = fs.load(model_dir, device=device)
-        report = fs.evaluate(
-            detector, evaluation_data(data, supervised=detector.supervised, seed=detector.seed), progress=not quiet
-        )
+        test = evaluation_data(data, supervised=detector.supervised, seed=detector.seed, groups=groups)
+        report = fs.evaluate(detector, test, progress=not quiet)
     except fs.FlawscopeError as error:
         _fail(error)
     out.mkdir(parents=True, exist_ok=True)
@@ -225,6 +230,7 @@ def benchmark(
     out: Path | None = typer.Option(None, help="JSON file to write the results to."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     param: list[str] = typer.Option([], help="Method parameter as KEY=VALUE, repeatable."),
+    groups: str | None = typer.Option(None, help=GROUPS_HELP),
     quiet: bool = typer.Option(True, help="No progress bars (they cost time)."),
 ) -> None:
     """Measure fit seconds, predict images/s, peak RSS and metrics in one process; write JSON."""
@@ -233,7 +239,9 @@ def benchmark(
 
     _show_library_messages(quiet)
     try:
-        result = run_benchmark(model, data, {"device": device, **parse_params(param)}, progress=not quiet)
+        result = run_benchmark(
+            model, data, {"device": device, **parse_params(param)}, groups=groups, progress=not quiet
+        )
     except fs.FlawscopeError as error:
         _fail(error)
     text = json.dumps(result.to_json(), indent=2)
@@ -249,8 +257,10 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Where the model, metrics.json and report.html go."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
 ) -> None:
-    """PatchCore on the ELPV solar cells shipped with flawscope: fit on 200 good cells, calibrate, evaluate."""
+    """PatchCore on the ELPV solar cells: fit on 200 good cells, calibrate on 50 of other modules, evaluate on
+    modules never seen."""
     import flawscope as fs
+    from flawscope.postprocess import describe_false_alarms
     from flawscope.workflow import evaluation_data, fit_and_calibrate
 
     data = f"elpv:{cell_type}"
@@ -267,9 +277,11 @@ def demo(
     n_calibration = len(fitted.data.calibration or [])
     console.print(
         f"fit on {len(fitted.data.train)} good cells in {fitted.fit_seconds:.1f} s; threshold (mean + 3 std of "
-        f"{n_calibration} held-out good cells) {fitted.model.threshold_:.3f}"
+        f"{n_calibration} good cells of other modules) {fitted.model.threshold_:.3f}: "
+        f"{describe_false_alarms(fitted.model.calibration_)}"
     )
-    console.print(_metrics_table(report.metrics, f"held-out ELPV {cell_type} cells: good vs defect probability 1.0"))
+    title = f"ELPV {cell_type} cells of modules never seen: good vs defect probability 1.0"
+    console.print(_metrics_table(report.metrics, title))
     console.print(f"model:   {out / 'model'}\nmetrics: {out / 'metrics.json'}\nreport:  {out / 'report.html'}")
 
 
@@ -342,6 +354,7 @@ def quantize(
     val_fraction: float = typer.Option(
         0.1, help="The --val-fraction it was fitted with (its held-out good images recalibrate the threshold)."
     ),
+    groups: str | None = typer.Option(None, help="The --groups it was fitted with. " + GROUPS_HELP),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Turn a fitted float32 model into int8 (EfficientAD: about 3.5x faster on a CPU) without training again; the
@@ -357,7 +370,9 @@ def quantize(
                 f"{model_dir} holds a {detector.name}; only {', '.join(list_models(capability=QUANTIZABLE))} "
                 "can be quantized."
             )
-        data_used = training_data(data, supervised=False, validation_fraction=val_fraction, seed=detector.seed)
+        data_used = training_data(
+            data, supervised=False, validation_fraction=val_fraction, seed=detector.seed, groups=groups
+        )
         quantized = detector.quantize(data_used.train, progress=not quiet)  # type: ignore[attr-defined]
         rule = detector.calibration_
         if rule and data_used.calibration is not None:

@@ -38,3 +38,7 @@ class NotFittedError(FlawscopeError, AttributeError):
     ...     print(str(error).split(".")[0])
     This PatchCore instance is not fitted yet
     """
+
+
+class CalibrationWarning(UserWarning):
+    """A threshold set on fewer calibration images than its rule needs to be trusted."""

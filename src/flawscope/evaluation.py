@@ -15,6 +15,7 @@ from flawscope.metrics import (
     auroc,
     average_precision,
     balanced_accuracy,
+    best_balanced_accuracy,
     box_iou,
     confusion_matrix,
     f1_max,
@@ -91,7 +92,9 @@ def evaluate(
     """Score ``data`` (labelled good and defective images, masks optional) and compute metrics.
 
     Image level: ``image_auroc``, ``image_aupr``, ``f1_max``, and at the model's calibrated
-    threshold ``balanced_accuracy``, ``confusion_matrix`` ([[TN, FP], [FN, TP]]). An
+    threshold ``balanced_accuracy``, ``confusion_matrix`` ([[TN, FP], [FN, TP]]);
+    ``balanced_accuracy_oracle`` is the best any threshold reaches on this data (what the
+    calibrated threshold is measured against). An
     uncalibrated model is judged at the F1-optimal threshold on this data, and
     ``threshold_source`` says so. Where masks exist: ``pixel_auroc`` and ``aupro`` (up to
     ``max_fpr``), overall and per defect type, ``region_overlap``: the 25/50/75 % quantiles
@@ -197,6 +200,7 @@ def _image_metrics(model: Detector, labels: np.ndarray, scores: np.ndarray) -> t
     if n_good == 0 or n_defective == 0:
         raise DataError(f"evaluate needs good and defective images; got {n_good} good and {n_defective} defective.")
     best_f1, f1_threshold = f1_max(labels, scores)
+    best_balanced, _ = best_balanced_accuracy(labels, scores)
     if model.threshold_ is not None:
         threshold, source = model.threshold_, f"calibrated ({model.calibration_.get('rule')})"
     else:
@@ -210,6 +214,7 @@ def _image_metrics(model: Detector, labels: np.ndarray, scores: np.ndarray) -> t
         threshold=float(threshold),
         threshold_source=source,
         balanced_accuracy=balanced_accuracy(labels, predictions),
+        balanced_accuracy_oracle=best_balanced,
         accuracy=float((predictions == labels.astype(bool)).mean()),
         confusion_matrix=confusion_matrix(labels, predictions),
     )

@@ -96,6 +96,17 @@ def balanced_accuracy(labels: ArrayLike, predictions: ArrayLike) -> float:
     return 0.5 * (tn / (tn + fp) + tp / (fn + tp))
 
 
+def best_balanced_accuracy(labels: ArrayLike, scores: ArrayLike) -> tuple[float, float]:
+    """``(best balanced accuracy, its threshold)`` over all thresholds (defective when ``score > threshold``):
+    the "oracle" a threshold chosen on this very data reaches -- an upper bound for a calibrated one."""
+    fpr, tpr, thresholds = roc_curve(labels, scores)
+    balanced = 0.5 * (tpr + 1.0 - fpr)
+    best = int(np.argmax(balanced))
+    # roc_curve's thresholds count ``score >= t`` as defective: the threshold just below t does the same for ">"
+    threshold = np.nextafter(thresholds[best], -np.inf) if np.isfinite(thresholds[best]) else np.inf
+    return float(balanced[best]), float(threshold)
+
+
 EXACT_PIXEL_LIMIT = 1 << 22  # up to ~4 M pixels the curves use every distinct score
 PIXEL_BINS = 1 << 16
 

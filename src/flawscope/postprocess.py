@@ -84,6 +84,66 @@ def threshold_from_scores(
     return float(np.quantile(good, 1.0 - target_fpr))
 
 
+CONFIDENCE = 0.95
+
+
+def false_alarm_statement(
+    good_scores: np.ndarray, threshold: float, rule: str, k: float, target_fpr: float
+) -> dict[str, float | int | list[float] | None]:
+    """What a threshold promises on good parts, in false alarms.
+
+    ``aimed_fpr``: the false-alarm rate the rule aims at -- ``target_fpr`` for ``fpr``, the normal
+    tail ``1 - Phi(k)`` for ``sigma`` (exact only if good scores were Gaussian), None for ``f1``.
+    ``false_alarms`` of the ``n_good`` calibration scores lie above the threshold; ``fpr_interval``
+    is the exact (Clopper-Pearson) interval at :data:`CONFIDENCE` for the rate on new good parts
+    like them -- as wide as the number of calibration images forces it to be.
+    """
+    from scipy.stats import beta, norm
+
+    good = np.asarray(good_scores, dtype=np.float64)
+    n_good = int(good.size)
+    alarms = int((good > threshold).sum())
+    tail = (1.0 - CONFIDENCE) / 2
+    low = 0.0 if alarms == 0 else float(beta.ppf(tail, alarms, n_good - alarms + 1))
+    high = 1.0 if alarms == n_good else float(beta.ppf(1 - tail, alarms + 1, n_good - alarms))
+    aimed = {"sigma": float(norm.sf(k)), "fpr": float(target_fpr)}.get(rule)
+    return {
+        "aimed_fpr": aimed,
+        "n_good": n_good,
+        "false_alarms": alarms,
+        "observed_fpr": alarms / n_good if n_good else float("nan"),
+        "fpr_interval": [low, high],
+        "confidence": CONFIDENCE,
+    }
+
+
+def describe_false_alarms(statement: dict) -> str:
+    """One line a person reads: what the rule aims at and what the calibration images show."""
+    low, high = statement["fpr_interval"]
+    aimed = statement["aimed_fpr"]
+    line = "" if aimed is None else f"aims at {aimed:.2%} false alarms; "
+    return line + (
+        f"{statement['false_alarms']} of {statement['n_good']} good calibration images above it: "
+        f"false-alarm rate {low:.1%}-{high:.1%} ({statement['confidence']:.0%} confidence)"
+    )
+
+
+def unsupported_rule(statement: dict) -> str | None:
+    """Why the calibration set cannot support the rule's aim, or None: with fewer good images than one
+    expected false alarm at the aimed rate, the threshold is set by the few highest scores and the rate
+    it gives on new parts is unknown within the interval."""
+    aimed = statement["aimed_fpr"]
+    if aimed is None or statement["n_good"] * aimed >= 1.0:
+        return None
+    needed = int(np.ceil(1.0 / aimed))
+    return (
+        f"{statement['n_good']} good calibration images cannot show a false-alarm rate of {aimed:.2%} "
+        f"(that takes at least {needed}): on new parts the rate may be anywhere in "
+        f"{statement['fpr_interval'][0]:.1%}-{statement['fpr_interval'][1]:.1%}. Give more good images from "
+        "parts not used in training, or aim at a higher rate (rule='fpr', target_fpr=...)."
+    )
+
+
 OPENING_SHAPES = ("square", "disk")
 
 

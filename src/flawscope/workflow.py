@@ -25,17 +25,9 @@ import torch
 
 from flawscope import __version__
 from flawscope._memory import peak_rss_mib
-from flawscope.data.datasets import (
-    ELPV,
-    GOOD,
-    IMAGE_SUFFIXES,
-    ImageDataset,
-    Sample,
-    holdout_split,
-    list_images,
-    open_dataset,
-    stratified_split,
-)
+from flawscope.data.datasets import GOOD, IMAGE_SUFFIXES, ImageDataset, Sample, list_images, open_dataset
+from flawscope.data.elpv import ELPV
+from flawscope.data.splits import group_split, holdout_split, stratified_split, with_groups
 from flawscope.errors import ConfigError, DataError
 from flawscope.evaluation import Report, evaluate
 from flawscope.models.base import Detector
@@ -43,27 +35,36 @@ from flawscope.models.registry import SUPERVISED, create, model_entry
 
 DATA_SPEC_HELP = (
     "An MVTec-layout category (train/good, test/<type>, ground_truth/), a folder with good/ (and optionally "
-    "defect/ and masks/), or elpv:mono / elpv:poly."
+    "defect/ and masks/), or elpv:mono / elpv:poly (test cells from solar modules never seen in training; "
+    "elpv:mono:shuffled for the cell-shuffled split of flawscope 0.1)."
+)
+GROUPS_HELP = (
+    "A regular expression that reads from each file name the part, lot or position the image shows (its first "
+    "group, or the whole match): calibration images then come from other groups than the training images."
 )
 SUPERVISED_TEST_SHARE = 0.2  # of a supervised method's labelled images; its fit holds out another 20 % to validate
 
 
-def open_data(spec: str | os.PathLike, split: str) -> ImageDataset:
-    """A dataset from a data spec: a folder, or ``elpv:mono`` / ``elpv:poly`` / ``elpv:all``.
+def open_data(spec: str | os.PathLike, split: str, groups: str | None = None) -> ImageDataset:
+    """A dataset from a data spec: a folder, or ``elpv:<cell type>[:<scheme>]`` (``elpv:mono``,
+    ``elpv:poly``, ``elpv:all``; scheme ``module``, the default, or ``shuffled``: see :class:`ELPV`).
 
     ``split`` is 'train', 'validation' (ELPV only), 'test' or 'labelled': every labelled image for
     a supervised method (a folder's test images; ELPV's good cells and those with a defect
-    probability of at least 2/3).
+    probability of at least 2/3). ``groups`` is a file-name pattern giving each image's group
+    (:func:`flawscope.data.splits.groups_from_pattern`); ELPV's module scheme brings its own.
     """
     text = str(spec)
     if text.startswith("elpv:"):
+        if groups is not None:
+            raise ConfigError("ELPV brings its own groups (its solar modules); give no group pattern with elpv:.")
+        cell_type, scheme = [*text.split(":")[1:], "module"][:2]
         probability = 2 / 3 if split == "labelled" else 1.0
-        return ELPV(split, cell_type=text.split(":", 1)[1], defect_probability=probability)
-    if split == "labelled":
-        return open_dataset(spec, "test")
+        return ELPV(split, cell_type=cell_type, defect_probability=probability, scheme=scheme)
     if split == "validation":
         raise DataError(f"{spec} has no validation split; hold out part of the training images instead.")
-    return open_dataset(spec, split)
+    dataset = open_dataset(spec, "test" if split == "labelled" else split)
+    return dataset if groups is None else with_groups(dataset, groups)
 
 
 @dataclass(frozen=True)
@@ -76,34 +77,58 @@ class TrainingData:
 
 
 def training_data(
-    spec: str | os.PathLike, *, supervised: bool, validation_fraction: float = 0.1, seed: int = 0
+    spec: str | os.PathLike,
+    *,
+    supervised: bool,
+    validation_fraction: float = 0.1,
+    seed: int = 0,
+    groups: str | None = None,
 ) -> TrainingData:
     """What a method fits and calibrates on.
 
-    Unsupervised: the good training images, and as calibration ELPV's own validation cells, else a
-    seeded ``validation_fraction`` of the training images held out. Supervised: 80 % of the
-    labelled good and defective images, stratified and seeded (the other 20 % are :func:`evaluation_data`).
+    Unsupervised: the good training images, and as calibration ELPV's own validation cells, else
+    about ``validation_fraction`` of the training images held out, seeded -- whole groups when the
+    images have groups (``groups``: a file-name pattern), so that the threshold is set on parts the
+    model never saw. Supervised: 80 % of the labelled good and defective images, seeded -- whole
+    groups when known, else stratified (the other 20 % are :func:`evaluation_data`).
     """
     if supervised:
-        return TrainingData(_supervised_parts(spec, seed)[0], None)
-    train = open_data(spec, "train")
+        return TrainingData(_supervised_parts(spec, seed, groups)[0], None)
+    train = open_data(spec, "train", groups)
     if str(spec).startswith("elpv:"):
         return TrainingData(train, open_data(spec, "validation"))
-    rest, held_out = holdout_split(train, validation_fraction, seed)
+    if _has_groups(train):
+        rest, held_out = group_split(train, (1 - validation_fraction, validation_fraction), seed)
+    else:
+        rest, held_out = holdout_split(train, validation_fraction, seed)
     return TrainingData(rest, held_out)
 
 
-def evaluation_data(spec: str | os.PathLike, *, supervised: bool, seed: int = 0) -> ImageDataset:
+def evaluation_data(
+    spec: str | os.PathLike, *, supervised: bool, seed: int = 0, groups: str | None = None
+) -> ImageDataset:
     """What a method is evaluated on: the test split, or for a supervised method the 20 % of the
     labelled images its fit did not see (the same seeded split as :func:`training_data`)."""
-    return _supervised_parts(spec, seed)[1] if supervised else open_data(spec, "test")
+    return _supervised_parts(spec, seed, groups)[1] if supervised else open_data(spec, "test", groups)
 
 
-def _supervised_parts(spec: str | os.PathLike, seed: int) -> tuple[ImageDataset, ImageDataset]:
-    learn, test = stratified_split(
-        open_data(spec, "labelled"), (1 - SUPERVISED_TEST_SHARE, SUPERVISED_TEST_SHARE), seed
-    )
+def _supervised_parts(spec: str | os.PathLike, seed: int, groups: str | None) -> tuple[ImageDataset, ImageDataset]:
+    labelled = open_data(spec, "labelled", groups)
+    fractions = (1 - SUPERVISED_TEST_SHARE, SUPERVISED_TEST_SHARE)
+    if not _has_groups(labelled):
+        learn, test = stratified_split(labelled, fractions, seed)
+        return learn, test
+    learn, test = group_split(labelled, fractions, seed)
+    if len(set(test.labels.tolist())) < 2 or len(set(learn.labels.tolist())) < 2:
+        raise DataError(
+            f"Split by group, {labelled!r} leaves one side without good or without defective images; "
+            "a supervised method needs more groups with both."
+        )
     return learn, test
+
+
+def _has_groups(dataset: ImageDataset) -> bool:
+    return len(dataset) > 0 and all(sample.group is not None for sample in dataset.samples)
 
 
 @dataclass(frozen=True)
@@ -132,6 +157,7 @@ def fit_and_calibrate(
     *,
     validation_fraction: float = 0.1,
     threshold: ThresholdRule = ThresholdRule(),
+    groups: str | None = None,
     progress: bool = True,
 ) -> FitResult:
     """Create ``model_name`` with ``params``, fit it on :func:`training_data` and calibrate it on the
@@ -139,7 +165,7 @@ def fit_and_calibrate(
     params = dict(params or {})
     supervised = model_entry(model_name).supports(SUPERVISED)
     data = training_data(
-        spec, supervised=supervised, validation_fraction=validation_fraction, seed=params.get("seed", 0)
+        spec, supervised=supervised, validation_fraction=validation_fraction, seed=params.get("seed", 0), groups=groups
     )
     model = create(model_name, **params)
     started = time.perf_counter()
@@ -184,11 +210,16 @@ class BenchmarkResult:
 
 
 def run_benchmark(
-    model_name: str, spec: str | os.PathLike, params: dict[str, Any] | None = None, *, progress: bool = False
+    model_name: str,
+    spec: str | os.PathLike,
+    params: dict[str, Any] | None = None,
+    *,
+    groups: str | None = None,
+    progress: bool = False,
 ) -> BenchmarkResult:
     """Fit + calibrate (sigma rule, k = 3) + evaluate in this process; timings, peak memory and metrics."""
-    fitted = fit_and_calibrate(model_name, spec, params, progress=progress)
-    test = evaluation_data(spec, supervised=fitted.model.supervised, seed=fitted.model.seed)
+    fitted = fit_and_calibrate(model_name, spec, params, groups=groups, progress=progress)
+    test = evaluation_data(spec, supervised=fitted.model.supervised, seed=fitted.model.seed, groups=groups)
     started = time.perf_counter()
     report = evaluate(fitted.model, test, worst_cases=0, progress=progress)
     predict_seconds = time.perf_counter() - started

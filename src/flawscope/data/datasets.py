@@ -4,10 +4,11 @@ Layouts read from disk:
 
 * :class:`MVTecLayout` -- ``train/good``, ``test/<type>``, ``ground_truth/<type>/<stem>_mask.png``.
 * :class:`FolderDataset` -- ``good/``, optionally ``defect/`` and ``masks/``.
-* :class:`ELPV` -- the solar-cell images shipped by the ``elpv-dataset`` package.
+* :class:`~flawscope.data.elpv.ELPV` -- the solar-cell images of the ``elpv-dataset`` package
+  (:mod:`flawscope.data.elpv`).
 * :class:`InMemoryDataset` -- arrays or PIL images held by the caller.
 
-:func:`open_dataset` picks the layout of a folder.
+:func:`open_dataset` picks the layout of a folder; :mod:`flawscope.data.splits` splits datasets.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ class Sample:
     """One image of a dataset.
 
     ``label`` is 0 (good), 1 (defective) or -1 (unknown); ``mask`` is a mask file path or a
-    bool array (``None`` when the image has no ground-truth mask).
+    bool array (``None`` when the image has no ground-truth mask). ``group`` names the physical
+    part, module, position or lot the image shows, when known: the splits of
+    :mod:`flawscope.data.splits` never put images of one group on both sides.
     """
 
     image: ImageInput
@@ -40,6 +43,7 @@ class Sample:
     label: int = UNKNOWN
     defect_type: str = ""
     mask: str | os.PathLike | np.ndarray | None = None
+    group: str | None = None
 
     def read_mask(self, expected_size: tuple[int, int]) -> np.ndarray:
         """The ground-truth mask as bool ``H x W``; all False for a good image without a mask file."""
@@ -89,43 +93,6 @@ class ImageDataset(Sequence[Sample]):
     def subset(self, indices: Sequence[int], description: str) -> ImageDataset:
         """A new dataset of the samples at ``indices``, in that order."""
         return ImageDataset([self.samples[i] for i in indices], description)
-
-
-def holdout_split(dataset: ImageDataset, fraction: float, seed: int) -> tuple[ImageDataset, ImageDataset]:
-    """Split ``dataset`` into (rest, held out) with ``fraction`` of the samples held out, seeded."""
-    if not 0.0 < fraction < 1.0:
-        raise DataError(f"The held-out fraction must be in (0, 1); got {fraction}.")
-    if len(dataset) < 2:
-        raise DataError(f"{dataset!r} has {len(dataset)} image(s); a hold-out split needs at least 2.")
-    order = np.random.default_rng(seed).permutation(len(dataset))
-    n_held = min(max(1, round(fraction * len(dataset))), len(dataset) - 1)
-    held, rest = sorted(order[:n_held].tolist()), sorted(order[n_held:].tolist())
-    return (
-        dataset.subset(rest, f"{dataset.description} (minus {n_held} held out)"),
-        dataset.subset(held, f"{dataset.description} (held out, {n_held})"),
-    )
-
-
-def stratified_split(dataset: ImageDataset, fractions: Sequence[float], seed: int = 0) -> tuple[ImageDataset, ...]:
-    """Split labelled ``dataset`` into parts of the given ``fractions`` (summing to 1), seeded, with
-    good and defective images in every part in the proportions of the whole."""
-    if abs(sum(fractions) - 1.0) > 1e-9 or min(fractions) <= 0:
-        raise DataError(f"fractions must be positive and sum to 1; got {tuple(fractions)}.")
-    labels = dataset.labels
-    if (labels < 0).any():
-        raise DataError(f"{dataset!r} has unlabelled images; a stratified split needs labels.")
-    rng = np.random.default_rng(seed)
-    parts: list[list[int]] = [[] for _ in fractions]
-    for label in (GOOD, DEFECTIVE):
-        members = np.flatnonzero(labels == label)
-        members = members[rng.permutation(len(members))]
-        bounds = np.round(np.cumsum(fractions) * len(members)).astype(int)
-        for part, (start, stop) in zip(parts, zip(np.r_[0, bounds[:-1]], bounds)):
-            part.extend(members[start:stop].tolist())
-    return tuple(
-        dataset.subset(sorted(part), f"{dataset.description} (part {i + 1} of {len(fractions)}, seed {seed})")
-        for i, part in enumerate(parts)
-    )
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -289,68 +256,3 @@ def as_dataset(images: ImageDataset | Sequence[ImageInput] | str | os.PathLike, 
         ),
         f"{len(images)} images",
     )
-
-
-class ELPV(ImageDataset):
-    """Solar-cell electroluminescence images from the ``elpv-dataset`` package (300x300 grey).
-
-    Buerhop-Lutz et al. 2018, Deitsch et al. 2019; CC BY-NC-SA 4.0. Each cell carries an
-    expert defect probability 0, 1/3, 2/3 or 1. Good = probability 0; defective = probability
-    ``>= defect_probability`` (default 1.0); the uncertain ones in between are left out of
-    every split.
-
-    The good cells of the chosen ``cell_type`` are shuffled with ``seed``: the first
-    ``n_train`` form ``split="train"``, the next ``n_validation`` form ``split="validation"``
-    (for calibration), and the rest, with every defective cell, form ``split="test"``.
-    ``split="labelled"`` is every good and defective cell, for a supervised method to split.
-    """
-
-    def __init__(
-        self,
-        split: str = "train",
-        cell_type: str = "mono",
-        n_train: int = 200,
-        n_validation: int = 50,
-        seed: int = 0,
-        defect_probability: float = 1.0,
-    ) -> None:
-        if split not in ("train", "validation", "test", "labelled"):
-            raise DataError(f"split must be 'train', 'validation', 'test' or 'labelled'; got {split!r}.")
-        if cell_type not in ("mono", "poly", "all"):
-            raise DataError(f"cell_type must be 'mono', 'poly' or 'all'; got {cell_type!r}.")
-        rows = [row for row in _elpv_rows() if cell_type == "all" or row[2] == cell_type]
-        good = [row for row in rows if row[1] == 0.0]
-        if n_train + n_validation >= len(good):
-            raise DataError(f"ELPV {cell_type} has {len(good)} good cells; n_train + n_validation must be fewer.")
-        order = np.random.default_rng(seed).permutation(len(good))
-        shuffled = [good[i] for i in order]
-        if split == "labelled":
-            chosen = sorted(good + [row for row in rows if row[1] >= defect_probability])
-        elif split == "train":
-            chosen = shuffled[:n_train]
-        elif split == "validation":
-            chosen = shuffled[n_train : n_train + n_validation]
-        else:
-            defective = [row for row in rows if row[1] >= defect_probability]
-            chosen = sorted(shuffled[n_train + n_validation :]) + defective
-        samples = [
-            Sample(
-                path, Path(path).name, GOOD if prob == 0.0 else DEFECTIVE, "good" if prob == 0.0 else f"p={prob:.2f}"
-            )
-            for path, prob, _ in chosen
-        ]
-        super().__init__(samples, f"elpv-{cell_type}/{split}")
-
-
-def _elpv_rows() -> list[tuple[str, float, str]]:
-    """``(path, probability, type)`` for every cell of the installed ``elpv-dataset``."""
-    try:
-        import elpv_dataset
-    except ImportError as error:
-        raise DataError(
-            "The ELPV data needs the package elpv-dataset: pip install elpv-dataset==1.0.0.post1"
-        ) from error
-    data_dir = Path(elpv_dataset.__file__).parent / "data"
-    with open(data_dir / "labels.csv", newline="") as handle:
-        rows = [line.split() for line in handle if line.strip()]
-    return [(str(data_dir / path), float(prob), cell_type) for path, prob, cell_type in rows]

@@ -18,6 +18,7 @@ live here once and are never re-implemented by a method.
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,10 +33,18 @@ from flawscope.data.datasets import DEFECTIVE, ImageDataset, Sample, as_dataset
 from flawscope.data.io import read_image
 from flawscope.data.transforms import to_model_input
 from flawscope.devices import resolve_device
-from flawscope.errors import ConfigError, DataError, NotFittedError, WeightsError
+from flawscope.errors import CalibrationWarning, ConfigError, DataError, NotFittedError, WeightsError
 from flawscope.features.extractor import FeatureExtractor
 from flawscope.models.registry import SUPERVISED
-from flawscope.postprocess import Box, boxes_from_mask, segment, threshold_from_scores, upsample_maps
+from flawscope.postprocess import (
+    Box,
+    boxes_from_mask,
+    false_alarm_statement,
+    segment,
+    threshold_from_scores,
+    unsupported_rule,
+    upsample_maps,
+)
 from flawscope.results import Prediction, ScoredImage
 
 # Parameter constraints shared by methods: every method has the run parameters, every method on
@@ -190,6 +199,13 @@ class Detector:
         images. ``fpr``: the score quantile giving ``target_fpr`` false positives. ``f1``: best
         F1, needs labelled good and defective images. The same rule on the per-image maxima of
         the anomaly maps gives the pixel threshold used for masks and boxes.
+
+        ``calibration_`` then also says, in false alarms, what the threshold promises
+        (:func:`flawscope.postprocess.false_alarm_statement`: the rate the rule aims at, how many
+        good calibration images lie above it, and the 95 % interval of the rate on new good
+        parts); a :class:`~flawscope.errors.CalibrationWarning` says when there are too few good
+        images to show the rate the rule aims at. Calibrate on good images of parts the model was
+        not fitted on: images of the training parts score low and give a threshold new parts exceed.
         """
         self._check_fitted()
         dataset = as_dataset(images, split="test")
@@ -199,15 +215,21 @@ class Detector:
             assert result.anomaly_map is not None  # on_error="raise": every image was scored
             scores.append(result.score)
             map_maxima.append(float(result.anomaly_map.max()))
-        self.threshold_ = threshold_from_scores(np.array(scores), rule, k, target_fpr, labels)
+        score_array = np.array(scores)
+        self.threshold_ = threshold_from_scores(score_array, rule, k, target_fpr, labels)
         self.pixel_threshold_ = threshold_from_scores(np.array(map_maxima), rule, k, target_fpr, labels)
+        statement = false_alarm_statement(score_array[labels == 0], self.threshold_, rule, k, target_fpr)
         self.calibration_ = {
             "rule": rule,
             "k": k,
             "target_fpr": target_fpr,
             "n_images": len(dataset),
             "n_defective": int((labels == 1).sum()),
+            **statement,
         }
+        problem = unsupported_rule(statement)
+        if problem is not None:
+            warnings.warn(f"{type(self).__name__}.calibrate: {problem}", CalibrationWarning, stacklevel=2)
         return self
 
     @property

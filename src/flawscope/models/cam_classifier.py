@@ -29,7 +29,8 @@ from scipy import ndimage
 from torch import nn
 
 from flawscope._validation import BOOLEAN, NONE, STRING, Check, Interval
-from flawscope.data.datasets import DEFECTIVE, ImageDataset, stratified_split
+from flawscope.data.datasets import DEFECTIVE, ImageDataset
+from flawscope.data.splits import stratified_split
 from flawscope.errors import WeightsError
 from flawscope.features.backbones import backbone_cfg, create_classifier
 from flawscope.metrics import mask_box

@@ -34,8 +34,9 @@ import torch.nn.functional as F
 
 from flawscope._progress import tracked
 from flawscope._validation import NONE, STRING, Interval, Options
-from flawscope.data.datasets import ImageDataset, as_dataset, holdout_split, list_images
+from flawscope.data.datasets import ImageDataset, as_dataset, list_images
 from flawscope.data.io import read_image
+from flawscope.data.splits import holdout_split
 from flawscope.data.synthetic import dead_leaves
 from flawscope.data.transforms import luma, normalise, resize_image
 from flawscope.devices import resolve_device

@@ -1,0 +1,41 @@
+"""What a calibrated threshold promises in false alarms, and the warning when the images cannot show it."""
+
+import numpy as np
+import pytest
+from scipy.stats import binomtest
+
+import flawscope as fs
+from flawscope.postprocess import describe_false_alarms, false_alarm_statement, unsupported_rule
+
+
+def test_false_alarm_statement_known_answers():
+    good = np.arange(100, dtype=float)  # 0..99
+    statement = false_alarm_statement(good, threshold=94.5, rule="fpr", k=3.0, target_fpr=0.05)
+    assert statement["aimed_fpr"] == 0.05 and statement["false_alarms"] == 5 and statement["n_good"] == 100
+    low, high = statement["fpr_interval"]
+    exact = binomtest(5, 100).proportion_ci(confidence_level=0.95, method="exact")
+    assert (low, high) == pytest.approx((exact.low, exact.high), abs=1e-9)
+    sigma = false_alarm_statement(good, threshold=1e9, rule="sigma", k=3.0, target_fpr=0.01)
+    assert sigma["aimed_fpr"] == pytest.approx(0.0013499, abs=1e-6)  # the normal tail above 3 sigma
+    assert sigma["fpr_interval"][0] == 0.0 and sigma["fpr_interval"][1] == pytest.approx(0.0362, abs=1e-4)
+    assert false_alarm_statement(good, 50.0, "f1", 3.0, 0.01)["aimed_fpr"] is None
+    assert "5 of 100 good calibration images above it" in describe_false_alarms(statement)
+
+
+def test_a_rule_the_images_cannot_support_is_named():
+    few = false_alarm_statement(np.arange(50.0), threshold=49.5, rule="fpr", k=3.0, target_fpr=0.01)
+    assert "50 good calibration images cannot show a false-alarm rate of 1.00% (that takes at least 100)" in (
+        unsupported_rule(few) or ""
+    )
+    enough = false_alarm_statement(np.arange(200.0), threshold=197.5, rule="fpr", k=3.0, target_fpr=0.01)
+    assert unsupported_rule(enough) is None
+
+
+def test_calibrate_saves_the_statement_and_warns(fitted_patchcore, texture_train):
+    model = fitted_patchcore.clone()
+    model.__dict__.update(fitted_patchcore._learned_state())  # the fitted state, not the shared object
+    with pytest.warns(fs.CalibrationWarning, match="cannot show a false-alarm rate"):
+        model.calibrate(texture_train, rule="fpr", target_fpr=0.01, progress=False)
+    calibration = model.calibration_
+    assert calibration["n_good"] == 12 and calibration["aimed_fpr"] == 0.01
+    assert calibration["false_alarms"] <= 1 and 0.0 <= calibration["fpr_interval"][0] <= calibration["fpr_interval"][1]
