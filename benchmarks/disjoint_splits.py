@@ -100,16 +100,21 @@ def balanced_accuracy_by_rule(calibration_scores: np.ndarray, labels: np.ndarray
     return out
 
 
-def run(model_name: str, params: dict, split: Split) -> dict:
+def run(model_name: str, params: dict, split: Split, out_of_fold: bool) -> dict:
+    """Fit and calibrate (on the held-out calibration images, or with ``out_of_fold`` on every training
+    and calibration image, each scored without its group), then evaluate on the test images."""
     name, train, calibration, test = split
     model = fs.create(model_name, **{"device": "cpu", **params})
     started = time.perf_counter()
-    model.fit(train, progress=False)
-    fit_seconds = time.perf_counter() - started
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", fs.CalibrationWarning)
-        model.calibrate(calibration, progress=False)
-    calibration_scores = model.predict(calibration, progress=False).scores
+        if out_of_fold:
+            everything = ImageDataset(train.samples + calibration.samples, "training and calibration images")
+            model.fit_out_of_fold(everything, progress=False)
+        else:
+            model.fit(train, progress=False).calibrate(calibration, progress=False)
+    fit_seconds = time.perf_counter() - started
+    calibration_scores = np.asarray(model.calibration_["good_scores"])
     started = time.perf_counter()
     report = fs.evaluate(model, test, worst_cases=0, progress=False)
     predict_seconds = time.perf_counter() - started
@@ -157,6 +162,13 @@ def main() -> None:
     parser.add_argument("--bsdata", type=Path, default=ROOT.parent / "shared" / "datasets" / "bsdata_pitting")
     parser.add_argument("--param", action="append", default=[], help="Method parameter as KEY=VALUE, repeatable.")
     parser.add_argument("--tag", default="", help="Suffix of the result file (for a variant's parameters).")
+    parser.add_argument(
+        "--calibration",
+        choices=("held-out", "out-of-fold"),
+        default="held-out",
+        help="Threshold from the held-out calibration images, or fit on training + calibration images and "
+        "threshold on their out-of-fold scores (each image without its group).",
+    )
     args = parser.parse_args()
     params = parse_params(args.param)
     sources = {
@@ -168,12 +180,12 @@ def main() -> None:
     for model_name in args.models:
         out_path = RESULTS / f"disjoint_{model_name}{'_' + args.tag if args.tag else ''}.json"
         result = json.loads(out_path.read_text()) if out_path.exists() else {}
-        result |= {"model": model_name, "params": params}
+        result |= {"model": model_name, "params": params, "calibration": args.calibration}
         for dataset in args.datasets:
             splits, disjoint = sources[dataset]
             runs = []
             for split in splits():
-                runs.append(run(model_name, params, split))
+                runs.append(run(model_name, params, split, args.calibration == "out-of-fold"))
                 print(model_name, dataset, json.dumps(runs[-1]), flush=True)
             result[dataset] = {"disjoint": summary(runs, disjoint), "runs": runs}
             out_path.write_text(json.dumps(result, indent=2))

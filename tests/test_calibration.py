@@ -39,3 +39,28 @@ def test_calibrate_saves_the_statement_and_warns(fitted_patchcore, texture_train
     calibration = model.calibration_
     assert calibration["n_good"] == 12 and calibration["aimed_fpr"] == 0.01
     assert calibration["false_alarms"] <= 1 and 0.0 <= calibration["fpr_interval"][0] <= calibration["fpr_interval"][1]
+
+
+@pytest.mark.parametrize("name", ["patchcore", "padim"])
+def test_fit_out_of_fold_scores_no_image_as_its_own_neighbour(name, texture_train, texture_test):
+    params = {**fs.model_entry(name).test_params, "device": "cpu"}
+    model = fs.create(name, **params).fit_out_of_fold(
+        texture_train, n_folds=3, rule="fpr", target_fpr=0.2, progress=False
+    )
+    plain = fs.create(name, **params).fit(texture_train, progress=False)
+    np.testing.assert_array_equal(  # fitted on every image, as a plain fit
+        model.predict(texture_test, progress=False).scores, plain.predict(texture_test, progress=False).scores
+    )
+    own_scores = plain.predict(texture_train, progress=False).scores
+    assert model.calibration_["scores_from"].startswith("out of fold") and model.calibration_["n_good"] == 12
+    assert model.threshold_ > np.quantile(own_scores, 0.8)  # images seen in training score lower than unseen
+
+
+def test_patchcore_out_of_fold_leaves_the_whole_group_out(texture_train):
+    from flawscope.data.splits import with_groups
+
+    grouped = with_groups(texture_train, [f"part{i // 3}" for i in range(12)])  # 4 parts of 3 images
+    model = fs.create("patchcore", image_size=64, coreset_ratio=0.25, device="cpu").fit(grouped, progress=False)
+    by_image, _ = model._out_of_fold_scores(grouped, [f"image {i}" for i in range(12)], 5, False)
+    by_part, _ = model._out_of_fold_scores(grouped, [s.group for s in grouped], 5, False)
+    assert (by_part >= by_image - 1e-6).all() and (by_part > by_image).any()  # fewer, farther neighbours

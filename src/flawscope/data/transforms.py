@@ -14,16 +14,44 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from flawscope.errors import ConfigError
+
+PHOTOMETRIC = ("none", "standardise", "equalise")
+# what "standardise" maps every image's mean and deviation to: those of ImageNet photos in [0, 1]
+STANDARD_MEAN, STANDARD_STD = 0.45, 0.25
+
 
 def to_model_input(
     images: Sequence[np.ndarray],
     image_size: int,
     mean: Sequence[float],
     std: Sequence[float],
+    photometric: str = "none",
 ) -> torch.Tensor:
-    """Stack float ``H x W x C`` images into a normalised ``N x 3 x S x S`` float32 tensor."""
-    resized = [resize_image(image, image_size) for image in images]
-    return normalise(torch.stack(resized), mean, std)
+    """Stack float ``H x W x C`` images into a normalised ``N x 3 x S x S`` float32 tensor (after the
+    per-image ``photometric`` normalisation, :func:`photometric_normalise`)."""
+    resized = torch.stack([resize_image(image, image_size) for image in images])
+    return normalise(photometric_normalise(resized, photometric), mean, std)
+
+
+def photometric_normalise(batch: torch.Tensor, mode: str) -> torch.Tensor:
+    """Take each image's overall brightness and contrast out of ``N x 3 x H x W`` images in [0, 1].
+
+    ``"none"``: as they are. ``"standardise"``: every image shifted and scaled to the same mean and
+    deviation (over its pixels and channels). ``"equalise"``: every channel's histogram made flat
+    (each pixel replaced by its rank), which also evens out non-linear differences (gamma).
+    """
+    if mode == "none":
+        return batch
+    if mode == "standardise":
+        mean = batch.mean(dim=(1, 2, 3), keepdim=True)
+        deviation = batch.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
+        return (batch - mean) / deviation * STANDARD_STD + STANDARD_MEAN
+    if mode == "equalise":
+        flat = batch.flatten(2)  # N x 3 x (H W)
+        ranks = flat.argsort(dim=2).argsort(dim=2).to(batch.dtype)
+        return (ranks / max(flat.shape[2] - 1, 1)).view_as(batch)
+    raise ConfigError(f"photometric must be one of {PHOTOMETRIC}; got {mode!r}.")
 
 
 def normalise(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

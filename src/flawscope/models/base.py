@@ -31,6 +31,7 @@ from flawscope._progress import progress_bar
 from flawscope._validation import NONE, STRING, Constraints, Interval, int_sequence, validate_params
 from flawscope.data.datasets import DEFECTIVE, ImageDataset, Sample, as_dataset
 from flawscope.data.io import read_image
+from flawscope.data.splits import group_kfold
 from flawscope.data.transforms import to_model_input
 from flawscope.devices import resolve_device
 from flawscope.errors import CalibrationWarning, ConfigError, DataError, NotFittedError, WeightsError
@@ -200,7 +201,8 @@ class Detector:
         F1, needs labelled good and defective images. The same rule on the per-image maxima of
         the anomaly maps gives the pixel threshold used for masks and boxes.
 
-        ``calibration_`` then also says, in false alarms, what the threshold promises
+        ``calibration_`` keeps the good images' scores (``good_scores``, what a later drift check
+        compares new parts against) and says, in false alarms, what the threshold promises
         (:func:`flawscope.postprocess.false_alarm_statement`: the rate the rule aims at, how many
         good calibration images lie above it, and the 95 % interval of the rate on new good
         parts); a :class:`~flawscope.errors.CalibrationWarning` says when there are too few good
@@ -209,27 +211,89 @@ class Detector:
         """
         self._check_fitted()
         dataset = as_dataset(images, split="test")
+        scores, map_maxima = self._scores_and_map_maxima(dataset, progress)
         labels = np.clip(dataset.labels, 0, 1)
+        return self._set_thresholds(scores, map_maxima, labels, rule, k, target_fpr, "held-out images")
+
+    def fit_out_of_fold(
+        self,
+        images: ImageDataset | Sequence | str,
+        *,
+        n_folds: int = 5,
+        rule: str = "sigma",
+        k: float = 3.0,
+        target_fpr: float = 0.01,
+        progress: bool = True,
+    ) -> Detector:
+        """Fit on every good image and set the threshold on their out-of-fold scores; returns self.
+
+        For few good images: none is held out from training, yet none scores as its own
+        neighbour. Each image is scored by a model fitted without it -- without its whole group
+        when the images have groups (``Sample.group``: a part's other captures score like the part
+        itself) -- over ``n_folds`` folds of groups (of images when there are none). A method that
+        can leave images out of its fitted state directly (PatchCore: the memory-bank patches of
+        the image's group) does so instead of fitting again. The rule is that of :meth:`calibrate`.
+        """
+        if self.supervised:
+            raise ConfigError(f"{type(self).__name__} learns from labelled images and sets its own threshold.")
+        dataset = as_dataset(images, split="train")
+        self.fit(dataset, progress=progress)
+        groups = [sample.group or f"image {i}" for i, sample in enumerate(dataset.samples)]
+        scores, map_maxima = self._out_of_fold_scores(dataset, groups, n_folds, progress)
+        labels = np.zeros(len(dataset), dtype=np.int64)
+        return self._set_thresholds(scores, map_maxima, labels, rule, k, target_fpr, f"out of fold, {n_folds} folds")
+
+    def _out_of_fold_scores(
+        self, dataset: ImageDataset, groups: list[str], n_folds: int, progress: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and map maxima of ``dataset``, each from a clone fitted on the other folds of groups."""
+        folds = min(n_folds, len(set(groups)))
+        if folds < 2:
+            raise DataError(f"Out-of-fold scores need at least 2 groups (or images); {dataset!r} has {folds}.")
+        scores, map_maxima = np.zeros(len(dataset)), np.zeros(len(dataset))
+        position = {id(sample): index for index, sample in enumerate(dataset.samples)}
+        for rest, fold in group_kfold(dataset, folds, seed=self.seed, groups=groups):
+            model = self.clone().fit(rest, progress=False)
+            fold_scores, fold_maxima = model._scores_and_map_maxima(fold, progress)
+            where = [position[id(sample)] for sample in fold.samples]
+            scores[where], map_maxima[where] = fold_scores, fold_maxima
+        return scores, map_maxima
+
+    def _scores_and_map_maxima(self, dataset: ImageDataset, progress: bool) -> tuple[np.ndarray, np.ndarray]:
         scores, map_maxima = [], []
         for result in self.iter_predict(dataset, progress=progress, description="calibrating"):
             assert result.anomaly_map is not None  # on_error="raise": every image was scored
             scores.append(result.score)
             map_maxima.append(float(result.anomaly_map.max()))
-        score_array = np.array(scores)
-        self.threshold_ = threshold_from_scores(score_array, rule, k, target_fpr, labels)
-        self.pixel_threshold_ = threshold_from_scores(np.array(map_maxima), rule, k, target_fpr, labels)
-        statement = false_alarm_statement(score_array[labels == 0], self.threshold_, rule, k, target_fpr)
+        return np.array(scores), np.array(map_maxima)
+
+    def _set_thresholds(
+        self,
+        scores: np.ndarray,
+        map_maxima: np.ndarray,
+        labels: np.ndarray,
+        rule: str,
+        k: float,
+        target_fpr: float,
+        source: str,
+    ) -> Detector:
+        """The image and pixel thresholds of ``rule`` on these scores, with what they promise in false alarms."""
+        self.threshold_ = threshold_from_scores(scores, rule, k, target_fpr, labels)
+        self.pixel_threshold_ = threshold_from_scores(map_maxima, rule, k, target_fpr, labels)
+        statement = false_alarm_statement(scores[labels == 0], self.threshold_, rule, k, target_fpr)
         self.calibration_ = {
             "rule": rule,
             "k": k,
             "target_fpr": target_fpr,
-            "n_images": len(dataset),
+            "scores_from": source,
+            "n_images": len(scores),
             "n_defective": int((labels == 1).sum()),
             **statement,
+            "good_scores": [float(score) for score in scores[labels == 0]],
         }
         problem = unsupported_rule(statement)
         if problem is not None:
-            warnings.warn(f"{type(self).__name__}.calibrate: {problem}", CalibrationWarning, stacklevel=2)
+            warnings.warn(f"{type(self).__name__}: {problem}", CalibrationWarning, stacklevel=3)
         return self
 
     @property

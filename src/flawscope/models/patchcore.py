@@ -13,10 +13,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from flawscope._validation import BOOLEAN, Interval, Options
 from flawscope.data.datasets import ImageDataset
+from flawscope.data.transforms import PHOTOMETRIC, to_model_input
+from flawscope.errors import ConfigError, DataError
 from flawscope.features.coreset import greedy_coreset, projection_matrix
 from flawscope.features.extractor import local_patch_features, patch_rows
 from flawscope.features.neighbours import SEARCH_BACKENDS, make_search
@@ -24,6 +27,8 @@ from flawscope.models.base import BACKBONE_CONSTRAINTS, RUN_CONSTRAINTS, Backbon
 from flawscope.models.registry import register_detector
 from flawscope.postprocess import gaussian_blur, upsample_maps
 from flawscope.state import checked_tensor
+
+OUT_OF_GROUP_NEIGHBOURS = 16  # nearest bank rows searched for one outside the query's own group
 
 
 def reweighted_scores(
@@ -80,6 +85,12 @@ class PatchCore(BackboneDetector):
         Gaussian sigma, in pixels of the input size, for the anomaly map (paper: 4; 0 = none).
     search : {'auto', 'torch', 'faiss'}
         Nearest-neighbour backend, all exact; ``auto`` = faiss on CPU, torch on CUDA.
+    score_top_k : int
+        Image score = the mean of the ``score_top_k`` largest patch scores (1, the default: the
+        largest, as the paper; with ``reweight``, the paper's re-weighted largest).
+    photometric : {'none', 'standardise', 'equalise'}
+        Per-image brightness and contrast normalisation before the backbone
+        (:func:`flawscope.data.transforms.photometric_normalise`).
     batch_size : int
         Images per forward pass.
     device : str
@@ -96,6 +107,8 @@ class PatchCore(BackboneDetector):
         "reweight": [BOOLEAN],
         "reweight_neighbours": [Interval(int, 1, None)],
         "smoothing_sigma": [Interval(float, 0.0, None)],
+        "score_top_k": [Interval(int, 1, None)],
+        "photometric": [Options(PHOTOMETRIC)],
         "search": [Options(SEARCH_BACKENDS)],
         **RUN_CONSTRAINTS,
     }
@@ -113,6 +126,8 @@ class PatchCore(BackboneDetector):
         reweight_neighbours: int = 9,
         smoothing_sigma: float = 4.0,
         search: str = "auto",
+        score_top_k: int = 1,
+        photometric: str = "none",
         batch_size: int = 16,
         device: str = "auto",
         seed: int = 0,
@@ -127,9 +142,15 @@ class PatchCore(BackboneDetector):
         self.reweight_neighbours = reweight_neighbours
         self.smoothing_sigma = smoothing_sigma
         self.search = search
+        self.score_top_k = score_top_k
+        self.photometric = photometric
         self.batch_size = batch_size
         self.device = device
         self.seed = seed
+
+    def _to_tensor(self, images: list[np.ndarray]) -> torch.Tensor:
+        mean, std = self._normalisation()
+        return to_model_input(images, self.image_size, mean, std, self.photometric)
 
     # ------------------------------------------------------------------ features
     def _patch_features(self, batch: torch.Tensor) -> torch.Tensor:
@@ -148,6 +169,7 @@ class PatchCore(BackboneDetector):
         generator = self._generator()
         matrix = projection_matrix(sum(self.extractor_.channels), self.projection_dim, generator)
         projected = self._training_features(dataset, matrix, progress, description="features")
+        projected_rows = projected.shape[0]
         selected = greedy_coreset(projected, self.coreset_ratio, generator, progress)
         if matrix is None:
             bank = projected[selected]
@@ -155,6 +177,8 @@ class PatchCore(BackboneDetector):
             del projected
             bank = self._training_features(dataset, None, progress, rows=selected, description="memory bank")
         self.memory_bank_ = bank.contiguous()
+        patches_per_image = projected_rows // len(dataset)
+        self.bank_sources_ = (selected // patches_per_image).to(torch.int64).cpu()  # training image of each row
         self.search_index_ = make_search(self.search, self.device_).fit(self.memory_bank_)
 
     def _training_features(
@@ -202,27 +226,85 @@ class PatchCore(BackboneDetector):
     # ------------------------------------------------------------------ predict
     def _score_batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         patches = self._patch_features(batch)
-        count, dim, height, width = patches.shape
         queries = patch_rows(patches)
         distance, nearest = self.search_index_.query(queries, k=1)
-        patch_scores = distance[:, 0].reshape(count, height * width)
+        return self._scores_and_maps(patches, queries, distance[:, 0], nearest[:, 0], batch.shape[2:])
+
+    def _scores_and_maps(
+        self,
+        patches: torch.Tensor,
+        queries: torch.Tensor,
+        distance: torch.Tensor,
+        nearest: torch.Tensor,
+        size: tuple[int, ...],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image scores and smoothed maps at ``size`` from each patch's distance to (and index of) its
+        nearest memory-bank patch; ``patches`` is ``B x D x h x w``, ``queries`` its rows."""
+        count, dim, height, width = patches.shape
+        patch_scores = distance.reshape(count, height * width)
         if self.reweight:
             scores = reweighted_scores(
                 queries.reshape(count, height * width, dim),
                 patch_scores,
-                nearest[:, 0].reshape(count, -1),
+                nearest.reshape(count, -1),
                 self.memory_bank_,
                 self.search_index_,
                 self.reweight_neighbours,
             )
         else:
-            scores = patch_scores.max(dim=1).values
-        maps = upsample_maps(patch_scores.reshape(count, height, width), (batch.shape[2], batch.shape[3]))
+            scores = patch_scores.topk(min(self.score_top_k, patch_scores.shape[1]), dim=1).values.mean(dim=1)
+        maps = upsample_maps(patch_scores.reshape(count, height, width), (size[0], size[1]))
         return scores, gaussian_blur(maps, self.smoothing_sigma)
+
+    def _out_of_fold_scores(
+        self, dataset: ImageDataset, groups: list[str], n_folds: int, progress: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Every training image scored against the memory bank without the patches of its group's images
+        (its own, and its group's siblings): no refit. ``n_folds`` plays no part (every group is its own
+        fold). The map maxima are taken at the model's input size."""
+        if len(groups) != len(dataset) or not hasattr(self, "bank_sources_"):
+            raise ConfigError("Out-of-fold scores need the training images this PatchCore was just fitted on.")
+        index_of = {group: index for index, group in enumerate(dict.fromkeys(groups))}
+        image_groups = torch.tensor([index_of[group] for group in groups])
+        bank_groups = image_groups[self.bank_sources_].to(self.device_)
+        scores, map_maxima = [], []
+        first = 0
+        with torch.inference_mode():
+            for batch in self._training_batches(dataset, "calibrating", progress):
+                patches = self._patch_features(batch)
+                queries = patch_rows(patches)
+                own = image_groups[first : first + batch.shape[0]].to(self.device_)
+                own = own.repeat_interleave(patches.shape[2] * patches.shape[3])
+                distance, nearest = self._nearest_outside_group(queries, own, bank_groups)
+                batch_scores, maps = self._scores_and_maps(patches, queries, distance, nearest, batch.shape[2:])
+                scores.append(batch_scores.cpu())
+                map_maxima.append(maps.flatten(1).max(dim=1).values.cpu())
+                first += batch.shape[0]
+        return torch.cat(scores).double().numpy(), torch.cat(map_maxima).double().numpy()
+
+    def _nearest_outside_group(
+        self, queries: torch.Tensor, own: torch.Tensor, bank_groups: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Distance to and index of each query's nearest bank row of another group than ``own``: the
+        first such row of its ``OUT_OF_GROUP_NEIGHBOURS`` nearest, else (all of them in its group) an
+        exact search over the other groups' rows."""
+        k = min(OUT_OF_GROUP_NEIGHBOURS, self.memory_bank_.shape[0])
+        distance, index = self.search_index_.query(queries, k=k)
+        outside = bank_groups[index] != own[:, None]
+        first = outside.to(torch.int8).argmax(dim=1)
+        rows = torch.arange(queries.shape[0], device=queries.device)
+        best_distance, best_index = distance[rows, first].clone(), index[rows, first].clone()
+        for row in torch.nonzero(~outside.any(dim=1)).flatten().tolist():
+            others = torch.nonzero(bank_groups != own[row]).flatten()
+            if others.numel() == 0:
+                raise DataError("Out-of-fold scores need at least 2 groups of training images.")
+            gaps = (self.memory_bank_[others] - queries[row]).norm(dim=1)
+            best_distance[row], best_index[row] = gaps.min(), others[gaps.argmin()]
+        return best_distance, best_index
 
     # ------------------------------------------------------------------ state
     def _state_tensors(self) -> dict[str, torch.Tensor]:
-        return {"memory_bank": self.memory_bank_}
+        return {"memory_bank": self.memory_bank_, "bank_sources": self.bank_sources_}
 
     def _state_meta(self) -> dict[str, Any]:
         return {**super()._state_meta(), "feature_dim": int(self.memory_bank_.shape[1])}
@@ -231,6 +313,8 @@ class PatchCore(BackboneDetector):
         self._restore_extractor(meta)
         bank = checked_tensor(tensors, "memory_bank", (None, sum(self.extractor_.channels)))
         self.memory_bank_ = bank.to(self.device_).contiguous()
+        if "bank_sources" in tensors:  # absent from models written by flawscope 0.1
+            self.bank_sources_ = checked_tensor(tensors, "bank_sources", (bank.shape[0],))
         self.search_index_ = make_search(self.search, self.device_).fit(self.memory_bank_)
 
 
