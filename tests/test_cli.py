@@ -146,6 +146,8 @@ def test_fit_takes_the_autoencoder_recipe(category, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "ae" / "config.json").read_text())["params"]["recipe"] == "paper"
+    assert "threshold: aims at 0.13% false alarms" in result.output  # the sigma rule, stated in false alarms
+    assert "warning: L2Autoencoder: 4 good calibration images cannot show" in " ".join(result.output.split())
     result = runner.invoke(
         app, ["fit", "--data", str(category), "--out", str(tmp_path / "pc"), "--recipe", "paper", "--quiet"]
     )

@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -29,8 +30,14 @@ def _fail(error: Exception) -> NoReturn:
     raise typer.Exit(code=2)
 
 
+def _print_warning(message: Warning | str, *_: Any, **__: Any) -> None:
+    errors.print(f"[yellow]warning:[/yellow] {escape(str(message))}")
+
+
 def _show_library_messages(quiet: bool) -> None:
-    """Print the library's log messages (training schedules and such) on standard error unless ``quiet``."""
+    """Print the library's log messages (training schedules and such) on standard error unless ``quiet``;
+    its warnings (a threshold the calibration images cannot support, say) as one plain line each, always."""
+    warnings.showwarning = _print_warning
     logger = logging.getLogger("flawscope")
     if not any(getattr(handler, "flawscope_cli", False) for handler in logger.handlers):
         handler = logging.StreamHandler(sys.stderr)
@@ -363,6 +370,7 @@ def quantize(
     from flawscope.models.registry import QUANTIZABLE, list_models
     from flawscope.workflow import training_data
 
+    _show_library_messages(quiet)
     try:
         detector = fs.load(model_dir, device="cpu")
         if QUANTIZABLE not in detector.capabilities:
