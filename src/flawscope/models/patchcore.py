@@ -178,7 +178,8 @@ class PatchCore(BackboneDetector):
             bank = self._training_features(dataset, None, progress, rows=selected, description="memory bank")
         self.memory_bank_ = bank.contiguous()
         patches_per_image = projected_rows // len(dataset)
-        self.bank_sources_ = (selected // patches_per_image).to(torch.int64).cpu()  # training image of each row
+        # the training image of each bank row, for out-of-fold scores right after the fit (not saved)
+        self._bank_sources = (selected // patches_per_image).to(torch.int64).cpu()
         self.search_index_ = make_search(self.search, self.device_).fit(self.memory_bank_)
 
     def _training_features(
@@ -262,11 +263,12 @@ class PatchCore(BackboneDetector):
         """Every training image scored against the memory bank without the patches of its group's images
         (its own, and its group's siblings): no refit. ``n_folds`` plays no part (every group is its own
         fold). The map maxima are taken at the model's input size."""
-        if len(groups) != len(dataset) or not hasattr(self, "bank_sources_"):
+        sources = getattr(self, "_bank_sources", None)
+        if sources is None or sources.shape[0] != self.memory_bank_.shape[0] or int(sources.max()) >= len(dataset):
             raise ConfigError("Out-of-fold scores need the training images this PatchCore was just fitted on.")
         index_of = {group: index for index, group in enumerate(dict.fromkeys(groups))}
         image_groups = torch.tensor([index_of[group] for group in groups])
-        bank_groups = image_groups[self.bank_sources_].to(self.device_)
+        bank_groups = image_groups[sources].to(self.device_)
         scores, map_maxima = [], []
         first = 0
         with torch.inference_mode():
@@ -304,7 +306,7 @@ class PatchCore(BackboneDetector):
 
     # ------------------------------------------------------------------ state
     def _state_tensors(self) -> dict[str, torch.Tensor]:
-        return {"memory_bank": self.memory_bank_, "bank_sources": self.bank_sources_}
+        return {"memory_bank": self.memory_bank_}
 
     def _state_meta(self) -> dict[str, Any]:
         return {**super()._state_meta(), "feature_dim": int(self.memory_bank_.shape[1])}
@@ -313,8 +315,6 @@ class PatchCore(BackboneDetector):
         self._restore_extractor(meta)
         bank = checked_tensor(tensors, "memory_bank", (None, sum(self.extractor_.channels)))
         self.memory_bank_ = bank.to(self.device_).contiguous()
-        if "bank_sources" in tensors:  # absent from models written by flawscope 0.1
-            self.bank_sources_ = checked_tensor(tensors, "bank_sources", (bank.shape[0],))
         self.search_index_ = make_search(self.search, self.device_).fit(self.memory_bank_)
 
 
