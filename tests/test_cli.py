@@ -15,6 +15,11 @@ from flawscope.data.synthetic import write_mvtec_layout
 runner = CliRunner()
 
 
+def fit_cli(data, out, *options):
+    """``flawscope fit --data DATA --out OUT --device cpu --quiet OPTIONS...``."""
+    return runner.invoke(app, ["fit", "--data", str(data), "--out", str(out), "--device", "cpu", "--quiet", *options])
+
+
 @pytest.fixture(scope="module")
 def category(tmp_path_factory):
     return write_mvtec_layout(
@@ -25,24 +30,8 @@ def category(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model_dir(category, tmp_path_factory):
     out = tmp_path_factory.mktemp("models") / "model"
-    result = runner.invoke(
-        app,
-        [
-            "fit",
-            "--data",
-            str(category),
-            "--out",
-            str(out),
-            "--device",
-            "cpu",
-            "--quiet",
-            "--param",
-            "image_size=96",
-            "--param",
-            "coreset_ratio=0.25",
-            "--val-fraction",
-            "0.25",
-        ],
+    result = fit_cli(
+        str(category), str(out), "--param", "image_size=96", "--param", "coreset_ratio=0.25", "--val-fraction", "0.25"
     )
     assert result.exit_code == 0, result.output
     return out
@@ -124,25 +113,8 @@ def test_evaluate_writes_metrics_and_report(model_dir, category, tmp_path):
 
 def test_fit_takes_the_autoencoder_recipe(category, tmp_path):
     small = ["--param", "image_size=64", "--param", "patch_size=32", "--param", "n_patches=32", "--param", "epochs=1"]
-    result = runner.invoke(
-        app,
-        [
-            "fit",
-            "--data",
-            str(category),
-            "--out",
-            str(tmp_path / "ae"),
-            "--model",
-            "ae_l2",
-            "--recipe",
-            "paper",
-            "--device",
-            "cpu",
-            "--val-fraction",
-            "0.3",
-            "--quiet",
-            *small,
-        ],
+    result = fit_cli(
+        str(category), str(tmp_path / "ae"), "--model", "ae_l2", "--recipe", "paper", "--val-fraction", "0.3", *small
     )
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "ae" / "config.json").read_text())["params"]["recipe"] == "paper"
@@ -178,28 +150,19 @@ def test_distill_teacher_then_fit_efficientad_with_it(category, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "PDN-small teacher (152 channels)" in result.output and teacher.is_file()
-    result = runner.invoke(
-        app,
-        [
-            "fit",
-            "--data",
-            str(category),
-            "--out",
-            str(tmp_path / "ead"),
-            "--model",
-            "efficientad",
-            "--param",
-            f"teacher={teacher}",
-            "--param",
-            "image_size=128",
-            "--param",
-            "steps=2",
-            "--device",
-            "cpu",
-            "--val-fraction",
-            "0.3",
-            "--quiet",
-        ],
+    result = fit_cli(
+        str(category),
+        str(tmp_path / "ead"),
+        "--model",
+        "efficientad",
+        "--param",
+        f"teacher={teacher}",
+        "--param",
+        "image_size=128",
+        "--param",
+        "steps=2",
+        "--val-fraction",
+        "0.3",
     )
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "ead" / "config.json").read_text())["params"]["teacher"] == str(teacher)
@@ -229,24 +192,8 @@ def test_distill_teacher_then_fit_efficientad_with_it(category, tmp_path):
 
 def test_cam_classifier_fits_on_labelled_images_and_is_evaluated_on_unseen_ones(category, tmp_path):
     out = tmp_path / "cam"
-    result = runner.invoke(
-        app,
-        [
-            "fit",
-            "--data",
-            str(category),
-            "--out",
-            str(out),
-            "--model",
-            "cam_classifier",
-            "--device",
-            "cpu",
-            "--param",
-            "image_size=64",
-            "--param",
-            "max_epochs=1",
-            "--quiet",
-        ],
+    result = fit_cli(
+        str(category), str(out), "--model", "cam_classifier", "--param", "image_size=64", "--param", "max_epochs=1"
     )
     assert result.exit_code == 0, result.output
     assert "on 9 labelled images (80 %" in result.output  # 11 test images of the category: 9 to learn, 2 to judge
