@@ -154,6 +154,35 @@ def _mean_spread(values: list[float]) -> dict:
     return {"mean": statistics.fmean(values), "spread": statistics.pstdev(values)}
 
 
+def report() -> str:
+    """A markdown table of every ``disjoint_*.json``: per data set, the disjoint folds' mean +- spread and the
+    shuffled / shipped split beside them."""
+    lines = [
+        "| run | data | image AUROC, by part | pixel AUROC, by part | AUPRO, by part "
+        "| bal. acc. (calibrated / oracle), by part | image AUROC, shuffled or shipped |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for path in sorted(RESULTS.glob("disjoint_*.json")):
+        result = json.loads(path.read_text())
+        for dataset, entry in result.items():
+            if not isinstance(entry, dict) or "disjoint" not in entry:
+                continue
+            part, other = entry["disjoint"], [r for r in entry["runs"] if r["split"] in ("shuffled", "shipped")]
+            cells = [_cell(part.get(key)) for key in ("image_auroc", "pixel_auroc", "aupro")]
+            balanced = f"{_cell(part.get('balanced_accuracy'))} / {_cell(part.get('balanced_accuracy_oracle'))}"
+            shuffled = f"{other[0]['image_auroc']:.3f}" if other else "--"
+            lines.append(
+                f"| {path.stem.removeprefix('disjoint_')} | {dataset} | {' | '.join(cells)} | {balanced} | {shuffled} |"
+            )
+    return "\n".join(lines)
+
+
+def _cell(summary: dict | None) -> str:
+    if summary is None:
+        return "--"
+    return f"{summary['mean']:.3f} +- {summary['spread']:.3f}" if summary["spread"] else f"{summary['mean']:.3f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=["patchcore"])
@@ -169,7 +198,11 @@ def main() -> None:
         help="Threshold from the held-out calibration images, or fit on training + calibration images and "
         "threshold on their out-of-fold scores (each image without its group).",
     )
+    parser.add_argument("--report", action="store_true", help="Print the markdown table of every result and stop.")
     args = parser.parse_args()
+    if args.report:
+        print(report())
+        return
     params = parse_params(args.param)
     sources = {
         "elpv-mono": (lambda: elpv_splits("mono"), "module"),
