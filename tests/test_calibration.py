@@ -56,11 +56,16 @@ def test_fit_out_of_fold_scores_no_image_as_its_own_neighbour(name, texture_trai
     assert model.threshold_ > np.quantile(own_scores, 0.8)  # images seen in training score lower than unseen
 
 
-def test_patchcore_out_of_fold_leaves_the_whole_group_out(texture_train):
+def test_patchcore_with_its_full_bank_leaves_the_group_out_exactly(texture_train):
     from flawscope.data.splits import with_groups
 
     grouped = with_groups(texture_train, [f"part{i // 3}" for i in range(12)])  # 4 parts of 3 images
-    model = fs.create("patchcore", image_size=64, coreset_ratio=0.25, device="cpu").fit(grouped, progress=False)
-    by_image, _ = model._out_of_fold_scores(grouped, [f"image {i}" for i in range(12)], 5, False)
-    by_part, _ = model._out_of_fold_scores(grouped, [s.group for s in grouped], 5, False)
-    assert (by_part >= by_image - 1e-6).all() and (by_part > by_image).any()  # fewer, farther neighbours
+    params = {"image_size": 64, "coreset_ratio": 1.0, "device": "cpu"}
+    model = fs.create("patchcore", **params).fit(grouped, progress=False)
+    scores, _ = model._out_of_fold_scores(grouped, [s.group for s in grouped], 5, False)
+    for part in range(4):  # the same as a model fitted without the part, then scoring it
+        inside = [i for i in range(12) if i // 3 == part]
+        others = grouped.subset([i for i in range(12) if i // 3 != part], "other parts")
+        refit = fs.create("patchcore", **params).fit(others, progress=False)
+        expected = refit.predict(grouped.subset(inside, "part"), progress=False).scores
+        np.testing.assert_allclose(scores[inside], expected, rtol=1e-4)

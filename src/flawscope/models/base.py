@@ -230,9 +230,10 @@ class Detector:
         For few good images: none is held out from training, yet none scores as its own
         neighbour. Each image is scored by a model fitted without it -- without its whole group
         when the images have groups (``Sample.group``: a part's other captures score like the part
-        itself) -- over ``n_folds`` folds of groups (of images when there are none). A method that
-        can leave images out of its fitted state directly (PatchCore: the memory-bank patches of
-        the image's group) does so instead of fitting again. The rule is that of :meth:`calibrate`.
+        itself) -- over ``n_folds`` folds of groups (of images when there are none): ``n_folds``
+        more fits. A method that can leave images out of its fitted state exactly does so instead
+        (PatchCore with its full memory bank: the patches of the image's group). The rule is that
+        of :meth:`calibrate`.
         """
         if self.supervised:
             raise ConfigError(f"{type(self).__name__} learns from labelled images and sets its own threshold.")
