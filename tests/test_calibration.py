@@ -69,3 +69,12 @@ def test_patchcore_with_its_full_bank_leaves_the_group_out_exactly(texture_train
         refit = fs.create("patchcore", **params).fit(others, progress=False)
         expected = refit.predict(grouped.subset(inside, "part"), progress=False).scores
         np.testing.assert_allclose(scores[inside], expected, rtol=1e-4)
+
+
+def test_the_default_rule_and_the_mse_autoencoders_recipe():
+    assert fs.create("patchcore").default_threshold == fs.create("padim").default_threshold
+    default = fs.create("patchcore").default_threshold
+    assert (default.rule, default.target_fpr) == ("fpr", 0.05)
+    recipe = fs.create("ae_mse").default_threshold  # the slides: mean + 3 std of the good scores
+    assert (recipe.rule, recipe.k) == ("sigma", 3.0)
+    assert default.with_changes("sigma", None, None) == type(default)("sigma", 3.0, 0.05)

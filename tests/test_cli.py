@@ -40,7 +40,9 @@ def model_dir(category, tmp_path_factory):
 def test_fit_writes_a_calibrated_model(model_dir):
     config = json.loads((model_dir / "config.json").read_text())
     assert config["model"] == "patchcore" and config["params"]["image_size"] == 96
-    assert config["calibration"]["calibration"]["rule"] == "sigma" and config["calibration"]["threshold"] > 0
+    calibration = config["calibration"]["calibration"]
+    assert calibration["rule"] == "fpr" and calibration["target_fpr"] == 0.05  # the default rule
+    assert config["calibration"]["threshold"] > 0 and len(calibration["good_scores"]) == calibration["n_good"] == 4
     assert (model_dir / "model.safetensors").stat().st_size > 0
 
 
@@ -118,7 +120,7 @@ def test_fit_takes_the_autoencoder_recipe(category, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "ae" / "config.json").read_text())["params"]["recipe"] == "paper"
-    assert "threshold: aims at 0.13% false alarms" in result.output  # the sigma rule, stated in false alarms
+    assert "threshold: aims at 5.00% false alarms" in result.output  # the default rule, stated in false alarms
     assert "warning: L2Autoencoder: 4 good calibration images cannot show" in " ".join(result.output.split())
     result = runner.invoke(
         app, ["fit", "--data", str(category), "--out", str(tmp_path / "pc"), "--recipe", "paper", "--quiet"]
@@ -182,7 +184,7 @@ def test_distill_teacher_then_fit_efficientad_with_it(category, tmp_path):
     )
     assert result.exit_code == 0, result.output
     quantized = fs.load(tmp_path / "ead8")
-    assert quantized.precision == "int8" and quantized.is_calibrated and quantized.calibration_["rule"] == "sigma"
+    assert quantized.precision == "int8" and quantized.is_calibrated and quantized.calibration_["rule"] == "fpr"
     assert (
         quantized.calibration_["n_images"] == fs.load(tmp_path / "ead").calibration_["n_images"]
     )  # the same held-out images

@@ -117,17 +117,22 @@ def fit(
     val_fraction: float = typer.Option(
         0.1, help="Fraction of the good training images held out to calibrate the threshold."
     ),
-    threshold_rule: str = typer.Option("sigma", help="sigma (mean + k std of good scores), fpr or f1."),
-    k: float = typer.Option(3.0, help="k of the sigma rule."),
-    target_fpr: float = typer.Option(0.01, help="False-positive rate of the fpr rule."),
+    threshold_rule: str | None = typer.Option(
+        None,
+        help="fpr (the target-fpr quantile of the good held-out scores), sigma (mean + k std of them) or f1; "
+        "default: the method's (fpr at 5 %; ae_mse: sigma, k = 3).",
+    ),
+    k: float | None = typer.Option(None, help="k of the sigma rule (default 3)."),
+    target_fpr: float | None = typer.Option(None, help="False-alarm rate the fpr rule aims at (default 0.05)."),
     groups: str | None = typer.Option(None, help=GROUPS_HELP),
     quiet: bool = typer.Option(False, help="No progress bars or messages."),
 ) -> None:
     """Learn from good images and calibrate the OK / NOT OK threshold on held-out good ones (cam_classifier: learn
     from 80 % of the labelled good and defective images)."""
     import flawscope as fs
+    from flawscope.models.registry import model_entry
     from flawscope.postprocess import describe_false_alarms
-    from flawscope.workflow import ThresholdRule, fit_and_calibrate, parse_params
+    from flawscope.workflow import fit_and_calibrate, parse_params
 
     _show_library_messages(quiet)
     try:
@@ -139,7 +144,7 @@ def fit(
             data,
             params,
             validation_fraction=val_fraction,
-            threshold=ThresholdRule(threshold_rule, k, target_fpr),
+            threshold=model_entry(model).detector.default_threshold.with_changes(threshold_rule, k, target_fpr),
             groups=groups,
             progress=not quiet,
         )
@@ -155,7 +160,8 @@ def fit(
     else:
         console.print(
             f"fitted {model} on {n_train} images in {fitted.fit_seconds:.1f} s; threshold "
-            f"{fitted.model.threshold_:.4f} ({threshold_rule} on {len(calibration)} held-out good images); "
+            f"{fitted.model.threshold_:.4f} ({fitted.model.calibration_['rule']} on {len(calibration)} held-out good "
+            "images); "
             f"saved to {out}"
         )
         console.print(f"threshold: {describe_false_alarms(fitted.model.calibration_)}")
@@ -283,7 +289,7 @@ def demo(
     report.write_html(out / "report.html", title=f"PatchCore on ELPV {cell_type}")
     n_calibration = len(fitted.data.calibration or [])
     console.print(
-        f"fit on {len(fitted.data.train)} good cells in {fitted.fit_seconds:.1f} s; threshold (mean + 3 std of "
+        f"fit on {len(fitted.data.train)} good cells in {fitted.fit_seconds:.1f} s; threshold (from "
         f"{n_calibration} good cells of other modules) {fitted.model.threshold_:.3f}: "
         f"{describe_false_alarms(fitted.model.calibration_)}"
     )

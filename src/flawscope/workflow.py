@@ -32,6 +32,7 @@ from flawscope.errors import ConfigError, DataError
 from flawscope.evaluation import Report, evaluate
 from flawscope.models.base import Detector
 from flawscope.models.registry import SUPERVISED, create, model_entry
+from flawscope.postprocess import ThresholdRule
 
 DATA_SPEC_HELP = (
     "An MVTec-layout category (train/good, test/<type>, ground_truth/), a folder with good/ (and optionally "
@@ -131,16 +132,6 @@ def _has_groups(dataset: ImageDataset) -> bool:
     return len(dataset) > 0 and all(sample.group is not None for sample in dataset.samples)
 
 
-@dataclass(frozen=True)
-class ThresholdRule:
-    """How :meth:`Detector.calibrate` sets the OK / NOT OK threshold: ``sigma`` (mean + k std of good
-    scores), ``fpr`` (the ``target_fpr`` quantile of good scores) or ``f1``."""
-
-    rule: str = "sigma"
-    k: float = 3.0
-    target_fpr: float = 0.01
-
-
 @dataclass
 class FitResult:
     """A fitted (and, when unsupervised, calibrated) model with the datasets it used."""
@@ -156,12 +147,13 @@ def fit_and_calibrate(
     params: dict[str, Any] | None = None,
     *,
     validation_fraction: float = 0.1,
-    threshold: ThresholdRule = ThresholdRule(),
+    threshold: ThresholdRule | None = None,
     groups: str | None = None,
     progress: bool = True,
 ) -> FitResult:
     """Create ``model_name`` with ``params``, fit it on :func:`training_data` and calibrate it on the
-    held-out good images (a supervised method sets its own threshold while fitting)."""
+    held-out good images with ``threshold`` (None: the method's default rule); a supervised method
+    sets its own threshold while fitting."""
     params = dict(params or {})
     supervised = model_entry(model_name).supports(SUPERVISED)
     data = training_data(
@@ -172,9 +164,8 @@ def fit_and_calibrate(
     model.fit(data.train, progress=progress)
     fit_seconds = time.perf_counter() - started
     if data.calibration is not None:
-        model.calibrate(
-            data.calibration, rule=threshold.rule, k=threshold.k, target_fpr=threshold.target_fpr, progress=progress
-        )
+        chosen = model.default_threshold if threshold is None else threshold
+        model.calibrate(data.calibration, rule=chosen.rule, k=chosen.k, target_fpr=chosen.target_fpr, progress=progress)
     return FitResult(model, data, fit_seconds)
 
 
@@ -217,7 +208,7 @@ def run_benchmark(
     groups: str | None = None,
     progress: bool = False,
 ) -> BenchmarkResult:
-    """Fit + calibrate (sigma rule, k = 3) + evaluate in this process; timings, peak memory and metrics."""
+    """Fit + calibrate (the method's default rule) + evaluate in this process; timings, peak memory and metrics."""
     fitted = fit_and_calibrate(model_name, spec, params, groups=groups, progress=progress)
     test = evaluation_data(spec, supervised=fitted.model.supervised, seed=fitted.model.seed, groups=groups)
     started = time.perf_counter()

@@ -34,7 +34,7 @@ from flawscope.data.transforms import grey_batch, to_model_input
 from flawscope.errors import ConfigError, DataError
 from flawscope.models.base import RUN_CONSTRAINTS, Detector
 from flawscope.models.registry import register_detector
-from flawscope.postprocess import gaussian_blur
+from flawscope.postprocess import ThresholdRule, gaussian_blur
 from flawscope.ssim import ssim_map
 from flawscope.state import module_tensors, restore_module
 from flawscope.training import EarlyStopping, TrainingLoop, announce_schedule
@@ -479,6 +479,7 @@ class MSEAutoencoder(ConvolutionalAutoencoder):
         "paper": {"n_patches": 10_000, "epochs": 100},
     }
     image_score = "mean"
+    default_threshold = ThresholdRule("sigma", k=3.0)  # the slides' mean + 3 std of good scores
 
     def __init__(self, *, patch_size: int = 256, latent_dim: int = 128, grey: bool = False, **params: Any) -> None:
         super().__init__(patch_size=patch_size, latent_dim=latent_dim, grey=grey, **params)

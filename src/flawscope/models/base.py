@@ -39,6 +39,7 @@ from flawscope.features.extractor import FeatureExtractor
 from flawscope.models.registry import SUPERVISED
 from flawscope.postprocess import (
     Box,
+    ThresholdRule,
     boxes_from_mask,
     false_alarm_statement,
     segment,
@@ -70,6 +71,8 @@ class Detector:
     # of this shape ("square" or "disk") and size
     opening_shape: ClassVar[str] = "square"
     default_opening: ClassVar[int] = 3
+    # how calibrate sets the threshold unless told otherwise
+    default_threshold: ClassVar[ThresholdRule] = ThresholdRule()
 
     image_size: int
     batch_size: int
@@ -189,16 +192,18 @@ class Detector:
         self,
         images: ImageDataset | Sequence | str,
         *,
-        rule: str = "sigma",
-        k: float = 3.0,
-        target_fpr: float = 0.01,
+        rule: str | None = None,
+        k: float | None = None,
+        target_fpr: float | None = None,
         progress: bool = True,
     ) -> Detector:
         """Set the OK / NOT OK threshold from validation images; returns self.
 
-        ``sigma`` (default): mean + k std of the good images' scores -- needs no defective
-        images. ``fpr``: the score quantile giving ``target_fpr`` false positives. ``f1``: best
-        F1, needs labelled good and defective images. The same rule on the per-image maxima of
+        ``fpr``: the score quantile giving ``target_fpr`` false alarms on the good images.
+        ``sigma``: mean + k std of the good images' scores. ``f1``: best F1, needs labelled good
+        and defective images. What is not given comes from the method's ``default_threshold``
+        (:class:`~flawscope.postprocess.ThresholdRule`: ``fpr`` at 5 %; the MSE autoencoder's
+        recipe: ``sigma`` with k = 3). The same rule on the per-image maxima of
         the anomaly maps gives the pixel threshold used for masks and boxes.
 
         ``calibration_`` keeps the good images' scores (``good_scores``, what a later drift check
@@ -213,16 +218,17 @@ class Detector:
         dataset = as_dataset(images, split="test")
         scores, map_maxima = self._scores_and_map_maxima(dataset, progress)
         labels = np.clip(dataset.labels, 0, 1)
-        return self._set_thresholds(scores, map_maxima, labels, rule, k, target_fpr, "held-out images")
+        chosen = self.default_threshold.with_changes(rule, k, target_fpr)
+        return self._set_thresholds(scores, map_maxima, labels, chosen, "held-out images")
 
     def fit_out_of_fold(
         self,
         images: ImageDataset | Sequence | str,
         *,
         n_folds: int = 5,
-        rule: str = "sigma",
-        k: float = 3.0,
-        target_fpr: float = 0.01,
+        rule: str | None = None,
+        k: float | None = None,
+        target_fpr: float | None = None,
         progress: bool = True,
     ) -> Detector:
         """Fit on every good image and set the threshold on their out-of-fold scores; returns self.
@@ -242,7 +248,8 @@ class Detector:
         groups = [sample.group or f"image {i}" for i, sample in enumerate(dataset.samples)]
         scores, map_maxima = self._out_of_fold_scores(dataset, groups, n_folds, progress)
         labels = np.zeros(len(dataset), dtype=np.int64)
-        return self._set_thresholds(scores, map_maxima, labels, rule, k, target_fpr, f"out of fold, {n_folds} folds")
+        chosen = self.default_threshold.with_changes(rule, k, target_fpr)
+        return self._set_thresholds(scores, map_maxima, labels, chosen, f"out of fold, {n_folds} folds")
 
     def _out_of_fold_scores(
         self, dataset: ImageDataset, groups: list[str], n_folds: int, progress: bool
@@ -273,12 +280,11 @@ class Detector:
         scores: np.ndarray,
         map_maxima: np.ndarray,
         labels: np.ndarray,
-        rule: str,
-        k: float,
-        target_fpr: float,
+        chosen: ThresholdRule,
         source: str,
     ) -> Detector:
-        """The image and pixel thresholds of ``rule`` on these scores, with what they promise in false alarms."""
+        """The image and pixel thresholds of ``chosen`` on these scores, with what they promise in false alarms."""
+        rule, k, target_fpr = chosen.rule, chosen.k, chosen.target_fpr
         self.threshold_ = threshold_from_scores(scores, rule, k, target_fpr, labels)
         self.pixel_threshold_ = threshold_from_scores(map_maxima, rule, k, target_fpr, labels)
         statement = false_alarm_statement(scores[labels == 0], self.threshold_, rule, k, target_fpr)
