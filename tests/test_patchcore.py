@@ -80,13 +80,14 @@ def test_calibrated_prediction_has_labels_masks_and_boxes(texture_train, texture
 def test_input_shape_keeps_the_aspect_ratio_of_long_parts(texture_train):
     long_images = [sample.image[:, :40].repeat(3, axis=1) for sample in texture_train.samples[:6]]  # 96 x 120
     wide = [np.concatenate([image, image], axis=1) for image in long_images]  # 96 x 240: 2.5 times wider
-    model = fs.create("patchcore", image_size=64, coreset_ratio=0.5, device="cpu").fit(wide, progress=False)
+    model = fs.create("patchcore", image_size=64, coreset_ratio=0.5, input_shape="auto", device="cpu")
+    model.fit(wide, progress=False)
     assert model.input_shape_ == "aspect" and model._input_size(96, 240) == (64, 160)
-    squashed = fs.create("patchcore", image_size=64, input_shape="square", device="cpu").fit(wide, progress=False)
+    squashed = fs.create("patchcore", image_size=64, device="cpu").fit(wide, progress=False)  # the default
     assert squashed.input_shape_ == "square" and squashed.memory_bank_.shape[0] < model.memory_bank_.shape[0]
     prediction = model.predict([wide[0], texture_train.samples[0].image], progress=False)  # two input sizes
     assert [m.shape for m in prediction.anomaly_maps] == [(96, 240), (96, 96)]
-    square_images = fs.create("patchcore", image_size=64, device="cpu").fit(texture_train, progress=False)
-    assert square_images.input_shape_ == "square"  # "auto" keeps squares square
+    square_images = fs.create("patchcore", image_size=64, input_shape="auto", device="cpu")
+    assert square_images.fit(texture_train, progress=False).input_shape_ == "square"  # "auto" keeps squares square
     with pytest.raises(fs.ConfigError, match="needs training images of one size"):
         fs.create("patchcore", image_size=64, input_shape="aspect").fit(wide + long_images, progress=False)

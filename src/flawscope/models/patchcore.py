@@ -91,10 +91,13 @@ class PatchCore(BackboneDetector):
         Image score = the mean of the ``score_top_k`` largest patch scores (1, the default: the
         largest, as the paper; with ``reweight``, the paper's re-weighted largest).
     input_shape : {'auto', 'square', 'aspect'}
-        ``square``: every image squashed to ``image_size`` squared (the paper). ``aspect``: the short
-        side at ``image_size``, the long side the nearest multiple of 32 of the aspect ratio, so thin
-        defects of long parts survive (training images must share one size). ``auto`` (default):
-        ``aspect`` when every training image has one size at least 1.5 times longer than wide.
+        ``square`` (default): every image squashed to ``image_size`` squared (the paper). ``aspect``:
+        the short side at ``image_size``, the long side the nearest multiple of 32 of the aspect
+        ratio, so thin defects of long parts keep their pixels (training images must share one
+        size). ``auto``: ``aspect`` when every training image has one size at least 1.5 times longer
+        than wide. Measured on bsdata (1130 x 460 px, tiny pits): ``aspect`` raises AUPRO from 0.776
+        to 0.833 but lowers image AUROC from 0.870 to 0.851 and fits 5.5 times slower (2.4 times
+        the patches), so it is not the default.
     photometric : {'none', 'standardise', 'equalise'}
         Per-image brightness and contrast normalisation before the backbone
         (:func:`flawscope.data.transforms.photometric_normalise`).
@@ -136,7 +139,7 @@ class PatchCore(BackboneDetector):
         search: str = "auto",
         score_top_k: int = 1,
         photometric: str = "none",
-        input_shape: str = "auto",
+        input_shape: str = "square",
         batch_size: int = 16,
         device: str = "auto",
         seed: int = 0,
