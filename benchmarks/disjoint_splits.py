@@ -12,7 +12,8 @@ beside the split it was reported on before.
   training positions, whole, calibrate.
 
 Every run: image AUROC, pixel AUROC and AUPRO where masks exist, balanced accuracy at the calibrated
-threshold (sigma rule, k = 3) and the best any threshold reaches on the test data (the oracle), fit
+threshold (the method's default rule; every rule of ``RULES`` beside it) and the best any threshold reaches
+on the test data (the oracle), fit
 seconds, predict images/s; mean and spread over the folds.
 
     .venv/bin/python benchmarks/disjoint_splits.py --models patchcore padim \\
