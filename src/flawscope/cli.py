@@ -409,6 +409,151 @@ def quantize(
     console.print(f"quantized {model_dir} to int8; {threshold}; saved to {out}")
 
 
+_SERVE_EXTRA = "flawscope serve, watch and log need the 'serve' extra: pip install 'flawscope[serve]'"
+
+
+def _station(
+    model_dirs: list[Path], db: Path, store: Path | None, store_images: bool, max_pixels: int, device: str | None
+) -> Any:
+    import flawscope as fs
+
+    try:
+        from flawscope.service import open_station
+
+        return open_station(model_dirs, db, store, store_images=store_images, max_pixels=max_pixels, device=device)
+    except ImportError as error:
+        _fail(ImportError(f"{_SERVE_EXTRA} ({error})."))
+    except (fs.FlawscopeError, OSError) as error:
+        _fail(error)
+
+
+_DB_HELP = "The inspection log (SQLite; created and migrated when needed)."
+_STORE_HELP = "Folder of the stored images, overlays and masks (content-addressed); default: <db>-store beside the db."
+
+
+@app.command()
+def serve(
+    model_dirs: list[Path] = typer.Argument(
+        ..., help="Calibrated model directories; each served under its folder name."
+    ),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; the default answers this machine only."),
+    port: int = typer.Option(8000, help="TCP port."),
+    db: Path = typer.Option(Path("inspections.sqlite"), help=_DB_HELP),
+    store: Path | None = typer.Option(None, help=_STORE_HELP),
+    store_images: bool = typer.Option(
+        True, help="Keep every image, overlay and mask (--no-store-images: the log only)."
+    ),
+    token: str | None = typer.Option(
+        None, envvar="FLAWSCOPE_TOKEN", help="Every write route then needs 'Authorization: Bearer TOKEN'."
+    ),
+    max_upload_mb: float = typer.Option(32.0, help="Larger uploads are refused with 413."),
+    max_pixels: int = typer.Option(50_000_000, help="Larger images (decompression bombs) are refused with 422."),
+    device: str | None = typer.Option(None, help="Override the saved device (auto, cpu, cuda)."),
+) -> None:
+    """Serve the models over HTTP: POST /v1/inspect, the inspection log, the review page at /, API docs at /docs."""
+    station = _station(model_dirs, db, store, store_images, max_pixels, device)
+    import uvicorn
+
+    from flawscope.service.app import create_app
+
+    api = create_app(station, token=token, max_upload_bytes=int(max_upload_mb * 1024 * 1024))
+    console.print(f"serving {', '.join(station.models)} on http://{host}:{port}/ (log: {db})")
+    if host not in ("127.0.0.1", "localhost", "::1") and token is None:
+        errors.print("[yellow]warning:[/yellow] reachable from other machines and no --token: anyone can write.")
+    uvicorn.run(api, host=host, port=port, log_level="warning")
+
+
+@app.command()
+def watch(
+    model_dir: Path = typer.Argument(..., help="A calibrated model directory."),
+    in_dir: Path = typer.Argument(..., help="The folder a camera writes images into (its top level is watched)."),
+    db: Path = typer.Option(Path("inspections.sqlite"), help=_DB_HELP),
+    store: Path | None = typer.Option(None, help=_STORE_HELP),
+    store_images: bool = typer.Option(
+        True, help="Keep every image, overlay and mask (--no-store-images: the log only)."
+    ),
+    sort: bool = typer.Option(False, help="Move each inspected file into ok/, not_ok/ or failed/ beside it."),
+    settle: float = typer.Option(0.5, help="Seconds a file's size must stay unchanged before it counts as complete."),
+    max_pixels: int = typer.Option(50_000_000, help="Larger images are logged as failed."),
+    device: str | None = typer.Option(None, help="Override the saved device (auto, cpu, cuda)."),
+    quiet: bool = typer.Option(False, help="No line per inspected file."),
+) -> None:
+    """Inspect every image written into IN_DIR once, when complete; log it to the same database as serve."""
+    _show_library_messages(quiet)
+    station = _station([model_dir], db, store, store_images, max_pixels, device)
+    from flawscope.service.watch import FolderWatcher
+
+    try:
+        watcher = FolderWatcher(station, in_dir, sort=sort, settle_seconds=settle)
+    except NotADirectoryError as error:
+        _fail(error)
+    console.print(f"watching {in_dir} with {watcher.model} (log: {db}); Ctrl+C stops")
+    try:
+        watcher.run()
+    except KeyboardInterrupt:
+        console.print("stopped")
+
+
+log_app = typer.Typer(no_args_is_help=True, help="The inspection log of serve and watch: export it, summarise it.")
+app.add_typer(log_app, name="log")
+
+
+def _open_log(db: Path) -> Any:
+    from flawscope.errors import ModelFileError
+    from flawscope.service.log import InspectionLog
+
+    if not db.is_file():
+        _fail(FileNotFoundError(f"No inspection log at {db}."))
+    try:
+        return InspectionLog(db)
+    except ModelFileError as error:
+        _fail(error)
+
+
+@log_app.command("export")
+def log_export(
+    db: Path = typer.Option(..., help="The inspection log."),
+    out: Path = typer.Option(..., help="FILE.csv, or FILE.parquet where pyarrow is installed."),
+) -> None:
+    """Write every inspection with its latest verdict to a CSV or Parquet file."""
+    import flawscope as fs
+
+    log = _open_log(db)
+    try:
+        log.export(out)
+    except fs.FlawscopeError as error:
+        _fail(error)
+    console.print(f"{log.count()} inspections -> {out}")
+
+
+@log_app.command("stats")
+def log_stats_command(
+    db: Path = typer.Option(..., help="The inspection log."),
+    model: str | None = typer.Option(None, help="One model's figures only."),
+) -> None:
+    """The figures of GET /v1/stats as tables: counts, NOT OK rate, verdict agreement, drift."""
+    from flawscope.service.stats import log_stats
+
+    figures = log_stats(_open_log(db), model)
+    for name, entry in figures["models"].items():
+        table = Table(title=f"model {name}")
+        table.add_column("figure")
+        table.add_column("value", justify="right")
+        for key in ("inspections", "failed", "ok", "not_ok", "not_ok_rate", "threshold"):
+            table.add_row(key, _format_figure(entry[key]))
+        for key, value in entry["verdicts"].items():
+            table.add_row(f"verdicts: {key}", str(value))
+        for key, value in entry["drift"].items():
+            table.add_row(f"drift: {key}", _format_figure(value))
+        console.print(table)
+
+
+def _format_figure(value: Any) -> str:
+    if value is None:
+        return "--"
+    return f"{value:.4g}" if isinstance(value, float) else escape(str(value))
+
+
 @app.command("list-models")
 def list_models_command() -> None:
     """List the registered methods, each with its one-line summary and capabilities."""

@@ -1,0 +1,214 @@
+"""An inspection station: fitted models loaded once, each image scored, decided, drawn, stored and logged.
+
+The HTTP service (:mod:`flawscope.service.app`) and the folder watcher (:mod:`flawscope.service.watch`)
+both inspect through :class:`Station`, so a part gets the same answer and the same log row whichever
+way it arrived.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from flawscope.data.io import read_image
+from flawscope.errors import ConfigError, DataError
+from flawscope.models.base import Detector
+from flawscope.service.log import Inspection, InspectionLog, ServedModel
+from flawscope.service.store import ContentStore
+
+DEFAULT_MAX_PIXELS = 50_000_000
+
+_SUFFIXES = {"JPEG": "jpg", "TIFF": "tif", "PNG": "png", "BMP": "bmp", "WEBP": "webp", "PPM": "ppm", "GIF": "gif"}
+
+
+@dataclass
+class LoadedModel:
+    """A fitted, calibrated detector with the name it is served under and its content hash."""
+
+    name: str
+    directory: Path
+    detector: Detector
+    version: str
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def describe(self) -> ServedModel:
+        return ServedModel(
+            self.name,
+            self.version,
+            type(self.detector).__name__,
+            float(self.detector.threshold_ or 0.0),
+            [float(score) for score in self.detector.calibration_.get("good_scores", [])],
+        )
+
+
+class InspectionFailed(Exception):
+    """An input that could not be inspected; ``inspection`` is its (logged) row, ``error`` set."""
+
+    def __init__(self, inspection: Inspection) -> None:
+        super().__init__(inspection.error)
+        self.inspection = inspection
+
+
+def model_version(directory: str | Path) -> str:
+    """A content hash of a model directory: SHA-256 over every file's relative path and bytes (16 hex digits)."""
+    directory = Path(directory)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(directory).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def load_models(directories: Sequence[str | Path], device: str | None = None) -> dict[str, LoadedModel]:
+    """Load every model directory once (on ``device``, default the saved one); each is served under its folder's
+    name and must be calibrated."""
+    from flawscope.serialization import load_detector
+
+    models: dict[str, LoadedModel] = {}
+    for directory in map(Path, directories):
+        name = directory.resolve().name
+        if name in models:
+            raise ConfigError(f"Two model directories are named {name!r}; serve models from folders of distinct names.")
+        detector = load_detector(directory, device)
+        if not detector.is_calibrated:
+            raise ConfigError(
+                f"Model {directory} has no threshold: a station answers OK / NOT OK, so calibrate it first "
+                "(flawscope fit does; in Python, model.calibrate(good_images) then model.save(...))."
+            )
+        models[name] = LoadedModel(name, directory, detector, model_version(directory))
+    if not models:
+        raise ConfigError("Give at least one model directory to serve.")
+    return models
+
+
+def decode_image(data: bytes, max_pixels: int) -> tuple[np.ndarray, str]:
+    """``(pixels as read_image returns them, file suffix)``; DataError for anything that is not an image, and for
+    an image of more than ``max_pixels`` pixels (checked from the header, before decoding)."""
+    if not data:
+        raise DataError("The uploaded file is empty (0 bytes).")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            pixels = image.width * image.height
+            if pixels > max_pixels:
+                raise DataError(
+                    f"The image is {image.width} x {image.height} = {pixels:,} pixels; this station takes at most "
+                    f"{max_pixels:,} (--max-pixels)."
+                )
+            image.load()
+            suffix = _SUFFIXES.get(image.format or "", (image.format or "img").lower())
+            return read_image(image), suffix
+    except DataError:
+        raise
+    except UnidentifiedImageError as error:
+        raise DataError(
+            "The uploaded file is not in an image format this station reads (png, jpg, bmp, tif, ...)."
+        ) from error
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise DataError(f"The uploaded file cannot be decoded as an image ({error}).") from error
+
+
+class Station:
+    """Inspect images with the served models, keep the pictures, log every decision (and every failure)."""
+
+    def __init__(
+        self,
+        models: dict[str, LoadedModel],
+        log: InspectionLog,
+        store: ContentStore | None,
+        *,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.models = models
+        self.log = log
+        self.store = store
+        self.max_pixels = max_pixels
+        for model in models.values():
+            log.remember_model(model.describe())
+
+    def choose(self, name: str | None) -> LoadedModel:
+        if name:
+            if name not in self.models:
+                raise DataError(f"No model named {name!r} is served here; served: {', '.join(self.models)}.")
+            return self.models[name]
+        if len(self.models) > 1:
+            raise DataError(f"Several models are served ({', '.join(self.models)}); say which in the field 'model'.")
+        return next(iter(self.models.values()))
+
+    def inspect(
+        self,
+        data: bytes,
+        *,
+        model: str | None = None,
+        part_id: str | None = None,
+        station: str | None = None,
+        filename: str | None = None,
+        source: str | None = None,
+    ) -> Inspection:
+        """Score one image given as file bytes, log it, and return its row; raise :class:`InspectionFailed`
+        (after logging the failure) when the bytes are not an image this station can inspect. ``source``: see
+        :meth:`InspectionLog.record`."""
+        started = time.perf_counter()
+        row = Inspection(
+            model=model or "",
+            model_version="",
+            image_sha256=hashlib.sha256(data).hexdigest(),
+            image_bytes=len(data),
+            latency_ms=0.0,
+            part_id=part_id,
+            station=station,
+            filename=filename,
+        )
+        try:
+            chosen = self.choose(model)
+            row.model, row.model_version = chosen.name, chosen.version
+            pixels, suffix = decode_image(data, self.max_pixels)
+        except DataError as error:
+            row.error = str(error)
+            row.image_key = self._put(data, "bin")
+            row.latency_ms = _milliseconds_since(started)
+            self.log.record(row, source)
+            raise InspectionFailed(row) from error
+        self._score(chosen, pixels, row)
+        row.image_key = self._put(data, suffix)
+        row.latency_ms = _milliseconds_since(started)
+        self.log.record(row, source)
+        return row
+
+    def _score(self, model: LoadedModel, pixels: np.ndarray, row: Inspection) -> None:
+        from flawscope.report import heatmap_overlay, overlay_scale
+
+        detector = model.detector
+        with model.lock:
+            prediction = detector.predict([pixels], progress=False)
+        assert prediction.labels is not None and prediction.masks is not None and prediction.boxes is not None
+        anomaly_map = prediction.anomaly_maps[0]
+        row.height, row.width = pixels.shape[:2]
+        row.score = float(prediction.scores[0])
+        row.threshold = float(prediction.threshold or 0.0)
+        row.label = "NOT OK" if prediction.labels[0] else "OK"
+        row.boxes = [[int(v) for v in box[:4]] + [round(float(box[4]), 6)] for box in prediction.boxes[0]]
+        if self.store is not None:
+            low, high = overlay_scale(detector, anomaly_map)
+            row.overlay_key = self._put(_png(heatmap_overlay(pixels, anomaly_map, vmax=high, vmin=low)), "png")
+            row.mask_key = self._put(_png(prediction.masks[0].astype(np.uint8) * 255), "png")
+
+    def _put(self, data: bytes, suffix: str) -> str | None:
+        return None if self.store is None else self.store.put(data, suffix)
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def _milliseconds_since(started: float) -> float:
+    return round(1000 * (time.perf_counter() - started), 3)

@@ -1,0 +1,318 @@
+"""The inspection station through FastAPI's test client: a real model fitted here, a real SQLite log."""
+
+from __future__ import annotations
+
+import csv
+import io
+import sqlite3
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi", reason="the 'serve' extra is not installed")
+from fastapi.testclient import TestClient
+
+from flawscope.errors import ConfigError, ModelFileError
+from flawscope.service import InspectionLog, open_station
+from flawscope.service.app import create_app
+from flawscope.service.log import MIGRATIONS
+from flawscope.service.station import model_version
+from service_helpers import png_bytes, save_station_model, station_images
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_station_model(tmp_path_factory.mktemp("models") / "tiles")
+
+
+@pytest.fixture(scope="module")
+def images():
+    return station_images()
+
+
+@pytest.fixture
+def station(model_dir, tmp_path):
+    return open_station([model_dir], tmp_path / "log.sqlite", tmp_path / "store")
+
+
+@pytest.fixture
+def client(station):
+    return TestClient(create_app(station, token=TOKEN, max_upload_bytes=200_000))
+
+
+def inspect(client, data: bytes, name: str = "part.png", **fields) -> object:
+    return client.post("/v1/inspect", files={"image": (name, data, "image/png")}, data=fields, headers=AUTH)
+
+
+def test_inspect_answers_and_logs_every_field(client, station, model_dir, images):
+    defective = images[1]
+    answer = inspect(client, defective[0], part_id="A-17", station="line 2")
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["model"] == "tiles" and body["model_version"] == model_version(model_dir)
+    assert body["part_id"] == "A-17" and body["station"] == "line 2" and body["filename"] == "part.png"
+    assert body["label"] in ("OK", "NOT OK") and body["score"] > 0 and body["latency_ms"] > 0
+    assert body["threshold"] == pytest.approx(station.models["tiles"].detector.threshold_)
+    assert (body["width"], body["height"]) == (96, 96)
+    expected = station.models["tiles"].detector.predict(
+        [np.asarray(Image.open(io.BytesIO(defective[0])))], progress=False
+    )
+    assert body["score"] == pytest.approx(float(expected.scores[0]), rel=1e-5)
+    logged = client.get(f"/v1/inspections/{body['id']}").json()
+    assert logged["score"] == body["score"] and logged["image_sha256"] == body["image_sha256"]
+    image = client.get(body["image_url"])
+    assert image.status_code == 200 and image.content == defective[0] and image.headers["content-type"] == "image/png"
+    overlay = Image.open(io.BytesIO(client.get(body["overlay_url"]).content))
+    mask = Image.open(io.BytesIO(client.get(body["mask_url"]).content))
+    assert overlay.size == (96, 96) and mask.size == (96, 96)
+
+
+def test_defects_score_above_good_parts(client, images):
+    good, defective = images
+    good_scores = [inspect(client, data).json()["score"] for data in good]
+    defect_answers = [inspect(client, data).json() for data in defective]
+    assert min(a["score"] for a in defect_answers) > np.median(good_scores)
+    assert sum(a["label"] == "NOT OK" for a in defect_answers) >= 4
+    assert any(a["boxes"] for a in defect_answers if a["label"] == "NOT OK")
+
+
+def test_unreadable_upload_is_422_and_still_logged(client, station):
+    answer = inspect(client, b"this is not an image", name="broken.png")
+    assert answer.status_code == 422
+    assert "not in an image format" in answer.json()["detail"]
+    row = station.log.get(answer.json()["id"])
+    assert row.error and row.label is None and row.filename == "broken.png" and row.image_bytes == 20
+    assert client.get(f"/v1/inspections/{row.id}/image").content == b"this is not an image"
+    failed = client.get("/v1/inspections", params={"label": "failed"}).json()["inspections"]
+    assert [r["id"] for r in failed] == [row.id]
+
+
+def test_unknown_model_is_422_and_logged(client, station, images):
+    answer = inspect(client, images[0][0], model="nope")
+    assert answer.status_code == 422 and "served: tiles" in answer.json()["detail"]
+    assert station.log.count() == 1
+
+
+def test_oversized_upload_is_413(client, station):
+    answer = inspect(client, b"\0" * 300_000)
+    assert answer.status_code == 413
+    assert station.log.count() == 0
+
+
+def test_truncated_image_is_a_clear_422(client, images):
+    answer = inspect(client, images[0][0][:200])
+    assert answer.status_code == 422 and "cannot be decoded" in answer.json()["detail"]
+
+
+def test_decompression_bomb_is_a_clear_422(model_dir, tmp_path):
+    small_limit = open_station([model_dir], tmp_path / "log.sqlite", tmp_path / "store", max_pixels=10_000)
+    client = TestClient(create_app(small_limit))
+    huge = png_bytes(np.zeros((2000, 2000), dtype=np.uint8))
+    answer = inspect(client, huge)
+    assert answer.status_code == 422
+    assert "2000 x 2000 = 4,000,000 pixels" in answer.json()["detail"]
+
+
+def test_write_routes_need_the_token(client, images):
+    assert client.post("/v1/inspect", files={"image": ("a.png", images[0][0])}).status_code == 401
+    wrong = client.post("/v1/inspect", files={"image": ("a.png", images[0][0])}, headers={"Authorization": "Bearer x"})
+    assert wrong.status_code == 401
+    row = inspect(client, images[0][0]).json()
+    assert client.post(f"/v1/inspections/{row['id']}/verdict", json={"verdict": "ok"}).status_code == 401
+    assert client.get("/v1/inspections").status_code == 200
+
+
+def test_verdicts_filters_and_paging(client, images):
+    good, defective = images
+    ids = [inspect(client, data).json()["id"] for data in good[:3] + defective[:3]]
+    assert client.post(f"/v1/inspections/{ids[0]}/verdict", json={"verdict": "wrong"}, headers=AUTH).status_code == 422
+    assert client.post("/v1/inspections/9999/verdict", json={"verdict": "ok"}, headers=AUTH).status_code == 404
+    answer = client.post(
+        f"/v1/inspections/{ids[0]}/verdict",
+        json={"verdict": "defect", "operator": "ana", "note": "scratch"},
+        headers=AUTH,
+    )
+    assert answer.status_code == 200 and answer.json()["verdict"] == "defect"
+    client.post(f"/v1/inspections/{ids[0]}/verdict", json={"verdict": "ok", "operator": "bo"}, headers=AUTH)
+    latest = client.get(f"/v1/inspections/{ids[0]}").json()
+    assert (latest["verdict"], latest["verdict_operator"]) == ("ok", "bo")
+    unreviewed = client.get("/v1/inspections", params={"verdict": "none"}).json()["inspections"]
+    assert sorted(r["id"] for r in unreviewed) == sorted(ids[1:])
+    first = client.get("/v1/inspections", params={"limit": 4}).json()
+    assert [r["id"] for r in first["inspections"]] == sorted(ids, reverse=True)[:4]
+    second = client.get("/v1/inspections", params={"limit": 4, "before_id": first["next_before_id"]}).json()
+    assert [r["id"] for r in second["inspections"]] == sorted(ids, reverse=True)[4:]
+    by_offset = client.get("/v1/inspections", params={"limit": 4, "offset": 4}).json()["inspections"]
+    assert [r["id"] for r in by_offset] == sorted(ids, reverse=True)[4:]
+    not_ok = client.get("/v1/inspections", params={"label": "NOT OK"}).json()["inspections"]
+    assert all(r["label"] == "NOT OK" for r in not_ok)
+    assert client.get("/v1/inspections", params={"label": "maybe"}).status_code == 422
+    assert client.get("/v1/inspections/12345").status_code == 404
+
+
+def test_stats_count_agreement_and_drift(client, images):
+    good, defective = images
+    rows = [inspect(client, data).json() for data in good + defective]
+    alarm = next(r for r in rows if r["label"] == "NOT OK")
+    client.post(f"/v1/inspections/{alarm['id']}/verdict", json={"verdict": "ok"}, headers=AUTH)
+    quiet = next(r for r in rows if r["label"] == "OK")
+    client.post(f"/v1/inspections/{quiet['id']}/verdict", json={"verdict": "defect"}, headers=AUTH)
+    inspect(client, b"junk")
+    figures = client.get("/v1/stats").json()
+    model = figures["models"]["tiles"]
+    assert model["inspections"] == 13 and model["failed"] == 1
+    assert model["ok"] + model["not_ok"] == 12
+    assert model["not_ok_rate"] == pytest.approx(model["not_ok"] / 12)
+    assert sum(model["histogram"]["counts"]) == 12 and model["histogram"]["threshold"] == pytest.approx(
+        rows[0]["threshold"]
+    )
+    assert (
+        model["verdicts"]["false_alarms"] == 1
+        and model["verdicts"]["misses"] == 1
+        and model["verdicts"]["reviewed"] == 2
+    )
+    assert model["drift"]["status"] == "unknown" and "needs 30" in model["drift"]["reason"]
+    assert figures["total"]["inspections"] == 13
+
+
+def test_drift_signal_tells_shifted_good_parts(station, images):
+    from flawscope.service.log import Inspection
+    from flawscope.service.stats import log_stats
+
+    served = station.models["tiles"].describe()
+    calibration = np.asarray(served.calibration_scores)
+    low = calibration[calibration <= served.threshold]
+    rng = np.random.default_rng(0)
+    for score in rng.choice(low, 60):
+        station.log.record(Inspection("tiles", served.version, "0" * 64, 1, 1.0, score=float(score), label="OK"))
+    assert log_stats(station.log)["models"]["tiles"]["drift"]["status"] == "stable"
+    shifted = 0.5 * (low.max() + served.threshold)
+    for _ in range(200):
+        station.log.record(Inspection("tiles", served.version, "0" * 64, 1, 1.0, score=float(shifted), label="OK"))
+    drift = log_stats(station.log)["models"]["tiles"]["drift"]
+    assert drift["status"] == "drift" and drift["p_value"] < 0.01 and drift["n_recent"] == 200
+
+
+def test_health_metrics_openapi_and_page(client, images):
+    assert client.get("/health").json() == {"status": "ok", "models": ["tiles"], "database_writable": True}
+    inspect(client, images[0][0])
+    inspect(client, b"junk")
+    metrics = client.get("/metrics").text
+    assert 'flawscope_requests_total{route="/v1/inspect",status="200"} 1.0' in metrics
+    assert 'flawscope_requests_total{route="/v1/inspect",status="422"} 1.0' in metrics
+    assert "flawscope_inspection_latency_seconds_bucket" in metrics
+    paths = client.get("/openapi.json").json()["paths"]
+    for route in ("/v1/inspect", "/v1/inspections", "/v1/inspections/{inspection_id}/verdict", "/v1/stats", "/health"):
+        assert route in paths
+    page = client.get("/")
+    assert page.status_code == 200 and "Confirm defect" in page.text and "False alarm (good)" in page.text
+    assert client.get("/static/app.js").status_code == 200
+    assert client.get("/static/../log.py").status_code == 404
+
+
+def test_pictures_cannot_name_a_path(client, station, images):
+    row = inspect(client, images[0][0]).json()
+    assert client.get(f"/v1/inspections/{row['id']}/..%2F..%2Fetc%2Fpasswd").status_code in (404, 422)
+    with pytest.raises(Exception, match="not a stored file's key"):
+        station.store.path("../../etc/passwd")
+
+
+def test_no_store_images_keeps_the_log_only(model_dir, tmp_path, images):
+    station = open_station([model_dir], tmp_path / "log.sqlite", tmp_path / "store", store_images=False)
+    client = TestClient(create_app(station))
+    body = inspect(client, images[0][0]).json()
+    assert body["image_url"] is None and body["overlay_url"] is None and body["label"] in ("OK", "NOT OK")
+    assert client.get(f"/v1/inspections/{body['id']}/image").status_code == 404
+    assert not (tmp_path / "store").exists()
+
+
+def test_several_models_need_a_name(model_dir, tmp_path, images):
+    import shutil
+
+    twin = shutil.copytree(model_dir, tmp_path / "twin")
+    client = TestClient(create_app(open_station([model_dir, twin], tmp_path / "log.sqlite")))
+    assert "say which" in inspect(client, images[0][0]).json()["detail"]
+    assert inspect(client, images[0][0], model="twin").json()["model"] == "twin"
+    assert [m["name"] for m in client.get("/v1/models").json()] == ["tiles", "twin"]
+
+
+def test_uncalibrated_model_is_refused(tmp_path):
+    import flawscope as fs
+    from flawscope.data.synthetic import make_texture_set
+
+    model = fs.create("patchcore", image_size=64, coreset_ratio=0.5, device="cpu").fit(
+        make_texture_set(4, 0, size=(64, 64)), progress=False
+    )
+    model.save(tmp_path / "raw")
+    with pytest.raises(ConfigError, match="no threshold"):
+        open_station([tmp_path / "raw"], tmp_path / "log.sqlite")
+
+
+def test_log_migrates_and_refuses_a_newer_schema(tmp_path):
+    path = tmp_path / "log.sqlite"
+    assert InspectionLog(path).schema_version == len(MIGRATIONS)
+    journal = sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0]
+    assert journal == "wal"
+    connection = sqlite3.connect(path)
+    connection.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    connection.close()
+    with pytest.raises(ModelFileError, match="schema version"):
+        InspectionLog(path)
+    (tmp_path / "junk.sqlite").write_bytes(b"not a database at all" * 100)
+    with pytest.raises(ModelFileError, match="cannot be opened"):
+        InspectionLog(tmp_path / "junk.sqlite")
+
+
+def test_log_upgrades_a_first_version_database(tmp_path):
+    path = tmp_path / "old.sqlite"
+    connection = sqlite3.connect(path)
+    connection.executescript(MIGRATIONS[0] + "; PRAGMA user_version = 1;")
+    connection.execute(
+        "INSERT INTO inspections (created, model, model_version, image_sha256, image_bytes, latency_ms, score, label) "
+        "VALUES (1.0, 'm', 'v', 'abc', 3, 1.0, 0.5, 'OK')"
+    )
+    connection.commit()
+    connection.close()
+    log = InspectionLog(path)
+    assert log.schema_version == len(MIGRATIONS) and log.count() == 1 and log.watched_sources() == {}
+
+
+def test_log_export_csv(client, station, tmp_path, images):
+    ids = [inspect(client, data).json()["id"] for data in images[0][:2]]
+    client.post(f"/v1/inspections/{ids[1]}/verdict", json={"verdict": "defect"}, headers=AUTH)
+    out = station.log.export(tmp_path / "log.csv")
+    rows = list(csv.DictReader(out.open()))
+    assert [int(r["id"]) for r in rows] == ids and rows[1]["verdict"] == "defect" and rows[0]["verdict"] == ""
+    with pytest.raises(Exception, match=r"\.csv or \.parquet"):
+        station.log.export(tmp_path / "log.xlsx")
+
+
+def test_log_commands(client, station, tmp_path, images):
+    from typer.testing import CliRunner
+
+    from flawscope.cli import app
+
+    runner = CliRunner()
+    for data in images[0][:3] + images[1][:3]:
+        inspect(client, data)
+    out = tmp_path / "export.csv"
+    result = runner.invoke(app, ["log", "export", "--db", str(station.log.path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "6 inspections" in result.output and len(list(csv.DictReader(out.open()))) == 6
+    stats = runner.invoke(app, ["log", "stats", "--db", str(station.log.path)])
+    assert stats.exit_code == 0 and "model tiles" in stats.output and "not_ok_rate" in stats.output
+    missing = runner.invoke(app, ["log", "stats", "--db", str(tmp_path / "none.sqlite")])
+    assert missing.exit_code == 2 and "No inspection log" in missing.output
+
+
+def test_serve_refuses_a_missing_model_clearly(tmp_path):
+    from typer.testing import CliRunner
+
+    from flawscope.cli import app
+
+    result = CliRunner().invoke(app, ["serve", str(tmp_path / "nothing"), "--db", str(tmp_path / "log.sqlite")])
+    assert result.exit_code == 2 and "error:" in result.output and "nothing" in result.output
