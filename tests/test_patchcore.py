@@ -41,6 +41,21 @@ def test_search_backends_agree(texture_train, texture_test):
     np.testing.assert_allclose(scores["torch"], scores["faiss"], rtol=1e-4)
 
 
+def test_faiss_search_is_exact_and_restores_its_setting():
+    import faiss
+
+    from flawscope.features.neighbours import FaissSearch
+
+    generator = torch.Generator().manual_seed(0)
+    bank, queries = torch.randn(3000, 16, generator=generator), torch.randn(500, 16, generator=generator)
+    before = faiss.cvar.distance_compute_blas_threshold
+    distance, nearest = FaissSearch().fit(bank).query(queries, k=2)
+    assert faiss.cvar.distance_compute_blas_threshold == before
+    expected = torch.cdist(queries, bank).topk(2, largest=False)
+    torch.testing.assert_close(nearest, expected.indices)
+    torch.testing.assert_close(distance, expected.values, rtol=1e-4, atol=1e-4)
+
+
 def test_reweighting_matches_equation_7():
     generator = torch.Generator().manual_seed(0)
     bank = torch.randn(50, 4, generator=generator)

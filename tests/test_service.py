@@ -13,7 +13,7 @@ from PIL import Image
 pytest.importorskip("fastapi", reason="the 'serve' extra is not installed")
 from fastapi.testclient import TestClient
 
-from flawscope.errors import ConfigError, ModelFileError
+from flawscope.errors import ConfigError, DataError, ModelFileError
 from flawscope.service import InspectionLog, open_station
 from flawscope.service.app import create_app
 from flawscope.service.log import MIGRATIONS
@@ -316,3 +316,26 @@ def test_serve_refuses_a_missing_model_clearly(tmp_path):
 
     result = CliRunner().invoke(app, ["serve", str(tmp_path / "nothing"), "--db", str(tmp_path / "log.sqlite")])
     assert result.exit_code == 2 and "error:" in result.output and "nothing" in result.output
+
+
+def test_batched_decisions_equal_one_image_predictions(station, images):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flawscope.data.io import read_image
+
+    detector = station.models["tiles"].detector
+    batcher = station.models["tiles"].batcher
+    pixels = [read_image(Image.open(io.BytesIO(data))) for data in images[0] + images[1]]
+    with ThreadPoolExecutor(6) as pool:
+        decisions = list(pool.map(batcher.decide, pixels))
+    for one, decision in zip(pixels, decisions):
+        alone = detector.predict([one], progress=False)
+        assert decision.score == pytest.approx(float(alone.scores[0]), rel=1e-4)
+        assert decision.not_ok == bool(alone.labels[0])
+        np.testing.assert_allclose(decision.anomaly_map, alone.anomaly_maps[0], rtol=1e-4, atol=1e-4)
+
+
+def test_a_failing_batch_answers_every_waiting_request(station):
+    with pytest.raises(DataError, match="is empty"):
+        station.models["tiles"].batcher.decide(np.zeros((0, 0, 1), dtype=np.float32))
+    assert station.models["tiles"].batcher.decide(np.full((96, 96, 1), 0.5, dtype=np.float32)).score > 0

@@ -413,14 +413,22 @@ _SERVE_EXTRA = "flawscope serve, watch and log need the 'serve' extra: pip insta
 
 
 def _station(
-    model_dirs: list[Path], db: Path, store: Path | None, store_images: bool, max_pixels: int, device: str | None
+    model_dirs: list[Path],
+    db: Path,
+    store: Path | None,
+    store_images: bool,
+    max_pixels: int,
+    device: str | None,
+    max_batch: int = 8,
 ) -> Any:
     import flawscope as fs
 
     try:
         from flawscope.service import open_station
 
-        return open_station(model_dirs, db, store, store_images=store_images, max_pixels=max_pixels, device=device)
+        return open_station(
+            model_dirs, db, store, store_images=store_images, max_pixels=max_pixels, device=device, max_batch=max_batch
+        )
     except ImportError as error:
         _fail(ImportError(f"{_SERVE_EXTRA} ({error})."))
     except (fs.FlawscopeError, OSError) as error:
@@ -449,9 +457,10 @@ def serve(
     max_upload_mb: float = typer.Option(32.0, help="Larger uploads are refused with 413."),
     max_pixels: int = typer.Option(50_000_000, help="Larger images (decompression bombs) are refused with 422."),
     device: str | None = typer.Option(None, help="Override the saved device (auto, cpu, cuda)."),
+    max_batch: int = typer.Option(8, min=1, help="Images waiting for a model are scored together, up to this many."),
 ) -> None:
     """Serve the models over HTTP: POST /v1/inspect, the inspection log, the review page at /, API docs at /docs."""
-    station = _station(model_dirs, db, store, store_images, max_pixels, device)
+    station = _station(model_dirs, db, store, store_images, max_pixels, device, max_batch)
     import uvicorn
 
     from flawscope.service.app import create_app

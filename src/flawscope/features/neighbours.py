@@ -3,12 +3,21 @@
 ``TorchSearch`` computes exact Euclidean distances with one matrix product per chunk of queries;
 the chunk size keeps the distance block under ``memory_budget_mb``, so memory stays bounded
 whatever the bank size, and it runs on CPU and CUDA. ``FaissSearch`` uses a faiss
-``IndexFlatL2`` (exact, CPU), whose fused distance + minimum kernel is about 1.4x faster than the
-torch path on a 2-core CPU. ``"auto"`` picks faiss for a CPU model and torch for a CUDA one. Both
-answer ``query(x, k) -> (distances, indices)``.
+``IndexFlatL2`` (exact, CPU) with its BLAS kernel. ``"auto"`` picks faiss for a CPU model and torch
+for a CUDA one. Both answer ``query(x, k) -> (distances, indices)``.
+
+faiss uses its BLAS kernel only from ``distance_compute_blas_threshold`` queries on (128,000 in
+faiss 1.15); below, a per-query SIMD scan. For PatchCore's 784 queries of one 224 px image against
+a 15,680-row bank of 152 dimensions the scan takes 134 ms and the BLAS kernel 31 ms on a 2-core CPU
+(torch: 69 ms), so :class:`FaissSearch` asks for BLAS during its own searches and restores the
+setting afterwards.
 """
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -61,9 +70,28 @@ class FaissSearch:
 
     def query(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """``Q x D`` queries -> ``(Q x k distances, Q x k bank indices)``, nearest first."""
-        squared, index = self.index.search(queries.detach().float().cpu().contiguous().numpy(), k)
+        with _faiss_blas():
+            squared, index = self.index.search(queries.detach().float().cpu().contiguous().numpy(), k)
         distances = torch.from_numpy(squared).clamp_(min=0.0).sqrt_().to(queries.device)
         return distances, torch.from_numpy(index).to(queries.device)
+
+
+_FAISS_SETTING = threading.Lock()
+BLAS_FROM_QUERIES = 20  # faiss's own default before 1.8
+
+
+@contextmanager
+def _faiss_blas() -> Iterator[None]:
+    """faiss's BLAS kernel from :data:`BLAS_FROM_QUERIES` queries on, for the searches in the block only."""
+    import faiss
+
+    with _FAISS_SETTING:
+        before = faiss.cvar.distance_compute_blas_threshold
+        faiss.cvar.distance_compute_blas_threshold = BLAS_FROM_QUERIES
+        try:
+            yield
+        finally:
+            faiss.cvar.distance_compute_blas_threshold = before
 
 
 def make_search(backend: str, device: torch.device) -> TorchSearch | FaissSearch:

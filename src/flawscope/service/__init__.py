@@ -32,8 +32,10 @@ def open_station(
     store_images: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     device: str | None = None,
+    max_batch: int = 8,
 ) -> Station:
-    """Load the models, open (or create and migrate) the log and the picture store: a station ready to inspect."""
-    models = load_models(list(model_dirs), device)
+    """Load the models, open (or create and migrate) the log and the picture store: a station ready to inspect.
+    Each model scores up to ``max_batch`` images that wait for it at once (:mod:`flawscope.service.batching`)."""
+    models = load_models(list(model_dirs), device, max_batch)
     pictures = ContentStore(store or default_store(db)) if store_images else None
     return Station(models, InspectionLog(db), pictures, max_pixels=max_pixels)

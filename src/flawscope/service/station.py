@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from flawscope.data.io import read_image
 from flawscope.errors import ConfigError, DataError
 from flawscope.models.base import Detector
+from flawscope.service.batching import Batcher
 from flawscope.service.log import Inspection, InspectionLog, ServedModel
 from flawscope.service.store import ContentStore
 
@@ -37,7 +37,11 @@ class LoadedModel:
     directory: Path
     detector: Detector
     version: str
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    max_batch: int = 8
+    batcher: Batcher = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.batcher = Batcher(self.detector, self.max_batch)
 
     def describe(self) -> ServedModel:
         return ServedModel(
@@ -67,9 +71,11 @@ def model_version(directory: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_models(directories: Sequence[str | Path], device: str | None = None) -> dict[str, LoadedModel]:
+def load_models(
+    directories: Sequence[str | Path], device: str | None = None, max_batch: int = 8
+) -> dict[str, LoadedModel]:
     """Load every model directory once (on ``device``, default the saved one); each is served under its folder's
-    name and must be calibrated."""
+    name, must be calibrated, and scores up to ``max_batch`` waiting images at once."""
     from flawscope.serialization import load_detector
 
     models: dict[str, LoadedModel] = {}
@@ -83,7 +89,7 @@ def load_models(directories: Sequence[str | Path], device: str | None = None) ->
                 f"Model {directory} has no threshold: a station answers OK / NOT OK, so calibrate it first "
                 "(flawscope fit does; in Python, model.calibrate(good_images) then model.save(...))."
             )
-        models[name] = LoadedModel(name, directory, detector, model_version(directory))
+        models[name] = LoadedModel(name, directory, detector, model_version(directory), max_batch)
     if not models:
         raise ConfigError("Give at least one model directory to serve.")
     return models
@@ -185,20 +191,17 @@ class Station:
     def _score(self, model: LoadedModel, pixels: np.ndarray, row: Inspection) -> None:
         from flawscope.report import heatmap_overlay, overlay_scale
 
-        detector = model.detector
-        with model.lock:
-            prediction = detector.predict([pixels], progress=False)
-        assert prediction.labels is not None and prediction.masks is not None and prediction.boxes is not None
-        anomaly_map = prediction.anomaly_maps[0]
+        decision = model.batcher.decide(pixels)
         row.height, row.width = pixels.shape[:2]
-        row.score = float(prediction.scores[0])
-        row.threshold = float(prediction.threshold or 0.0)
-        row.label = "NOT OK" if prediction.labels[0] else "OK"
-        row.boxes = [[int(v) for v in box[:4]] + [round(float(box[4]), 6)] for box in prediction.boxes[0]]
+        row.score = decision.score
+        row.threshold = float(model.detector.threshold_ or 0.0)
+        row.label = "NOT OK" if decision.not_ok else "OK"
+        row.boxes = [[int(v) for v in box[:4]] + [round(float(box[4]), 6)] for box in decision.boxes]
         if self.store is not None:
-            low, high = overlay_scale(detector, anomaly_map)
-            row.overlay_key = self._put(_png(heatmap_overlay(pixels, anomaly_map, vmax=high, vmin=low)), "png")
-            row.mask_key = self._put(_png(prediction.masks[0].astype(np.uint8) * 255), "png")
+            low, high = overlay_scale(model.detector, decision.anomaly_map)
+            overlay = heatmap_overlay(pixels, decision.anomaly_map, vmax=high, vmin=low)
+            row.overlay_key = self._put(_png(overlay), "png")
+            row.mask_key = self._put(_png(decision.mask.astype(np.uint8) * 255), "png")
 
     def _put(self, data: bytes, suffix: str) -> str | None:
         return None if self.store is None else self.store.put(data, suffix)

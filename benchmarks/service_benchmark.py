@@ -1,0 +1,159 @@
+"""The inspection station under load: served throughput and latency against in-process ``predict``, and the
+server's memory after many inspections.
+
+PatchCore with default settings is fitted on ELPV mono (module split) and saved; the test cells are sent as
+their PNG files. In the same run: in-process ``predict`` on the same images (batched as by default, and one
+image per call), then ``flawscope serve`` on 127.0.0.1 (images, overlays and masks stored, as a user runs it)
+at concurrency 1, 4 and 8: images/s, and p50 / p95 / p99 of the latency each client saw. Memory: the server's
+resident set after 100 inspections and after ``--memory-requests`` (default 10,000).
+
+    .venv/bin/python benchmarks/service_benchmark.py
+
+Writes ``benchmarks/results/service.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+
+from flawscope.data.io import read_image  # noqa: E402
+from flawscope.workflow import evaluation_data, fit_and_calibrate  # noqa: E402
+
+CONCURRENCY = (1, 4, 8)
+
+
+def test_files(count: int) -> list[bytes]:
+    """The PNG files of the first ``count`` ELPV mono test cells (module split), as a camera would send them."""
+    samples = evaluation_data("elpv:mono", supervised=False).samples[:count]
+    return [Path(sample.image).read_bytes() for sample in samples]
+
+
+def in_process(model_dir: Path, files: list[bytes]) -> dict:
+    import io
+
+    from PIL import Image
+
+    import flawscope as fs
+
+    detector = fs.load(model_dir, device="cpu")
+    pixels = [read_image(Image.open(io.BytesIO(data))) for data in files]
+    detector.predict(pixels[:8], progress=False)  # warm-up
+    out = {}
+    for name, batch_size in (("batched", None), ("one_per_call", 1)):
+        started = time.perf_counter()
+        detector.predict(pixels, batch_size=batch_size, progress=False)
+        out[f"images_per_second_{name}"] = round(len(pixels) / (time.perf_counter() - started), 2)
+    return out
+
+
+def start_server(model_dir: Path, work: Path) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "flawscope.cli", "serve", str(model_dir), "--port", str(port)]
+    process = subprocess.Popen([*command, "--db", str(work / "log.sqlite")])
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("the server did not come up")
+
+
+def load(url: str, files: list[bytes], concurrency: int, count: int) -> dict:
+    local = threading.local()
+    latencies: list[float] = []
+    statuses: list[int] = []
+
+    def send(index: int) -> None:
+        if not hasattr(local, "client"):
+            local.client = httpx.Client(timeout=120)
+        started = time.perf_counter()
+        response = local.client.post(f"{url}/v1/inspect", files={"image": ("cell.png", files[index % len(files)])})
+        latencies.append(1000 * (time.perf_counter() - started))
+        statuses.append(response.status_code)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(send, range(count)))
+    wall = time.perf_counter() - started
+    p50, p95, p99 = np.percentile(latencies, [50, 95, 99])
+    return {
+        "concurrency": concurrency,
+        "requests": count,
+        "non_200": sum(status != 200 for status in statuses),
+        "images_per_second": round(count / wall, 2),
+        "latency_ms_p50": round(float(p50), 1),
+        "latency_ms_p95": round(float(p95), 1),
+        "latency_ms_p99": round(float(p99), 1),
+        "p99_over_p50": round(float(p99 / p50), 2),
+    }
+
+
+def resident_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError("no VmRSS")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=200, help="Distinct test cells sent (and scored in-process).")
+    parser.add_argument("--requests", type=int, default=200, help="Requests per concurrency level.")
+    parser.add_argument("--memory-requests", type=int, default=10_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        fitted = fit_and_calibrate("patchcore", "elpv:mono", {"device": "cpu", "seed": 0}, progress=False)
+        fitted.model.save(work / "patchcore")
+        files = test_files(args.images)
+        result: dict = {"model": "patchcore (defaults)", "data": "elpv:mono test cells (module split)"}
+        result["in_process"] = in_process(work / "patchcore", files)
+        print(json.dumps(result["in_process"]), flush=True)
+        process, url = start_server(work / "patchcore", work)
+        try:
+            load(url, files, 4, 100)  # warm-up, and the first memory reading
+            memory = {"after_requests": [100], "resident_mib": [resident_mib(process.pid)]}
+            result["served"] = []
+            for concurrency in CONCURRENCY:
+                result["served"].append(load(url, files, concurrency, args.requests))
+                print(json.dumps(result["served"][-1]), flush=True)
+            done = 100 + len(CONCURRENCY) * args.requests
+            load(url, files, 4, max(args.memory_requests - done, 0))
+            memory["after_requests"].append(max(args.memory_requests, done))
+            memory["resident_mib"].append(resident_mib(process.pid))
+            print(json.dumps(memory), flush=True)
+            result["server_memory"] = memory
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
+    at_four = next(run for run in result["served"] if run["concurrency"] == 4)
+    result["served_over_in_process_at_4"] = round(
+        at_four["images_per_second"] / result["in_process"]["images_per_second_batched"], 3
+    )
+    out = ROOT / "benchmarks" / "results" / "service.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
