@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 from pathlib import Path
@@ -19,12 +20,21 @@ def heatmap_overlay(
     image: np.ndarray, anomaly_map: np.ndarray, vmax: float, vmin: float = 0.0, alpha: float = 0.45
 ) -> np.ndarray:
     """Blend a ``jet`` colouring of ``anomaly_map`` (clipped to [vmin, vmax]) over ``image``; uint8 ``H x W x 3``."""
-    from matplotlib import colormaps
-
     scaled = np.clip((anomaly_map - vmin) / max(vmax - vmin, 1e-12), 0.0, 1.0)
-    heat = colormaps["jet"](scaled)[..., :3]
+    heat = _jet_table()[np.minimum((scaled * _JET_LEVELS).astype(np.intp), _JET_LEVELS - 1)]
     base = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
     return np.round(255 * ((1 - alpha) * base + alpha * heat)).astype(np.uint8)
+
+
+_JET_LEVELS = 256
+
+
+@functools.cache
+def _jet_table() -> np.ndarray:
+    """matplotlib's ``jet`` as its own 256-entry lookup table (the colours its colormap call gives), float32 RGB."""
+    from matplotlib import colormaps
+
+    return colormaps["jet"](np.arange(_JET_LEVELS))[:, :3].astype(np.float32)
 
 
 def overlay_scale(detector: Detector, anomaly_map: np.ndarray) -> tuple[float, float]:
