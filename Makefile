@@ -22,7 +22,7 @@ lint: install
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 
-# The default suite (about 2.5 minutes of tests on 2 cores), after lint and type checks.
+# The default suite (about 4 minutes of tests on 2 cores), after lint and type checks.
 test: lint
 	$(BIN)/python -m pytest -q
 

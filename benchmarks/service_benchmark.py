@@ -4,10 +4,12 @@ server's memory after many inspections.
 PatchCore with default settings is fitted on ELPV mono (module split) and saved; the test cells are sent as
 their PNG files. In the same run: in-process ``predict`` on the same images (batched as by default, and one
 image per call), then ``flawscope serve`` on 127.0.0.1 (images, overlays and masks stored, as a user runs it)
-at concurrency 1, 4 and 8: images/s, and p50 / p95 / p99 of the latency each client saw. Memory: the server's
-resident set after 100 inspections and after ``--memory-requests`` (default 10,000).
+at concurrency 1, 4 and 8: images/s, and p50 / p95 / p99 of the latency each client saw; each speed figure is
+the middle one of ``--repeats`` passes. Memory: the server's resident set after 100 inspections (the first,
+a warm-up), then every 1,000 up to ``--memory-requests`` (default 10,000). The client runs on the same
+machine as the server, as the in-process runs do.
 
-    .venv/bin/python benchmarks/service_benchmark.py
+    .venv/bin/python benchmarks/service_benchmark.py [--model SAVED_MODEL_DIR]   # --model: skip the fit
 
 Writes ``benchmarks/results/service.json``.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -43,7 +46,7 @@ def test_files(count: int) -> list[bytes]:
     return [Path(sample.image).read_bytes() for sample in samples]
 
 
-def in_process(model_dir: Path, files: list[bytes]) -> dict:
+def in_process(model_dir: Path, files: list[bytes], repeats: int) -> dict:
     import io
 
     from PIL import Image
@@ -53,11 +56,15 @@ def in_process(model_dir: Path, files: list[bytes]) -> dict:
     detector = fs.load(model_dir, device="cpu")
     pixels = [read_image(Image.open(io.BytesIO(data))) for data in files]
     detector.predict(pixels[:8], progress=False)  # warm-up
-    out = {}
+    out: dict = {}
     for name, batch_size in (("batched", None), ("one_per_call", 1)):
-        started = time.perf_counter()
-        detector.predict(pixels, batch_size=batch_size, progress=False)
-        out[f"images_per_second_{name}"] = round(len(pixels) / (time.perf_counter() - started), 2)
+        passes = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            detector.predict(pixels, batch_size=batch_size, progress=False)
+            passes.append(round(len(pixels) / (time.perf_counter() - started), 2))
+        out[f"images_per_second_{name}"] = sorted(passes)[len(passes) // 2]
+        out[f"images_per_second_{name}_passes"] = passes
     return out
 
 
@@ -120,14 +127,19 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=200, help="Distinct test cells sent (and scored in-process).")
     parser.add_argument("--requests", type=int, default=200, help="Requests per concurrency level.")
     parser.add_argument("--memory-requests", type=int, default=10_000)
+    parser.add_argument("--model", type=Path, help="A saved calibrated model to serve instead of fitting one.")
+    parser.add_argument("--repeats", type=int, default=3, help="Passes of each speed figure; the median is reported.")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
-        fitted = fit_and_calibrate("patchcore", "elpv:mono", {"device": "cpu", "seed": 0}, progress=False)
-        fitted.model.save(work / "patchcore")
+        if args.model:
+            shutil.copytree(args.model, work / "patchcore")
+        else:
+            fitted = fit_and_calibrate("patchcore", "elpv:mono", {"device": "cpu", "seed": 0}, progress=False)
+            fitted.model.save(work / "patchcore")
         files = test_files(args.images)
         result: dict = {"model": "patchcore (defaults)", "data": "elpv:mono test cells (module split)"}
-        result["in_process"] = in_process(work / "patchcore", files)
+        result["in_process"] = in_process(work / "patchcore", files, args.repeats)
         print(json.dumps(result["in_process"]), flush=True)
         process, url = start_server(work / "patchcore", work)
         try:
@@ -135,12 +147,18 @@ def main() -> None:
             memory = {"after_requests": [100], "resident_mib": [resident_mib(process.pid)]}
             result["served"] = []
             for concurrency in CONCURRENCY:
-                result["served"].append(load(url, files, concurrency, args.requests))
+                passes = [load(url, files, concurrency, args.requests) for _ in range(args.repeats)]
+                middle = sorted(passes, key=lambda run: run["images_per_second"])[len(passes) // 2]
+                speeds = [run["images_per_second"] for run in passes]
+                result["served"].append({**middle, "images_per_second_passes": speeds})
                 print(json.dumps(result["served"][-1]), flush=True)
-            done = 100 + len(CONCURRENCY) * args.requests
-            load(url, files, 4, max(args.memory_requests - done, 0))
-            memory["after_requests"].append(max(args.memory_requests, done))
-            memory["resident_mib"].append(resident_mib(process.pid))
+            done = 100 + len(CONCURRENCY) * args.requests * args.repeats
+            while done < args.memory_requests:  # a reading every 1,000 inspections: growth or a plateau
+                step = min(1000 - done % 1000, args.memory_requests - done)
+                load(url, files, 4, step)
+                done += step
+                memory["after_requests"].append(done)
+                memory["resident_mib"].append(resident_mib(process.pid))
             print(json.dumps(memory), flush=True)
             result["server_memory"] = memory
         finally:

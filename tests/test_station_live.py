@@ -77,10 +77,14 @@ def logged_ids(db: Path) -> list[int]:
         connection.close()
 
 
-def load_run(url: str, payloads: list[bytes], concurrency: int, stop_after: float | None = None) -> list[tuple]:
-    """POST every payload at ``concurrency``; ``(index, status, id)`` per answer that reached the client."""
+def load_run(
+    url: str, payloads: list[bytes], concurrency: int, kill_after: tuple[int, int] | None = None
+) -> list[tuple]:
+    """POST every payload at ``concurrency``; ``(index, status, id)`` per answer that reached the client.
+    ``kill_after=(answers, pid)``: SIGKILL the server once that many answers have arrived."""
     local = threading.local()
     answers: list[tuple] = []
+    lock = threading.Lock()
 
     def send(index: int) -> None:
         if not hasattr(local, "client"):
@@ -89,7 +93,10 @@ def load_run(url: str, payloads: list[bytes], concurrency: int, stop_after: floa
             response = local.client.post(f"{url}/v1/inspect", files={"image": (f"part{index}.png", payloads[index])})
         except httpx.TransportError:
             return
-        answers.append((index, response.status_code, response.json().get("id")))
+        with lock:
+            answers.append((index, response.status_code, response.json().get("id")))
+            if kill_after is not None and len(answers) == kill_after[0]:
+                os.kill(kill_after[1], signal.SIGKILL)
 
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(send, range(len(payloads))))
@@ -131,11 +138,8 @@ def test_sigkill_loses_no_answered_inspection(model_dir, images, tmp_path):
     db = tmp_path / "log.sqlite"
     sent = payloads(images, 400)
     with serving(model_dir, db) as (url, process):
-        killer = threading.Timer(3.0, lambda: os.kill(process.pid, signal.SIGKILL))
-        killer.start()
-        answers = load_run(url, sent, concurrency=8)
-        killer.join()
-    assert 0 < len(answers) < len(sent), "the kill should land in the middle of the run"
+        answers = load_run(url, sent, concurrency=8, kill_after=(100, process.pid))
+    assert 100 <= len(answers) < len(sent), "the kill should land in the middle of the run"
     with serving(model_dir, db) as (url, _):
         for _, _, inspection_id in answers:
             assert httpx.get(f"{url}/v1/inspections/{inspection_id}").status_code == 200
