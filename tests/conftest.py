@@ -32,3 +32,19 @@ def fitted_patchcore(texture_train):
     """A small PatchCore fitted on synthetic textures. Tests must not modify it."""
     model = fs.create("patchcore", image_size=96, coreset_ratio=0.25, device="cpu", seed=0)
     return model.fit(texture_train, progress=False)
+
+
+@pytest.fixture(scope="session")
+def station_model(tmp_path_factory):
+    """A calibrated PatchCore saved as a station serves it, in a folder named ``tiles`` (the service tests)."""
+    from service_helpers import save_station_model
+
+    return save_station_model(tmp_path_factory.mktemp("models") / "tiles")
+
+
+@pytest.fixture(scope="session")
+def part_images():
+    """``(good, defective)`` PNG bytes for the service tests."""
+    from service_helpers import station_images
+
+    return station_images()

@@ -18,25 +18,15 @@ from flawscope.service import InspectionLog, open_station
 from flawscope.service.app import create_app
 from flawscope.service.log import MIGRATIONS
 from flawscope.service.station import model_version
-from service_helpers import png_bytes, save_station_model, station_images
+from service_helpers import png_bytes
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_station_model(tmp_path_factory.mktemp("models") / "tiles")
-
-
-@pytest.fixture(scope="module")
-def images():
-    return station_images()
-
-
 @pytest.fixture
-def station(model_dir, tmp_path):
-    return open_station([model_dir], tmp_path / "log.sqlite", tmp_path / "store")
+def station(station_model, tmp_path):
+    return open_station([station_model], tmp_path / "log.sqlite", tmp_path / "store")
 
 
 @pytest.fixture
@@ -48,12 +38,12 @@ def inspect(client, data: bytes, name: str = "part.png", **fields) -> object:
     return client.post("/v1/inspect", files={"image": (name, data, "image/png")}, data=fields, headers=AUTH)
 
 
-def test_inspect_answers_and_logs_every_field(client, station, model_dir, images):
-    defective = images[1]
+def test_inspect_answers_and_logs_every_field(client, station, station_model, part_images):
+    defective = part_images[1]
     answer = inspect(client, defective[0], part_id="A-17", station="line 2")
     assert answer.status_code == 200, answer.text
     body = answer.json()
-    assert body["model"] == "tiles" and body["model_version"] == model_version(model_dir)
+    assert body["model"] == "tiles" and body["model_version"] == model_version(station_model)
     assert body["part_id"] == "A-17" and body["station"] == "line 2" and body["filename"] == "part.png"
     assert body["label"] in ("OK", "NOT OK") and body["score"] > 0 and body["latency_ms"] > 0
     assert body["threshold"] == pytest.approx(station.models["tiles"].detector.threshold_)
@@ -71,8 +61,8 @@ def test_inspect_answers_and_logs_every_field(client, station, model_dir, images
     assert overlay.size == (96, 96) and mask.size == (96, 96)
 
 
-def test_defects_score_above_good_parts(client, images):
-    good, defective = images
+def test_defects_score_above_good_parts(client, part_images):
+    good, defective = part_images
     good_scores = [inspect(client, data).json()["score"] for data in good]
     defect_answers = [inspect(client, data).json() for data in defective]
     assert min(a["score"] for a in defect_answers) > np.median(good_scores)
@@ -91,8 +81,8 @@ def test_unreadable_upload_is_422_and_still_logged(client, station):
     assert [r["id"] for r in failed] == [row.id]
 
 
-def test_unknown_model_is_422_and_logged(client, station, images):
-    answer = inspect(client, images[0][0], model="nope")
+def test_unknown_model_is_422_and_logged(client, station, part_images):
+    answer = inspect(client, part_images[0][0], model="nope")
     assert answer.status_code == 422 and "served: tiles" in answer.json()["detail"]
     assert station.log.count() == 1
 
@@ -103,13 +93,13 @@ def test_oversized_upload_is_413(client, station):
     assert station.log.count() == 0
 
 
-def test_truncated_image_is_a_clear_422(client, images):
-    answer = inspect(client, images[0][0][:200])
+def test_truncated_image_is_a_clear_422(client, part_images):
+    answer = inspect(client, part_images[0][0][:200])
     assert answer.status_code == 422 and "cannot be decoded" in answer.json()["detail"]
 
 
-def test_decompression_bomb_is_a_clear_422(model_dir, tmp_path):
-    small_limit = open_station([model_dir], tmp_path / "log.sqlite", tmp_path / "store", max_pixels=10_000)
+def test_decompression_bomb_is_a_clear_422(station_model, tmp_path):
+    small_limit = open_station([station_model], tmp_path / "log.sqlite", tmp_path / "store", max_pixels=10_000)
     client = TestClient(create_app(small_limit))
     huge = png_bytes(np.zeros((2000, 2000), dtype=np.uint8))
     answer = inspect(client, huge)
@@ -117,17 +107,19 @@ def test_decompression_bomb_is_a_clear_422(model_dir, tmp_path):
     assert "2000 x 2000 = 4,000,000 pixels" in answer.json()["detail"]
 
 
-def test_write_routes_need_the_token(client, images):
-    assert client.post("/v1/inspect", files={"image": ("a.png", images[0][0])}).status_code == 401
-    wrong = client.post("/v1/inspect", files={"image": ("a.png", images[0][0])}, headers={"Authorization": "Bearer x"})
+def test_write_routes_need_the_token(client, part_images):
+    assert client.post("/v1/inspect", files={"image": ("a.png", part_images[0][0])}).status_code == 401
+    wrong = client.post(
+        "/v1/inspect", files={"image": ("a.png", part_images[0][0])}, headers={"Authorization": "Bearer x"}
+    )
     assert wrong.status_code == 401
-    row = inspect(client, images[0][0]).json()
+    row = inspect(client, part_images[0][0]).json()
     assert client.post(f"/v1/inspections/{row['id']}/verdict", json={"verdict": "ok"}).status_code == 401
     assert client.get("/v1/inspections").status_code == 200
 
 
-def test_verdicts_filters_and_paging(client, images):
-    good, defective = images
+def test_verdicts_filters_and_paging(client, part_images):
+    good, defective = part_images
     ids = [inspect(client, data).json()["id"] for data in good[:3] + defective[:3]]
     assert client.post(f"/v1/inspections/{ids[0]}/verdict", json={"verdict": "wrong"}, headers=AUTH).status_code == 422
     assert client.post("/v1/inspections/9999/verdict", json={"verdict": "ok"}, headers=AUTH).status_code == 404
@@ -154,8 +146,8 @@ def test_verdicts_filters_and_paging(client, images):
     assert client.get("/v1/inspections/12345").status_code == 404
 
 
-def test_stats_count_agreement_and_drift(client, images):
-    good, defective = images
+def test_stats_count_agreement_and_drift(client, part_images):
+    good, defective = part_images
     rows = [inspect(client, data).json() for data in good + defective]
     alarm = next(r for r in rows if r["label"] == "NOT OK")
     client.post(f"/v1/inspections/{alarm['id']}/verdict", json={"verdict": "ok"}, headers=AUTH)
@@ -179,7 +171,7 @@ def test_stats_count_agreement_and_drift(client, images):
     assert figures["total"]["inspections"] == 13
 
 
-def test_drift_signal_tells_shifted_good_parts(station, images):
+def test_drift_signal_tells_shifted_good_parts(station, part_images):
     from flawscope.service.log import Inspection
     from flawscope.service.stats import log_stats
 
@@ -197,9 +189,9 @@ def test_drift_signal_tells_shifted_good_parts(station, images):
     assert drift["status"] == "drift" and drift["p_value"] < 0.01 and drift["n_recent"] == 200
 
 
-def test_health_metrics_openapi_and_page(client, images):
+def test_health_metrics_openapi_and_page(client, part_images):
     assert client.get("/health").json() == {"status": "ok", "models": ["tiles"], "database_writable": True}
-    inspect(client, images[0][0])
+    inspect(client, part_images[0][0])
     inspect(client, b"junk")
     metrics = client.get("/metrics").text
     assert 'flawscope_requests_total{route="/v1/inspect",status="200"} 1.0' in metrics
@@ -214,29 +206,29 @@ def test_health_metrics_openapi_and_page(client, images):
     assert client.get("/static/../log.py").status_code == 404
 
 
-def test_pictures_cannot_name_a_path(client, station, images):
-    row = inspect(client, images[0][0]).json()
+def test_pictures_cannot_name_a_path(client, station, part_images):
+    row = inspect(client, part_images[0][0]).json()
     assert client.get(f"/v1/inspections/{row['id']}/..%2F..%2Fetc%2Fpasswd").status_code in (404, 422)
     with pytest.raises(Exception, match="not a stored file's key"):
         station.store.path("../../etc/passwd")
 
 
-def test_no_store_images_keeps_the_log_only(model_dir, tmp_path, images):
-    station = open_station([model_dir], tmp_path / "log.sqlite", tmp_path / "store", store_images=False)
+def test_no_store_images_keeps_the_log_only(station_model, tmp_path, part_images):
+    station = open_station([station_model], tmp_path / "log.sqlite", tmp_path / "store", store_images=False)
     client = TestClient(create_app(station))
-    body = inspect(client, images[0][0]).json()
+    body = inspect(client, part_images[0][0]).json()
     assert body["image_url"] is None and body["overlay_url"] is None and body["label"] in ("OK", "NOT OK")
     assert client.get(f"/v1/inspections/{body['id']}/image").status_code == 404
     assert not (tmp_path / "store").exists()
 
 
-def test_several_models_need_a_name(model_dir, tmp_path, images):
+def test_several_models_need_a_name(station_model, tmp_path, part_images):
     import shutil
 
-    twin = shutil.copytree(model_dir, tmp_path / "twin")
-    client = TestClient(create_app(open_station([model_dir, twin], tmp_path / "log.sqlite")))
-    assert "say which" in inspect(client, images[0][0]).json()["detail"]
-    assert inspect(client, images[0][0], model="twin").json()["model"] == "twin"
+    twin = shutil.copytree(station_model, tmp_path / "twin")
+    client = TestClient(create_app(open_station([station_model, twin], tmp_path / "log.sqlite")))
+    assert "say which" in inspect(client, part_images[0][0]).json()["detail"]
+    assert inspect(client, part_images[0][0], model="twin").json()["model"] == "twin"
     assert [m["name"] for m in client.get("/v1/models").json()] == ["tiles", "twin"]
 
 
@@ -281,8 +273,8 @@ def test_log_upgrades_a_first_version_database(tmp_path):
     assert log.schema_version == len(MIGRATIONS) and log.count() == 1 and log.watched_sources() == {}
 
 
-def test_log_export_csv(client, station, tmp_path, images):
-    ids = [inspect(client, data).json()["id"] for data in images[0][:2]]
+def test_log_export_csv(client, station, tmp_path, part_images):
+    ids = [inspect(client, data).json()["id"] for data in part_images[0][:2]]
     client.post(f"/v1/inspections/{ids[1]}/verdict", json={"verdict": "defect"}, headers=AUTH)
     out = station.log.export(tmp_path / "log.csv")
     rows = list(csv.DictReader(out.open()))
@@ -291,13 +283,13 @@ def test_log_export_csv(client, station, tmp_path, images):
         station.log.export(tmp_path / "log.xlsx")
 
 
-def test_log_commands(client, station, tmp_path, images):
+def test_log_commands(client, station, tmp_path, part_images):
     from typer.testing import CliRunner
 
     from flawscope.cli import app
 
     runner = CliRunner()
-    for data in images[0][:3] + images[1][:3]:
+    for data in part_images[0][:3] + part_images[1][:3]:
         inspect(client, data)
     out = tmp_path / "export.csv"
     result = runner.invoke(app, ["log", "export", "--db", str(station.log.path), "--out", str(out)])
@@ -318,14 +310,14 @@ def test_serve_refuses_a_missing_model_clearly(tmp_path):
     assert result.exit_code == 2 and "error:" in result.output and "nothing" in result.output
 
 
-def test_batched_decisions_equal_one_image_predictions(station, images):
+def test_batched_decisions_equal_one_image_predictions(station, part_images):
     from concurrent.futures import ThreadPoolExecutor
 
     from flawscope.data.io import read_image
 
     detector = station.models["tiles"].detector
     batcher = station.models["tiles"].batcher
-    pixels = [read_image(Image.open(io.BytesIO(data))) for data in images[0] + images[1]]
+    pixels = [read_image(Image.open(io.BytesIO(data))) for data in part_images[0] + part_images[1]]
     with ThreadPoolExecutor(6) as pool:
         decisions = list(pool.map(batcher.decide, pixels))
     for one, decision in zip(pixels, decisions):

@@ -23,17 +23,6 @@ import httpx
 
 from flawscope.service import open_station
 from flawscope.service.watch import FolderWatcher
-from service_helpers import save_station_model, station_images
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_station_model(tmp_path_factory.mktemp("models") / "tiles")
-
-
-@pytest.fixture(scope="module")
-def images():
-    return station_images()
 
 
 def free_port() -> int:
@@ -43,10 +32,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(model_dir: Path, db: Path, *extra: str):
+def serving(station_model: Path, db: Path, *extra: str):
     """Run `flawscope serve` in its own process on a free loopback port until the block ends (or it is killed)."""
     port = free_port()
-    command = [sys.executable, "-m", "flawscope.cli", "serve", str(model_dir), "--port", str(port), "--db", str(db)]
+    command = [sys.executable, "-m", "flawscope.cli", "serve", str(station_model), "--port", str(port), "--db", str(db)]
     process = subprocess.Popen([*command, *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -103,15 +92,15 @@ def load_run(
     return answers
 
 
-def payloads(images, count: int, unreadable_share: float = 0.05) -> list[bytes]:
-    good, defective = images
+def payloads(part_images, count: int, unreadable_share: float = 0.05) -> list[bytes]:
+    good, defective = part_images
     pool = good + defective
     every = round(1 / unreadable_share)
     return [b"not an image %d" % i if i % every == every - 1 else pool[i % len(pool)] for i in range(count)]
 
 
-def check_load(url: str, db: Path, images, count: int) -> None:
-    sent = payloads(images, count)
+def check_load(url: str, db: Path, part_images, count: int) -> None:
+    sent = payloads(part_images, count)
     answers = load_run(url, sent, concurrency=8)
     assert len(answers) == count
     assert not [a for a in answers if a[1] >= 500]
@@ -121,35 +110,35 @@ def check_load(url: str, db: Path, images, count: int) -> None:
     assert len(set(ids)) == count and sorted(ids) == logged_ids(db)
 
 
-def test_load_on_loopback_logs_every_request(model_dir, images, tmp_path):
+def test_load_on_loopback_logs_every_request(station_model, part_images, tmp_path):
     db = tmp_path / "log.sqlite"
-    with serving(model_dir, db) as (url, _):
-        check_load(url, db, images, 200)
+    with serving(station_model, db) as (url, _):
+        check_load(url, db, part_images, 200)
 
 
 @pytest.mark.slow
-def test_load_2000_requests_at_concurrency_8(model_dir, images, tmp_path):
+def test_load_2000_requests_at_concurrency_8(station_model, part_images, tmp_path):
     db = tmp_path / "log.sqlite"
-    with serving(model_dir, db) as (url, _):
-        check_load(url, db, images, 2000)
+    with serving(station_model, db) as (url, _):
+        check_load(url, db, part_images, 2000)
 
 
-def test_sigkill_loses_no_answered_inspection(model_dir, images, tmp_path):
+def test_sigkill_loses_no_answered_inspection(station_model, part_images, tmp_path):
     db = tmp_path / "log.sqlite"
-    sent = payloads(images, 400)
-    with serving(model_dir, db) as (url, process):
+    sent = payloads(part_images, 400)
+    with serving(station_model, db) as (url, process):
         answers = load_run(url, sent, concurrency=8, kill_after=(100, process.pid))
     assert 100 <= len(answers) < len(sent), "the kill should land in the middle of the run"
-    with serving(model_dir, db) as (url, _):
+    with serving(station_model, db) as (url, _):
         for _, _, inspection_id in answers:
             assert httpx.get(f"{url}/v1/inspections/{inspection_id}").status_code == 200
-        assert httpx.post(f"{url}/v1/inspect", files={"image": ("a.png", images[0][0])}).status_code == 200
+        assert httpx.post(f"{url}/v1/inspect", files={"image": ("a.png", part_images[0][0])}).status_code == 200
 
 
-def test_token_from_the_environment(model_dir, images, tmp_path, monkeypatch):
+def test_token_from_the_environment(station_model, part_images, tmp_path, monkeypatch):
     monkeypatch.setenv("FLAWSCOPE_TOKEN", "from-env")
-    with serving(model_dir, tmp_path / "log.sqlite") as (url, _):
-        files = {"image": ("a.png", images[0][0])}
+    with serving(station_model, tmp_path / "log.sqlite") as (url, _):
+        files = {"image": ("a.png", part_images[0][0])}
         assert httpx.post(f"{url}/v1/inspect", files=files).status_code == 401
         headers = {"Authorization": "Bearer from-env"}
         assert httpx.post(f"{url}/v1/inspect", files=files, headers=headers).status_code == 200
@@ -171,15 +160,15 @@ def browser():
     return webdriver.Chrome(options=options, service=Service(driver_path))
 
 
-def test_review_page_in_a_real_browser(model_dir, images, tmp_path):
+def test_review_page_in_a_real_browser(station_model, part_images, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as until
     from selenium.webdriver.support.ui import WebDriverWait
 
     image_file = tmp_path / "scratched_part.png"
-    image_file.write_bytes(images[1][0])
+    image_file.write_bytes(part_images[1][0])
     db = tmp_path / "log.sqlite"
-    with serving(model_dir, db) as (url, _):
+    with serving(station_model, db) as (url, _):
         driver = browser()
         try:
             wait = WebDriverWait(driver, 30)
@@ -189,7 +178,7 @@ def test_review_page_in_a_real_browser(model_dir, images, tmp_path):
             driver.find_element(By.ID, "upload-button").click()
             card = wait.until(until.element_to_be_clickable((By.CSS_SELECTOR, ".card")))
             assert "scratched_part.png" in card.text
-            httpx.post(f"{url}/v1/inspect", files={"image": ("from_camera.png", images[0][1])})
+            httpx.post(f"{url}/v1/inspect", files={"image": ("from_camera.png", part_images[0][1])})
             wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".card")) == 2)  # appears by itself
             driver.find_elements(By.CSS_SELECTOR, ".card")[1].click()
             wait.until(until.visibility_of_element_located((By.ID, "detail")))
@@ -207,11 +196,11 @@ def test_review_page_in_a_real_browser(model_dir, images, tmp_path):
     assert verdicts == [("scratched_part.png", "ok")]
 
 
-def test_folder_watcher_inspects_each_file_once_across_restarts(model_dir, images, tmp_path):
-    good, defective = images
+def test_folder_watcher_inspects_each_file_once_across_restarts(station_model, part_images, tmp_path):
+    good, defective = part_images
     folder = tmp_path / "camera"
     folder.mkdir()
-    station = open_station([model_dir], tmp_path / "log.sqlite", tmp_path / "store")
+    station = open_station([station_model], tmp_path / "log.sqlite", tmp_path / "store")
     watcher = FolderWatcher(station, folder, settle_seconds=0.0, sort=True)
     (folder / "a.png").write_bytes(good[0])
     (folder / "b.png").write_bytes(defective[0])
@@ -226,22 +215,22 @@ def test_folder_watcher_inspects_each_file_once_across_restarts(model_dir, image
     assert (folder / ("ok" if labels["a.png"] == "OK" else "not_ok") / "a.png").is_file()
 
     (folder / "e.png").write_bytes(good[2])  # arrives while the watcher is down
-    restarted = FolderWatcher(open_station([model_dir], tmp_path / "log.sqlite"), folder, settle_seconds=0.0)
+    restarted = FolderWatcher(open_station([station_model], tmp_path / "log.sqlite"), folder, settle_seconds=0.0)
     restarted.scan()
     assert restarted.scan() == 1 and restarted.scan() == 0
     assert sorted(row.filename for row in station.log.query()) == ["a.png", "b.png", "c.png", "e.png"]
 
-    again = FolderWatcher(open_station([model_dir], tmp_path / "log.sqlite"), folder, settle_seconds=0.0)
+    again = FolderWatcher(open_station([station_model], tmp_path / "log.sqlite"), folder, settle_seconds=0.0)
     again.scan()
     assert again.scan() == 0  # e.png stayed (no sorting) and is not inspected twice
 
 
-def test_folder_watcher_waits_for_a_file_to_be_complete(model_dir, images, tmp_path):
+def test_folder_watcher_waits_for_a_file_to_be_complete(station_model, part_images, tmp_path):
     folder = tmp_path / "camera"
     folder.mkdir()
-    station = open_station([model_dir], tmp_path / "log.sqlite")
+    station = open_station([station_model], tmp_path / "log.sqlite")
     watcher = FolderWatcher(station, folder, settle_seconds=0.0)
-    data = images[0][0]
+    data = part_images[0][0]
     target = folder / "growing.png"
     target.write_bytes(data[: len(data) // 2])
     watcher.scan()
@@ -251,16 +240,16 @@ def test_folder_watcher_waits_for_a_file_to_be_complete(model_dir, images, tmp_p
     assert station.log.query()[0].error is None
 
 
-def test_folder_watcher_runs_on_file_events(model_dir, images, tmp_path):
+def test_folder_watcher_runs_on_file_events(station_model, part_images, tmp_path):
     folder = tmp_path / "camera"
     folder.mkdir()
-    station = open_station([model_dir], tmp_path / "log.sqlite")
+    station = open_station([station_model], tmp_path / "log.sqlite")
     watcher = FolderWatcher(station, folder, settle_seconds=0.2, poll_seconds=0.2)
     stop = threading.Event()
     thread = threading.Thread(target=watcher.run, args=(stop,))
     thread.start()
     try:
-        (folder / "new.png").write_bytes(images[0][0])
+        (folder / "new.png").write_bytes(part_images[0][0])
         deadline = time.monotonic() + 30
         while station.log.count() == 0 and time.monotonic() < deadline:
             time.sleep(0.1)
