@@ -33,15 +33,22 @@ class _Seen:
 
 
 def _source(path: Path, stat: os.stat_result) -> str:
-    return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    return f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
 
 
-def _candidates(folder: Path) -> list[Path]:
-    return sorted(
-        path
-        for path in folder.iterdir()
-        if path.is_file() and not path.name.startswith(".") and not path.name.lower().endswith(_PARTIAL_SUFFIXES)
-    )
+def _candidates(folder: Path) -> list[tuple[Path, os.stat_result]]:
+    """The files at the top of ``folder`` that may be images, each with its stat (one system call), by name."""
+    found = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.startswith(".") or entry.name.lower().endswith(_PARTIAL_SUFFIXES):
+                continue
+            try:
+                if entry.is_file():
+                    found.append((Path(entry.path), entry.stat()))
+            except FileNotFoundError:  # gone between listing and looking
+                continue
+    return sorted(found, key=lambda item: item[0].name)
 
 
 class FolderWatcher:
@@ -58,7 +65,7 @@ class FolderWatcher:
         poll_seconds: float = 1.0,
     ) -> None:
         self.station = station
-        self.folder = Path(folder)
+        self.folder = Path(folder).resolve()
         if not self.folder.is_dir():
             raise NotADirectoryError(f"{self.folder} is not a folder to watch.")
         self.model = station.choose(model).name
@@ -73,11 +80,7 @@ class FolderWatcher:
         now = time.monotonic()
         count = 0
         present = set()
-        for path in _candidates(self.folder):
-            try:
-                stat = path.stat()
-            except FileNotFoundError:
-                continue
+        for path, stat in _candidates(self.folder):
             present.add(path)
             source = _source(path, stat)
             if source in self.inspected:
