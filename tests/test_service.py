@@ -331,3 +331,28 @@ def test_a_failing_batch_answers_every_waiting_request(station):
     with pytest.raises(DataError, match="is empty"):
         station.models["tiles"].batcher.decide(np.zeros((0, 0, 1), dtype=np.float32))
     assert station.models["tiles"].batcher.decide(np.full((96, 96, 1), 0.5, dtype=np.float32)).score > 0
+
+
+def test_serve_names_the_missing_extra_before_loading_models(tmp_path, monkeypatch):
+    import importlib.util
+
+    from typer.testing import CliRunner
+
+    from flawscope.cli import app
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real_find_spec(name, *a)
+    )
+    result = CliRunner().invoke(app, ["serve", str(tmp_path / "not-loaded"), "--db", str(tmp_path / "log.sqlite")])
+    assert result.exit_code == 2 and "missing: uvicorn" in result.output and "flawscope[serve]" in result.output
+
+
+def test_drift_is_unknown_without_calibration_scores_below_the_threshold():
+    from flawscope.service.log import ServedModel
+    from flawscope.service.stats import _drift
+
+    rows = [{"score": 1.0, "label": "OK", "verdict": None}] * 40
+    above = ServedModel("m", "v", "PatchCore", threshold=1.0, calibration_scores=[2.0, 3.0])
+    assert _drift(rows, above)["status"] == "unknown"
+    assert _drift(rows, None)["status"] == "unknown"

@@ -409,7 +409,18 @@ def quantize(
     console.print(f"quantized {model_dir} to int8; {threshold}; saved to {out}")
 
 
-_SERVE_EXTRA = "flawscope serve, watch and log need the 'serve' extra: pip install 'flawscope[serve]'"
+def _require_serve_extra(command: str, modules: tuple[str, ...]) -> None:
+    """Fail with the install line, before any model is loaded, when the 'serve' extra is missing."""
+    from importlib.util import find_spec
+
+    missing = [module for module in modules if find_spec(module) is None]
+    if missing:
+        _fail(
+            ImportError(
+                f"flawscope {command} needs the 'serve' extra (missing: {', '.join(missing)}): "
+                "pip install 'flawscope[serve]'"
+            )
+        )
 
 
 def _station(
@@ -422,15 +433,12 @@ def _station(
     max_batch: int = 8,
 ) -> Any:
     import flawscope as fs
+    from flawscope.service import open_station
 
     try:
-        from flawscope.service import open_station
-
         return open_station(
             model_dirs, db, store, store_images=store_images, max_pixels=max_pixels, device=device, max_batch=max_batch
         )
-    except ImportError as error:
-        _fail(ImportError(f"{_SERVE_EXTRA} ({error})."))
     except (fs.FlawscopeError, OSError) as error:
         _fail(error)
 
@@ -460,6 +468,7 @@ def serve(
     max_batch: int = typer.Option(8, min=1, help="Images waiting for a model are scored together, up to this many."),
 ) -> None:
     """Serve the models over HTTP: POST /v1/inspect, the inspection log, the review page at /, API docs at /docs."""
+    _require_serve_extra("serve", ("fastapi", "uvicorn", "multipart", "prometheus_client"))
     station = _station(model_dirs, db, store, store_images, max_pixels, device, max_batch)
     import uvicorn
 
@@ -489,6 +498,7 @@ def watch(
 ) -> None:
     """Inspect every image written into IN_DIR once, when complete; log it to the same database as serve."""
     _show_library_messages(quiet)
+    _require_serve_extra("watch", ("watchfiles",))
     station = _station([model_dir], db, store, store_images, max_pixels, device)
     from flawscope.service.watch import FolderWatcher
 

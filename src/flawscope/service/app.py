@@ -9,7 +9,7 @@ Routes (all in the OpenAPI page at ``/docs``): ``POST /v1/inspect``, ``GET /v1/i
 from __future__ import annotations
 
 import hmac
-import time
+from dataclasses import asdict
 from importlib import resources
 from typing import Any, Literal
 
@@ -46,7 +46,7 @@ class _Metrics:
         )
         self.latency = Histogram(
             "flawscope_inspection_latency_seconds",
-            "Time to inspect one image (decode, score, draw, store, log)",
+            "Time to inspect one image (decode, score, draw, store): the latency_ms of its log row",
             ["model"],
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
             registry=self.registry,
@@ -115,19 +115,19 @@ def create_app(
         station_name: str | None = Form(default=None, alias="station", max_length=200),
     ) -> JSONResponse:
         """Inspect one image: score, OK / NOT OK at the model's threshold, defect boxes, stored pictures."""
+        too_large = HTTPException(413, f"Uploads are limited to {max_upload_bytes:,} bytes (--max-upload-mb).")
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_upload_bytes + 64 * 1024:
-            raise HTTPException(413, f"Uploads are limited to {max_upload_bytes:,} bytes (--max-upload-mb).")
+            raise too_large
         data = image.file.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:
-            raise HTTPException(413, f"Uploads are limited to {max_upload_bytes:,} bytes (--max-upload-mb).")
-        started = time.perf_counter()
+            raise too_large
         try:
             row = station.inspect(data, model=model, part_id=part_id, station=station_name, filename=image.filename)
         except InspectionFailed as failure:
             metrics.inspections.labels(failure.inspection.model or "unknown", "failed").inc()
             return JSONResponse({"detail": failure.inspection.error, "id": failure.inspection.id}, status_code=422)
-        metrics.latency.labels(row.model).observe(time.perf_counter() - started)
+        metrics.latency.labels(row.model).observe(row.latency_ms / 1000)
         metrics.inspections.labels(row.model, str(row.label)).inc()
         return JSONResponse(inspection_json(row))
 
@@ -183,14 +183,10 @@ def create_app(
 
     @app.get("/v1/models", tags=["inspect"])
     def served_models() -> list[dict[str, Any]]:
+        """Each served model's name, version (content hash), method and threshold."""
         return [
-            {
-                "name": m.name,
-                "version": m.version,
-                "method": type(m.detector).__name__,
-                "threshold": m.detector.threshold_,
-            }
-            for m in station.models.values()
+            {key: value for key, value in asdict(model.describe()).items() if key != "calibration_scores"}
+            for model in station.models.values()
         ]
 
     @app.get("/health", tags=["service"])

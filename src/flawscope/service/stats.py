@@ -109,8 +109,13 @@ def _drift(scored: list[sqlite3.Row], served: ServedModel | None) -> dict[str, A
     calibration scores at or below the threshold (the same cut the model applies to the parts): a KS test, and
     the share above the calibration's median (about one half without drift)."""
     recent = [row["score"] for row in scored if row["label"] == "OK" and row["verdict"] != "defect"][-DRIFT_WINDOW:]
-    if served is None or not served.calibration_scores:
-        return {"status": "unknown", "reason": "the model saved no calibration scores", "n_recent": len(recent)}
+    below = [score for score in served.calibration_scores if score <= served.threshold] if served is not None else []
+    if not below:
+        return {
+            "status": "unknown",
+            "reason": "the model saved no calibration scores at or below its threshold",
+            "n_recent": len(recent),
+        }
     if len(recent) < DRIFT_MIN_PARTS:
         return {
             "status": "unknown",
@@ -119,8 +124,7 @@ def _drift(scored: list[sqlite3.Row], served: ServedModel | None) -> dict[str, A
         }
     from scipy.stats import ks_2samp
 
-    calibration = np.asarray(served.calibration_scores, dtype=np.float64)
-    calibration = calibration[calibration <= served.threshold]
+    calibration = np.asarray(below, dtype=np.float64)
     test = ks_2samp(recent, calibration)
     statistic, p_value = float(test.statistic), float(test.pvalue)
     return {

@@ -48,7 +48,7 @@ function card(row) {
   element.className = "card";
   element.dataset.id = row.id;
   const thumb = row.error
-    ? `<div class="thumb failed">${escapeHtml(row.error).slice(0, 120)}</div>`
+    ? `<div class="thumb failed">${escapeHtml(String(row.error).slice(0, 120))}</div>`
     : `<div class="thumb" style="background-image:url('${row.overlay_url || row.image_url || ""}')"></div>`;
   element.innerHTML = `${thumb}<div class="body">
       <div>${labelBadge(row)} <span class="muted">#${row.id}</span></div>
