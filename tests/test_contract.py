@@ -5,6 +5,7 @@ that model is shared, read-only, by the checks that only score; the checks about
 """
 
 import copy
+import importlib.util
 import json
 
 import numpy as np
@@ -192,3 +193,30 @@ def test_foreign_or_newer_model_directories(fitted_patchcore, tmp_path):
         fs.load(path)
     with pytest.raises(ModelFileError, match=r"config\.json is missing"):
         fs.load(tmp_path / "nowhere")
+
+
+def parity_images(texture_test):
+    """Good and defective textures plus images of other sizes and aspect ratios than the model input."""
+    rng = np.random.default_rng(1)
+    odd = [rng.uniform(0, 1, size).astype(np.float32) for size in ((80, 130), (140, 72, 3))]
+    return [sample.image for sample in texture_test.samples[::3]] + odd
+
+
+def test_an_export_scores_as_the_detector_does(name, fitted, texture_test, tmp_path):
+    """ONNX (and OpenVINO where installed): scores within 1e-4 relative, maps within 1e-3, labels identical --
+    or a clear refusal."""
+    from flawscope.export import check_parity
+
+    formats = ["onnx", "openvino"] if importlib.util.find_spec("openvino") else ["onnx"]
+    refused = [graph_format for graph_format in formats if fitted._export_refusal(graph_format) is not None]
+    for graph_format in refused:
+        with pytest.raises(ConfigError, match=f"cannot be exported to {graph_format}"):
+            fitted.export(tmp_path / graph_format, graph_format)
+    exported = [graph_format for graph_format in formats if graph_format not in refused and "onnx" not in refused]
+    if not exported:
+        return
+    directory = fitted.export(tmp_path / "exported", exported[-1])  # an OpenVINO export holds the ONNX graph too
+    for graph_format in exported:
+        parity = check_parity(fitted, directory, parity_images(texture_test), graph_format)
+        assert parity["passed"], parity
+        assert parity["n_images"] == 10

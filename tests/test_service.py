@@ -14,10 +14,10 @@ pytest.importorskip("fastapi", reason="the 'serve' extra is not installed")
 from fastapi.testclient import TestClient
 
 from flawscope.errors import ConfigError, DataError, ModelFileError
+from flawscope.serialization import content_hash
 from flawscope.service import InspectionLog, open_station
 from flawscope.service.app import create_app
 from flawscope.service.log import MIGRATIONS
-from flawscope.service.station import model_version
 from service_helpers import png_bytes
 
 TOKEN = "s3cret-token"
@@ -43,7 +43,7 @@ def test_inspect_answers_and_logs_every_field(client, station, station_model, pa
     answer = inspect(client, defective[0], part_id="A-17", station="line 2")
     assert answer.status_code == 200, answer.text
     body = answer.json()
-    assert body["model"] == "tiles" and body["model_version"] == model_version(station_model)
+    assert body["model"] == "tiles" and body["model_version"] == content_hash(station_model)
     assert body["part_id"] == "A-17" and body["station"] == "line 2" and body["filename"] == "part.png"
     assert body["label"] in ("OK", "NOT OK") and body["score"] > 0 and body["latency_ms"] > 0
     assert body["threshold"] == pytest.approx(station.models["tiles"].detector.threshold_)

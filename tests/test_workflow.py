@@ -11,12 +11,12 @@ import pytest
 import flawscope as fs
 from flawscope.data.synthetic import write_mvtec_layout
 from flawscope.errors import ConfigError
+from flawscope.folders import predict_to_folder
 from flawscope.workflow import (
     ThresholdRule,
     evaluation_data,
     fit_and_calibrate,
     parse_params,
-    predict_to_folder,
     run_benchmark,
     training_data,
 )

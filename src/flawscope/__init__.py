@@ -11,15 +11,14 @@ The library reports through the standard ``logging`` (logger ``flawscope``; sile
 application configures it) and ``warnings`` modules; it never prints.
 """
 
+from __future__ import annotations
+
+import importlib
 import logging
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from flawscope import (
-    datasets,
-    workflow,
-)
-from flawscope import models as _models  # noqa: F401  (registers the detectors)
 from flawscope.errors import (
     CalibrationWarning,
     ConfigError,
@@ -29,11 +28,37 @@ from flawscope.errors import (
     NotFittedError,
     WeightsError,
 )
-from flawscope.models.base import Detector
-from flawscope.models.registry import create, list_models, model_entry
-from flawscope.results import Prediction
+
+if TYPE_CHECKING:
+    from flawscope import datasets, workflow
+    from flawscope.models.base import Detector
+    from flawscope.models.registry import create, list_models, model_entry
+    from flawscope.results import Prediction
 
 logging.getLogger("flawscope").addHandler(logging.NullHandler())
+
+# What ``import flawscope`` makes reachable only when first used: the detectors need torch, and
+# ``flawscope.runtime`` (exported models) must import without it.
+_LAZY = {
+    "datasets": ("flawscope.datasets", None),
+    "workflow": ("flawscope.workflow", None),
+    "Detector": ("flawscope.models.base", "Detector"),
+    "create": ("flawscope.models.registry", "create"),
+    "list_models": ("flawscope.models.registry", "list_models"),
+    "model_entry": ("flawscope.models.registry", "model_entry"),
+    "Prediction": ("flawscope.results", "Prediction"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'flawscope' has no attribute {name!r}")
+    module_name, attribute = _LAZY[name]
+    importlib.import_module("flawscope.models")  # registers the detectors
+    module = importlib.import_module(module_name)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value
+    return value
 
 
 def load(path, device=None) -> Detector:

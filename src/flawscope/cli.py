@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from flawscope.workflow import DATA_SPEC_HELP, GROUPS_HELP
+from flawscope.data.specs import DATA_SPEC_HELP, GROUPS_HELP
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Visual anomaly detection for industrial inspection."
@@ -169,10 +169,16 @@ def fit(
 
 @app.command()
 def predict(
-    model_dir: Path = typer.Argument(..., help="A model directory written by 'flawscope fit'."),
+    model_dir: Path = typer.Argument(
+        ...,
+        help="A model directory written by 'flawscope fit', or one written by 'flawscope export' (runs without torch).",
+    ),
     inputs: list[Path] = typer.Argument(..., help="Image files and/or folders of images."),
     out: Path = typer.Option(..., help="Directory for overlays, masks and predictions.csv."),
-    device: str | None = typer.Option(None, help="Override the saved device (auto, cpu, cuda)."),
+    device: str | None = typer.Option(None, help="Override the saved device (auto, cpu, cuda); not for an export."),
+    graph_format: str | None = typer.Option(
+        None, "--format", help="For an exported model: run its 'onnx' or 'openvino' graph (default: as exported)."
+    ),
     opening: int | None = typer.Option(
         None,
         help="Size of the element that opens the defect masks (0 = none); default: the method's own "
@@ -181,19 +187,91 @@ def predict(
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Score images; write per image a heat-map overlay, a defect mask and a row of predictions.csv."""
-    import flawscope as fs
-    from flawscope.workflow import predict_to_folder
+    from flawscope.errors import FlawscopeError
+    from flawscope.folders import predict_to_folder
+    from flawscope.runtime import is_exported
 
     try:
-        detector = fs.load(model_dir, device=device)
-        written = predict_to_folder(detector, inputs, out, opening=opening, progress=not quiet)
-    except fs.FlawscopeError as error:
+        model = (
+            _exported_model(model_dir, device, graph_format)
+            if is_exported(model_dir)
+            else _fitted_model(model_dir, device)
+        )
+        written = predict_to_folder(model, inputs, out, opening=opening, progress=not quiet)
+    except FlawscopeError as error:
         _fail(error)
     for reason in written.failed.values():
         errors.print(f"[yellow]skipped[/yellow] {escape(reason)}")
     console.print(f"scored {written.n_scored} images ({len(written.failed)} unreadable) -> {written.csv_path}")
-    if not detector.is_calibrated:
+    if not model.is_calibrated:
         errors.print("[yellow]note:[/yellow] the model is not calibrated, so no labels or masks were written.")
+
+
+def _fitted_model(model_dir: Path, device: str | None) -> Any:
+    import flawscope as fs
+
+    return fs.load(model_dir, device=device)
+
+
+def _exported_model(model_dir: Path, device: str | None, graph_format: str | None) -> Any:
+    from flawscope import runtime
+    from flawscope.errors import ConfigError
+
+    if device is not None:
+        raise ConfigError(f"{model_dir} is an exported model; it runs on the CPU and takes no --device.")
+    return runtime.load(model_dir, graph_format)
+
+
+@app.command()
+def export(
+    model_dir: Path = typer.Argument(..., help="A model directory written by 'flawscope fit'."),
+    out: Path = typer.Option(..., help="Directory for the graph and metadata.json."),
+    graph_format: str = typer.Option(
+        "onnx", "--format", help="onnx, or openvino (writes OpenVINO's IR beside the ONNX graph)."
+    ),
+    check: list[Path] = typer.Option(
+        [],
+        help="Image files or folders: score them with the model and with its export, and fail unless scores agree "
+        "within 1e-4 (relative), maps within 1e-3 and labels exactly (written to parity.json). Repeatable.",
+    ),
+) -> None:
+    """Export a fitted model to ONNX or OpenVINO for the torch-free runtime ('flawscope predict EXPORTED_DIR')."""
+    import flawscope as fs
+    from flawscope.export import check_parity, export_detector
+    from flawscope.serialization import content_hash
+
+    try:
+        detector = fs.load(model_dir, device="cpu")
+        export_detector(detector, out, graph_format, content_hash=content_hash(model_dir))
+        images = _image_paths(check)
+        checks = (
+            [check_parity(detector, out, images, name) for name in _exported_formats(graph_format)] if images else []
+        )
+    except fs.FlawscopeError as error:
+        _fail(error)
+    console.print(f"exported {detector.name} -> {out}")
+    if not checks:
+        return
+    (out / "parity.json").write_text(json.dumps(checks, indent=2))
+    for parity in checks:
+        verdict = "[green]passed[/green]" if parity["passed"] else "[red]FAILED[/red]"
+        console.print(
+            f"parity {parity['graph_format']} on {parity['n_images']} images: {verdict} (scores within "
+            f"{parity['max_score_relative_error']:.1e} relative, maps within {parity['max_map_error']:.1e}, "
+            f"{parity['labels_differing']} labels differ)"
+        )
+    if not all(parity["passed"] for parity in checks):
+        raise typer.Exit(code=1)
+
+
+def _exported_formats(graph_format: str) -> list[str]:
+    return ["onnx", "openvino"] if graph_format == "openvino" else ["onnx"]
+
+
+def _image_paths(inputs: list[Path]) -> list[Path]:
+    from flawscope.data.datasets import list_images
+
+    return [path for item in inputs for path in (list_images(item) if item.is_dir() else [item])]
 
 
 def _print_report(report: Any, title: str) -> None:

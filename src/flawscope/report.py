@@ -13,7 +13,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from flawscope.evaluation import Report
-    from flawscope.models.base import Detector
+    from flawscope.scoring import Scorer
 
 
 def heatmap_overlay(
@@ -29,15 +29,27 @@ def heatmap_overlay(
 _JET_LEVELS = 256
 
 
+# matplotlib's ``jet`` (its ``_jet_data``): per channel, the colour at each point of [0, 1], linear in between
+_JET_SEGMENTS = {
+    "red": ((0.0, 0.0), (0.35, 0.0), (0.66, 1.0), (0.89, 1.0), (1.0, 0.5)),
+    "green": ((0.0, 0.0), (0.125, 0.0), (0.375, 1.0), (0.64, 1.0), (0.91, 0.0), (1.0, 0.0)),
+    "blue": ((0.0, 0.5), (0.11, 1.0), (0.34, 1.0), (0.65, 0.0), (1.0, 0.0)),
+}
+
+
 @functools.cache
 def _jet_table() -> np.ndarray:
-    """matplotlib's ``jet`` as its own 256-entry lookup table (the colours its colormap call gives), float32 RGB."""
-    from matplotlib import colormaps
+    """``jet`` as the 256-entry lookup table matplotlib samples it into, float32 RGB -- without matplotlib, so
+    the torch-free runtime draws the same overlays."""
+    levels = np.linspace(0.0, 1.0, _JET_LEVELS)
+    channels = []
+    for name in ("red", "green", "blue"):
+        points = np.array(_JET_SEGMENTS[name])
+        channels.append(np.interp(levels, points[:, 0], points[:, 1]))
+    return np.stack(channels, axis=1).astype(np.float32)
 
-    return colormaps["jet"](np.arange(_JET_LEVELS))[:, :3].astype(np.float32)
 
-
-def overlay_scale(detector: Detector, anomaly_map: np.ndarray) -> tuple[float, float]:
+def overlay_scale(detector: Scorer, anomaly_map: np.ndarray) -> tuple[float, float]:
     """``(low, high)`` of an overlay's colour scale: for a calibrated detector the pixel threshold sits in the
     middle (green-yellow) and red is 1.5x above it; otherwise the map's own range."""
     if detector.pixel_threshold_ is not None:

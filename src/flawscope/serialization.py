@@ -9,6 +9,7 @@ parameters, and every tensor's presence and shape before any is used.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,16 @@ FORMAT = "flawscope-model"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 TENSOR_FILE = "model.safetensors"
+
+
+def content_hash(directory: str | Path) -> str:
+    """A content hash of a model directory: SHA-256 over every file's relative path and bytes (16 hex digits)."""
+    directory = Path(directory)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(directory).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def save_detector(detector: Detector, path: str | Path) -> Path:

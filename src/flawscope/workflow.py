@@ -5,13 +5,11 @@
   tested on;
 * :func:`fit_and_calibrate`: fit + calibrate, returning the model and the datasets it used;
 * :func:`run_benchmark`: fit + calibrate + evaluate in this process, with time and peak memory;
-* :func:`predict_to_folder`: score files and folders, writing overlays, masks and ``predictions.csv``;
 * :func:`parse_params`: ``KEY=VALUE`` pairs (JSON values) -> method parameters.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import platform
@@ -25,7 +23,7 @@ import torch
 
 from flawscope import __version__
 from flawscope._memory import peak_rss_mib
-from flawscope.data.datasets import GOOD, IMAGE_SUFFIXES, ImageDataset, Sample, list_images, open_dataset
+from flawscope.data.datasets import GOOD, IMAGE_SUFFIXES, ImageDataset, Sample, open_dataset
 from flawscope.data.elpv import ELPV
 from flawscope.data.splits import group_split, holdout_split, stratified_split, with_groups
 from flawscope.errors import ConfigError, DataError
@@ -34,15 +32,6 @@ from flawscope.models.base import Detector
 from flawscope.models.registry import SUPERVISED, create, model_entry
 from flawscope.postprocess import ThresholdRule
 
-DATA_SPEC_HELP = (
-    "An MVTec-layout category (train/good, test/<type>, ground_truth/), a folder with good/ (and optionally "
-    "defect/ and masks/), or elpv:mono / elpv:poly (test cells from solar modules never seen in training; "
-    "elpv:mono:shuffled for the cell-shuffled split of flawscope 0.1)."
-)
-GROUPS_HELP = (
-    "A regular expression that reads from each file name the part, lot or position the image shows (its first "
-    "group, or the whole match): calibration images then come from other groups than the training images."
-)
 SUPERVISED_TEST_SHARE = 0.2  # of a supervised method's labelled images; its fit holds out another 20 % to validate
 
 
@@ -255,69 +244,3 @@ def image_collection(specs: Sequence[str]) -> ImageDataset:
             raise DataError(f"No images under {folder}.")
         samples += [Sample(path, str(path), GOOD, "good") for path in paths]
     return ImageDataset(samples, " + ".join(specs))
-
-
-@dataclass
-class FolderPrediction:
-    """What :func:`predict_to_folder` wrote: ``predictions.csv`` and how many images it scored or could not read."""
-
-    csv_path: Path
-    n_scored: int
-    failed: dict[str, str]
-
-
-def predict_to_folder(
-    detector: Detector,
-    inputs: Sequence[str | os.PathLike],
-    out: str | os.PathLike,
-    *,
-    opening: int | None = None,
-    progress: bool = True,
-) -> FolderPrediction:
-    """Score image files and folders of images; write per image a heat-map overlay, a defect mask (calibrated
-    models) and a row of ``out/predictions.csv``. Unreadable files get a row with the reason and the rest go on."""
-    import numpy as np
-    from PIL import Image
-
-    from flawscope.report import heatmap_overlay, overlay_scale
-
-    paths = [p for item in map(Path, inputs) for p in (list_images(item) if item.is_dir() else [item])]
-    if not paths:
-        raise DataError(f"No images found in {', '.join(map(str, inputs))}.")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    used: set[str] = set()
-    failed: dict[str, str] = {}
-    dataset = ImageDataset([Sample(path, str(path)) for path in paths], "inputs")
-    csv_path = out / "predictions.csv"
-    with open(csv_path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "score", "label", "boxes", "overlay", "mask", "error"])
-        for result in detector.iter_predict(dataset, on_error="skip", progress=progress):
-            if result.anomaly_map is None or result.image is None:
-                failed[result.sample.name] = str(result.error)
-                writer.writerow([result.sample.name, "", "", "", "", "", result.error])
-                continue
-            stem = _unique_stem(result.sample.name, used)
-            overlay_path = out / f"{stem}_overlay.png"
-            low, high = overlay_scale(detector, result.anomaly_map)
-            Image.fromarray(heatmap_overlay(result.image, result.anomaly_map, vmax=high, vmin=low)).save(overlay_path)
-            label, boxes, mask_name = "", "", ""
-            if detector.is_calibrated:
-                not_ok, mask, found = detector.decide(result.score, result.anomaly_map, opening)
-                label = "NOT OK" if not_ok else "OK"
-                boxes = json.dumps([[int(v) for v in box[:4]] + [round(box[4], 4)] for box in found])
-                mask_name = f"{stem}_mask.png"
-                Image.fromarray((mask * 255).astype(np.uint8)).save(out / mask_name)
-            writer.writerow([result.sample.name, f"{result.score:.6f}", label, boxes, overlay_path.name, mask_name, ""])
-    return FolderPrediction(csv_path, len(paths) - len(failed), failed)
-
-
-def _unique_stem(path_name: str, used: set[str]) -> str:
-    stem = Path(path_name).stem or "image"
-    candidate, counter = stem, 1
-    while candidate in used:
-        counter += 1
-        candidate = f"{stem}_{counter}"
-    used.add(candidate)
-    return candidate

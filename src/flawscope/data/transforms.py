@@ -32,8 +32,12 @@ def to_model_input(
 ) -> torch.Tensor:
     """Stack float ``H x W x C`` images into a normalised ``N x 3 x S x S`` float32 tensor (after the
     per-image ``photometric`` normalisation, :func:`photometric_normalise`)."""
-    resized = torch.stack([resize_image(image, image_size) for image in images])
-    return normalise(photometric_normalise(resized, photometric), mean, std)
+    return normalise(photometric_normalise(resize_batch(images, image_size), photometric), mean, std)
+
+
+def resize_batch(images: Sequence[np.ndarray], image_size: int | tuple[int, int]) -> torch.Tensor:
+    """Float ``H x W x C`` images -> one ``N x 3 x S x S`` tensor in [0, 1] (:func:`resize_image` each)."""
+    return torch.stack([resize_image(image, image_size) for image in images])
 
 
 def photometric_normalise(batch: torch.Tensor, mode: str) -> torch.Tensor:
@@ -80,17 +84,6 @@ def resize_image(image: np.ndarray, image_size: int | tuple[int, int]) -> torch.
 
 INPUT_SHAPES = ("auto", "square", "aspect")
 ASPECT_FROM = 1.5  # "auto" keeps the aspect ratio of training images at least this elongated
-SIDE_MULTIPLE = 32  # the long side of a kept aspect ratio: a multiple of the backbone's largest stride
-
-
-def aspect_size(height: int, width: int, short_side: int) -> tuple[int, int]:
-    """The model input size that keeps an image's aspect ratio: the short side ``short_side``, the long
-    side the multiple of :data:`SIDE_MULTIPLE` nearest the ratio (at least ``short_side``)."""
-    ratio = max(height, width) / min(height, width)
-    long_side = max(short_side, round(short_side * ratio / SIDE_MULTIPLE) * SIDE_MULTIPLE)
-    return (short_side, long_side) if height <= width else (long_side, short_side)
-
-
 LUMA = (0.299, 0.587, 0.114)
 
 
@@ -99,13 +92,7 @@ def luma(image: torch.Tensor) -> torch.Tensor:
     return (image * torch.tensor(LUMA, dtype=image.dtype, device=image.device).view(3, 1, 1)).sum(0, keepdim=True)
 
 
-def grey_batch(images: Sequence[np.ndarray], size: int) -> torch.Tensor:
-    """Float ``H x W x C`` images -> ``N x 1 x size x size`` grey tensor in [0, 1] (ITU-R 601 luma)."""
-    tensors = []
-    for image in images:
-        pixels = torch.from_numpy(np.ascontiguousarray(image))
-        grey = pixels[..., 0] if pixels.shape[2] == 1 else pixels @ torch.tensor(LUMA, dtype=pixels.dtype)
-        tensors.append(
-            F.interpolate(grey[None, None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
-        )
-    return torch.stack(tensors).clamp(0.0, 1.0)
+def luma_batch(images: torch.Tensor) -> torch.Tensor:
+    """``N x 3 x H x W`` RGB -> ``N x 1 x H x W`` ITU-R 601 luma."""
+    weights = torch.tensor(LUMA, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    return (images * weights).sum(1, keepdim=True)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from flawscope.chunks import in_passes
 from flawscope.errors import DataError
 
 
@@ -155,12 +156,12 @@ class GaussianMixture:
         constant = log_det + torch.log(self.weights) - 0.5 * dim * math.log(2.0 * math.pi)
         whitening = self.precision_cholesky.permute(1, 0, 2).reshape(dim, count * dim)  # D x (K D)
         shift = torch.einsum("ki,kij->kj", self.means, self.precision_cholesky).reshape(1, count * dim)
-        out = torch.empty(points.shape[0], count, dtype=points.dtype, device=points.device)
-        for start in range(0, points.shape[0], chunk_rows):
-            projected = torch.addmm(shift, points[start : start + chunk_rows], whitening, alpha=1.0, beta=-1.0)
-            squared = projected.square_().reshape(-1, count, dim).sum(2)
-            out[start : start + chunk_rows] = constant - 0.5 * squared
-        return out
+
+        def log_joint(rows: torch.Tensor) -> torch.Tensor:
+            projected = torch.addmm(shift, rows, whitening, alpha=1.0, beta=-1.0)
+            return constant - 0.5 * projected.square().reshape(-1, count, dim).sum(2)
+
+        return in_passes(log_joint, points, chunk_rows)
 
     def negative_log_likelihood(self, points: torch.Tensor) -> torch.Tensor:
         """``-log p(x)`` of every row of ``points``."""

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flawscope.chunks import in_passes
 from flawscope.features.backbones import BackboneCfg, backbone_cfg, create_feature_backbone
 
 
@@ -42,10 +43,9 @@ class FeatureExtractor(nn.Module):
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """``N x 3 x H x W`` normalised images -> one ``N x C_l x H_l x W_l`` map per layer."""
         images = images.contiguous(memory_format=torch.channels_last)
-        if images.device.type != "cpu" or images.shape[0] <= self.cpu_micro_batch:
+        if images.device.type != "cpu":
             return self.model(images)
-        parts = [self.model(chunk) for chunk in images.split(self.cpu_micro_batch)]
-        return [torch.cat(maps) for maps in zip(*parts)]
+        return in_passes(self.model, images, self.cpu_micro_batch)
 
 
 def _drop_unused_blocks(model: nn.Module) -> None:

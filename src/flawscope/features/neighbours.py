@@ -18,12 +18,21 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
 import torch
 
 from flawscope.errors import ConfigError
 
 SEARCH_BACKENDS = ("auto", "torch", "faiss")
+
+
+class Search(Protocol):
+    """What PatchCore asks of a nearest-neighbour search."""
+
+    def fit(self, bank: torch.Tensor) -> Search: ...
+
+    def query(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class TorchSearch:
@@ -53,6 +62,24 @@ class TorchSearch:
             distances.append(value.clamp_(min=0.0).sqrt_())
             indices.append(index)
         return torch.cat(distances), torch.cat(indices)
+
+
+class GraphSearch:
+    """Exact k-NN in one ``|x|^2 - 2 x.b + |b|^2`` product and a top-k, without chunks: the form an exported
+    graph holds (MatMul + TopK, the bank an initializer). Memory grows with queries x bank rows."""
+
+    def fit(self, bank: torch.Tensor) -> GraphSearch:
+        """Index the ``M x D`` bank."""
+        self.bank = bank.contiguous()
+        self.bank_sq = bank.pow(2).sum(1)
+        return self
+
+    def query(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """``Q x D`` queries -> ``(Q x k distances, Q x k bank indices)``, nearest first."""
+        squared = torch.addmm(self.bank_sq[None, :], queries, self.bank.T, alpha=-2.0)
+        squared = squared + queries.pow(2).sum(1, keepdim=True)
+        value, index = squared.topk(k, dim=1, largest=False)
+        return value.clamp(min=0.0).sqrt(), index
 
 
 class FaissSearch:
@@ -94,7 +121,7 @@ def _faiss_blas() -> Iterator[None]:
             faiss.cvar.distance_compute_blas_threshold = before
 
 
-def make_search(backend: str, device: torch.device) -> TorchSearch | FaissSearch:
+def make_search(backend: str, device: torch.device) -> Search:
     """The search object for ``backend`` ('auto', 'torch' or 'faiss') on ``device``."""
     if backend == "auto":
         backend = "torch" if device.type == "cuda" else "faiss"

@@ -24,17 +24,18 @@ from collections.abc import Iterator
 from functools import partial
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from torch import nn
 
 from flawscope._validation import BOOLEAN, NONE, Check, Interval, Options
+from flawscope.chunks import in_passes
 from flawscope.data.datasets import ImageDataset
-from flawscope.data.transforms import grey_batch, to_model_input
+from flawscope.data.transforms import luma_batch
 from flawscope.errors import ConfigError, DataError
+from flawscope.maps import gaussian_blur
 from flawscope.models.base import RUN_CONSTRAINTS, Detector
 from flawscope.models.registry import register_detector
-from flawscope.postprocess import ThresholdRule, gaussian_blur
+from flawscope.postprocess import ThresholdRule
 from flawscope.ssim import ssim_map
 from flawscope.state import module_tensors, restore_module
 from flawscope.training import EarlyStopping, TrainingLoop, announce_schedule
@@ -268,14 +269,12 @@ class ConvolutionalAutoencoder(Detector):
     def _reconstruct_windows(self, windows: torch.Tensor) -> torch.Tensor:
         """``N x W x C x P x P`` windows -> ``R x N x W x C x P x P`` reconstructions (R = 1 here)."""
         flat = windows.flatten(0, 1).contiguous(memory_format=torch.channels_last)
-        reconstructions = torch.cat([self.network_(chunk) for chunk in flat.split(WINDOWS_PER_PASS)])
+        reconstructions = in_passes(self.network_, flat, WINDOWS_PER_PASS)
         return reconstructions.reshape(1, *windows.shape)
 
     # ------------------------------------------------------------------ data
-    def _to_tensor(self, images: list[np.ndarray]) -> torch.Tensor:
-        if self.grey:
-            return grey_batch(images, self.image_size)
-        return to_model_input(images, self.image_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    def _model_input(self, images: torch.Tensor) -> torch.Tensor:
+        return luma_batch(images) if self.grey else images
 
     def _channels(self) -> int:
         return 1 if self.grey else 3

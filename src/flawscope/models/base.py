@@ -17,8 +17,8 @@ live here once and are never re-implemented by a method.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,22 +32,13 @@ from flawscope._validation import NONE, STRING, Constraints, Interval, int_seque
 from flawscope.data.datasets import DEFECTIVE, ImageDataset, Sample, as_dataset
 from flawscope.data.io import read_image
 from flawscope.data.splits import group_kfold
-from flawscope.data.transforms import to_model_input
+from flawscope.data.transforms import normalise, resize_batch
 from flawscope.devices import resolve_device
-from flawscope.errors import CalibrationWarning, ConfigError, DataError, NotFittedError, WeightsError
+from flawscope.errors import ConfigError, DataError, NotFittedError, WeightsError
 from flawscope.features.extractor import FeatureExtractor
+from flawscope.maps import upsample_maps
 from flawscope.models.registry import SUPERVISED
-from flawscope.postprocess import (
-    Box,
-    ThresholdRule,
-    boxes_from_mask,
-    false_alarm_statement,
-    segment,
-    threshold_from_scores,
-    unsupported_rule,
-    upsample_maps,
-)
-from flawscope.results import Prediction, ScoredImage
+from flawscope.scoring import Scorer
 
 # Parameter constraints shared by methods: every method has the run parameters, every method on
 # a pretrained backbone the backbone ones. A method's table is ``{**BACKBONE_CONSTRAINTS, ...,
@@ -60,28 +51,19 @@ RUN_CONSTRAINTS: Constraints = {
 BACKBONE_CONSTRAINTS: Constraints = {"backbone": [STRING], "layers": [int_sequence(0)], "weights": [NONE, STRING]}
 
 
-class Detector:
+class Detector(Scorer):
     """Base class of every detector. See the module docstring for the hooks a method implements."""
 
     # set by register_detector
     name: ClassVar[str] = ""
     capabilities: ClassVar[frozenset[str]] = frozenset()
     _parameter_constraints: ClassVar[Constraints] = {}
-    # how predicted masks are opened unless ``predict`` is told otherwise: a structuring element
-    # of this shape ("square" or "disk") and size
-    opening_shape: ClassVar[str] = "square"
-    default_opening: ClassVar[int] = 3
-    # how calibrate sets the threshold unless told otherwise
-    default_threshold: ClassVar[ThresholdRule] = ThresholdRule()
 
     image_size: int
     batch_size: int
     device: str
     seed: int
     device_: torch.device
-    threshold_: float | None
-    pixel_threshold_: float | None
-    calibration_: dict[str, Any]
 
     # ------------------------------------------------------------------ parameters
     @classmethod
@@ -188,39 +170,6 @@ class Detector:
             )
 
     # ------------------------------------------------------------------ calibration
-    def calibrate(
-        self,
-        images: ImageDataset | Sequence | str,
-        *,
-        rule: str | None = None,
-        k: float | None = None,
-        target_fpr: float | None = None,
-        progress: bool = True,
-    ) -> Detector:
-        """Set the OK / NOT OK threshold from validation images; returns self.
-
-        ``fpr``: the score quantile giving ``target_fpr`` false alarms on the good images.
-        ``sigma``: mean + k std of the good images' scores. ``f1``: best F1, needs labelled good
-        and defective images. What is not given comes from the method's ``default_threshold``
-        (:class:`~flawscope.postprocess.ThresholdRule`: ``fpr`` at 5 %; the MSE autoencoder's
-        recipe: ``sigma`` with k = 3). The same rule on the per-image maxima of
-        the anomaly maps gives the pixel threshold used for masks and boxes.
-
-        ``calibration_`` keeps the good images' scores (``good_scores``, what a later drift check
-        compares new parts against) and says, in false alarms, what the threshold promises
-        (:func:`flawscope.postprocess.false_alarm_statement`: the rate the rule aims at, how many
-        good calibration images lie above it, and the 95 % interval of the rate on new good
-        parts); a :class:`~flawscope.errors.CalibrationWarning` says when there are too few good
-        images to show the rate the rule aims at. Calibrate on good images of parts the model was
-        not fitted on: images of the training parts score low and give a threshold new parts exceed.
-        """
-        self._check_fitted()
-        dataset = as_dataset(images, split="test")
-        scores, map_maxima = self._scores_and_map_maxima(dataset, progress)
-        labels = np.clip(dataset.labels, 0, 1)
-        chosen = self.default_threshold.with_changes(rule, k, target_fpr)
-        return self._set_thresholds(scores, map_maxima, labels, chosen, "held-out images")
-
     def fit_out_of_fold(
         self,
         images: ImageDataset | Sequence | str,
@@ -267,142 +216,15 @@ class Detector:
             scores[where], map_maxima[where] = fold_scores, fold_maxima
         return scores, map_maxima
 
-    def _scores_and_map_maxima(self, dataset: ImageDataset, progress: bool) -> tuple[np.ndarray, np.ndarray]:
-        scores, map_maxima = [], []
-        for result in self.iter_predict(dataset, progress=progress, description="calibrating"):
-            assert result.anomaly_map is not None  # on_error="raise": every image was scored
-            scores.append(result.score)
-            map_maxima.append(float(result.anomaly_map.max()))
-        return np.array(scores), np.array(map_maxima)
-
-    def _set_thresholds(
-        self,
-        scores: np.ndarray,
-        map_maxima: np.ndarray,
-        labels: np.ndarray,
-        chosen: ThresholdRule,
-        source: str,
-    ) -> Detector:
-        """The image and pixel thresholds of ``chosen`` on these scores, with what they promise in false alarms."""
-        rule, k, target_fpr = chosen.rule, chosen.k, chosen.target_fpr
-        self.threshold_ = threshold_from_scores(scores, rule, k, target_fpr, labels)
-        self.pixel_threshold_ = threshold_from_scores(map_maxima, rule, k, target_fpr, labels)
-        statement = false_alarm_statement(scores[labels == 0], self.threshold_, rule, k, target_fpr)
-        self.calibration_ = {
-            "rule": rule,
-            "k": k,
-            "target_fpr": target_fpr,
-            "scores_from": source,
-            "n_images": len(scores),
-            "n_defective": int((labels == 1).sum()),
-            **statement,
-            "good_scores": [float(score) for score in scores[labels == 0]],
-        }
-        problem = unsupported_rule(statement)
-        if problem is not None:
-            warnings.warn(f"{type(self).__name__}: {problem}", CalibrationWarning, stacklevel=3)
-        return self
-
-    @property
-    def is_calibrated(self) -> bool:
-        return getattr(self, "threshold_", None) is not None
-
     # ------------------------------------------------------------------ prediction
-    def iter_predict(
-        self,
-        images: ImageDataset | Sequence | str,
-        *,
-        batch_size: int | None = None,
-        on_error: str = "raise",
-        progress: bool = True,
-        description: str = "scoring",
-    ) -> Iterator[ScoredImage]:
-        """Score images one batch at a time, yielding one :class:`ScoredImage` per input, in order.
-
-        Memory stays bounded by one batch. With ``on_error="skip"`` an unreadable image yields a
-        result with ``error`` set instead of stopping the run.
-        """
-        self._check_fitted()
-        if on_error not in ("raise", "skip"):
-            raise ConfigError(f"on_error must be 'raise' or 'skip'. Got {on_error!r} instead.")
-        dataset = as_dataset(images, split="test")
-        size = batch_size or self.batch_size
-        with progress_bar(description, len(dataset), progress) as bar:
-            for start in range(0, len(dataset), size):
-                chunk = dataset.samples[start : start + size]
-                yield from self._predict_chunk(chunk, on_error)
-                bar.advance(len(chunk))
-
-    def _predict_chunk(self, chunk: list[Sample], on_error: str) -> Iterator[ScoredImage]:
-        results: list[ScoredImage | None] = [None] * len(chunk)
-        pixels, readable = [], []
-        for position, sample in enumerate(chunk):
-            try:
-                pixels.append(read_image(sample.image))
-                readable.append(position)
-            except DataError as error:
-                if on_error == "raise":
-                    raise
-                results[position] = ScoredImage(sample, error=str(error))
-        if pixels:
-            with torch.inference_mode():
-                scores, maps = self._score_images(pixels)
-                score_values = scores.float().cpu().numpy()
-                for index, (position, image) in enumerate(zip(readable, pixels)):
-                    anomaly_map = upsample_maps(maps[index][None].float(), image.shape[:2])[0].cpu().numpy()
-                    results[position] = ScoredImage(
-                        chunk[position], float(score_values[index]), anomaly_map, image=image
-                    )
-        yield from (result for result in results if result is not None)
-
-    def predict(
-        self,
-        images: ImageDataset | Sequence | str,
-        *,
-        batch_size: int | None = None,
-        opening: int | None = None,
-        on_error: str = "raise",
-        progress: bool = True,
-    ) -> Prediction:
-        """Score images: scores, anomaly maps at each image's size, and -- once calibrated -- labels, masks, boxes.
-
-        ``opening`` is the size of the structuring element (``opening_shape``) that opens the
-        thresholded map; ``None`` = the method's ``default_opening``, 0 = none.
-        """
-        names, scores, maps, errors = [], [], [], {}
-        for result in self.iter_predict(images, batch_size=batch_size, on_error=on_error, progress=progress):
-            if result.anomaly_map is None:
-                errors[result.sample.name] = str(result.error)
-                continue
-            names.append(result.sample.name)
-            scores.append(result.score)
-            maps.append(result.anomaly_map)
-        score_array = np.asarray(scores, dtype=np.float64)
-        if not self.is_calibrated:
-            return Prediction(names, score_array, maps, errors=errors)
-        decisions = [self.decide(score, anomaly_map, opening) for score, anomaly_map in zip(scores, maps)]
-        labels = np.array([label for label, _, _ in decisions], dtype=bool)
-        masks = [mask for _, mask, _ in decisions]
-        boxes = [box for _, _, box in decisions]
-        return Prediction(names, score_array, maps, labels, masks, boxes, self.threshold_, errors)
-
-    def decide(
-        self, score: float, anomaly_map: np.ndarray, opening: int | None = None
-    ) -> tuple[bool, np.ndarray, list[Box]]:
-        """``(NOT OK?, defect mask, boxes)`` for one scored image, at the calibrated thresholds."""
-        threshold, pixel_threshold = self._thresholds()
-        size = self.default_opening if opening is None else opening
-        mask = segment(anomaly_map, pixel_threshold, size, self.opening_shape)
-        return bool(score > threshold), mask, boxes_from_mask(mask, anomaly_map)
-
-    def _thresholds(self) -> tuple[float, float]:
-        """``(image threshold, pixel threshold)``; NotFittedError when not calibrated."""
-        if self.threshold_ is None or self.pixel_threshold_ is None:
-            raise NotFittedError(
-                f"This {type(self).__name__} instance is not calibrated yet. Call 'calibrate' with good "
-                "validation images to set the OK / NOT OK threshold."
-            )
-        return self.threshold_, self.pixel_threshold_
+    def _score_pixels(self, pixels: list[np.ndarray]) -> list[tuple[float, np.ndarray]]:
+        with torch.inference_mode():
+            scores, maps = self._score_images(pixels)
+            score_values = scores.float().cpu().numpy()
+            return [
+                (float(score_values[index]), upsample_maps(maps[index][None].float(), image.shape[:2])[0].cpu().numpy())
+                for index, image in enumerate(pixels)
+            ]
 
     def _score_images(self, images: list[np.ndarray]) -> tuple[torch.Tensor, Sequence[torch.Tensor] | torch.Tensor]:
         """Scores ``(N,)`` and one map per image (any size; resized to the image afterwards).
@@ -443,8 +265,13 @@ class Detector:
 
     def _to_tensor(self, images: list[np.ndarray]) -> torch.Tensor:
         """Model input of images that share one input size."""
+        return self._model_input(resize_batch(images, self._input_size(*images[0].shape[:2])))
+
+    def _model_input(self, images: torch.Tensor) -> torch.Tensor:
+        """``N x 3 x H x W`` RGB in [0, 1] at the input size -> what ``_score_batch`` takes: by default normalised
+        with ``_normalisation()``. An exported graph starts here (:mod:`flawscope.export`)."""
         mean, std = self._normalisation()
-        return to_model_input(images, self._input_size(*images[0].shape[:2]), mean, std)
+        return normalise(images, mean, std)
 
     @contextmanager
     def _seeded(self) -> Iterator[None]:
@@ -478,6 +305,28 @@ class Detector:
         self.threshold_ = state.get("threshold")
         self.pixel_threshold_ = state.get("pixel_threshold")
         self.calibration_ = state.get("calibration", {})
+
+    # ------------------------------------------------------------------ export
+    def export(self, out: str | Path, graph_format: str = "onnx") -> Path:
+        """Write the scoring graph (ONNX; ``openvino`` adds OpenVINO's IR) and ``metadata.json`` to ``out`` for
+        :mod:`flawscope.runtime`; see :func:`flawscope.export.export_detector`."""
+        from flawscope.export import export_detector
+
+        return export_detector(self, out, graph_format)
+
+    def _export_refusal(self, graph_format: str) -> str | None:
+        """Why this method's scoring cannot be exported as a ``graph_format`` graph, or None when it can."""
+        return None
+
+    def _export_context(self) -> contextlib.AbstractContextManager[None]:
+        """What holds while the scoring graph is traced (e.g. a graph-friendly nearest-neighbour search)."""
+        return contextlib.nullcontext()
+
+    def _export_input(self) -> dict[str, Any]:
+        """The graph's input ``size`` ``[H, W]``, and ``aspect_short_side`` for a model that keeps each image's
+        aspect ratio (:func:`flawscope.data.sizes.aspect_size`; its graph takes images of the training images'
+        aspect ratio only)."""
+        return {"size": list(self._input_size(self.image_size, self.image_size)), "aspect_short_side": None}
 
     # ------------------------------------------------------------------ hooks
     def _fit(self, dataset: ImageDataset, progress: bool) -> None:

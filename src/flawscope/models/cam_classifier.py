@@ -33,10 +33,11 @@ from flawscope.data.datasets import DEFECTIVE, ImageDataset
 from flawscope.data.splits import stratified_split
 from flawscope.errors import WeightsError
 from flawscope.features.backbones import backbone_cfg, create_classifier
+from flawscope.maps import upsample_maps
 from flawscope.metrics import mask_box
 from flawscope.models.base import RUN_CONSTRAINTS, Detector, check_fingerprint
 from flawscope.models.registry import SUPERVISED, register_detector
-from flawscope.postprocess import Box, upsample_maps
+from flawscope.postprocess import Box
 from flawscope.state import module_tensors, restore_module
 from flawscope.training import EarlyStopping, TrainingLoop
 

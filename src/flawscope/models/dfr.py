@@ -26,9 +26,9 @@ from flawscope._validation import NONE, Interval
 from flawscope.data.datasets import ImageDataset
 from flawscope.errors import ConfigError
 from flawscope.features.clustering import PCA
+from flawscope.maps import upsample_maps
 from flawscope.models.base import BACKBONE_CONSTRAINTS, RUN_CONSTRAINTS, BackboneDetector
 from flawscope.models.registry import register_detector
-from flawscope.postprocess import upsample_maps
 from flawscope.state import checked_tensor, module_tensors, restore_module
 from flawscope.training import TrainingLoop
 

@@ -219,6 +219,12 @@ class FeatureDictionary(BackboneDetector):
             scores.append(patch_scores.max())
         return torch.stack(scores), maps
 
+    def _export_refusal(self, graph_format: str) -> str | None:
+        return (
+            "it scores every image at its own size, one patch grid per image (a Python loop over images and "
+            "crops), which a fixed graph does not hold; score it with the library, or export patchcore or padim"
+        )
+
     # ------------------------------------------------------------------ state
     def _state_tensors(self) -> dict[str, torch.Tensor]:
         return {"pca_mean": self.pca_.mean, "pca_components": self.pca_.components, "dictionary": self.dictionary_}

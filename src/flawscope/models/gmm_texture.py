@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -22,12 +21,12 @@ from flawscope._progress import tracked
 from flawscope._validation import Interval
 from flawscope.data.datasets import ImageDataset, Sample
 from flawscope.data.io import read_image
-from flawscope.data.transforms import grey_batch
+from flawscope.data.transforms import luma_batch
 from flawscope.errors import ConfigError, DataError
 from flawscope.features.clustering import GaussianMixture
+from flawscope.maps import upsample_maps
 from flawscope.models.base import RUN_CONSTRAINTS, Detector
 from flawscope.models.registry import register_detector
-from flawscope.postprocess import upsample_maps
 from flawscope.state import checked_tensor
 
 
@@ -128,8 +127,8 @@ class GMMTexture(Detector):
                 f"the {self.patch_size} px patches; use fewer levels or a larger image_size."
             )
 
-    def _to_tensor(self, images: list[np.ndarray]) -> torch.Tensor:
-        return grey_batch(images, self.image_size)
+    def _model_input(self, images: torch.Tensor) -> torch.Tensor:
+        return luma_batch(images)
 
     def _fit(self, dataset: ImageDataset, progress: bool) -> None:
         if len(dataset) < 2:
@@ -196,6 +195,14 @@ class GMMTexture(Detector):
         ]
         anomaly_map = torch.stack(normalised).mean(dim=0)
         return anomaly_map.flatten(1).max(dim=1).values, anomaly_map
+
+    def _export_refusal(self, graph_format: str) -> str | None:
+        if graph_format == "openvino":
+            return (
+                "OpenVINO (2026.4, CPU) does not compute its graph right: scores off by 1e34, or a crash, where "
+                "onnxruntime matches the library; export it with --format onnx"
+            )
+        return None
 
     def _state_tensors(self) -> dict[str, torch.Tensor]:
         tensors = {"level_mean": self.level_mean_, "level_std": self.level_std_}

@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from flawscope._validation import Interval
 from flawscope.data.datasets import ImageDataset
 from flawscope.errors import ConfigError
+from flawscope.maps import gaussian_blur, upsample_maps
 from flawscope.models.base import BACKBONE_CONSTRAINTS, RUN_CONSTRAINTS, BackboneDetector
 from flawscope.models.registry import register_detector
-from flawscope.postprocess import gaussian_blur, upsample_maps
 from flawscope.state import checked_tensor
 
 _MEMORY_NOTICE_BYTES = 256 * 2**20

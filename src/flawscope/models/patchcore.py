@@ -11,6 +11,8 @@ smoothed with a Gaussian of sigma 4.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -19,14 +21,15 @@ import torch
 from flawscope._validation import BOOLEAN, Interval, Options
 from flawscope.data.datasets import ImageDataset
 from flawscope.data.io import image_size
-from flawscope.data.transforms import ASPECT_FROM, INPUT_SHAPES, PHOTOMETRIC, aspect_size, to_model_input
+from flawscope.data.sizes import aspect_size
+from flawscope.data.transforms import ASPECT_FROM, INPUT_SHAPES, PHOTOMETRIC, photometric_normalise
 from flawscope.errors import ConfigError, DataError
 from flawscope.features.coreset import greedy_coreset, projection_matrix
 from flawscope.features.extractor import local_patch_features, patch_rows
-from flawscope.features.neighbours import SEARCH_BACKENDS, make_search
+from flawscope.features.neighbours import SEARCH_BACKENDS, GraphSearch, make_search
+from flawscope.maps import gaussian_blur, upsample_maps
 from flawscope.models.base import BACKBONE_CONSTRAINTS, RUN_CONSTRAINTS, BackboneDetector
 from flawscope.models.registry import register_detector
-from flawscope.postprocess import gaussian_blur, upsample_maps
 from flawscope.state import checked_tensor
 
 OUT_OF_GROUP_NEIGHBOURS = 16  # nearest bank rows searched for one outside the query's own group
@@ -161,9 +164,8 @@ class PatchCore(BackboneDetector):
         self.device = device
         self.seed = seed
 
-    def _to_tensor(self, images: list[np.ndarray]) -> torch.Tensor:
-        mean, std = self._normalisation()
-        return to_model_input(images, self._input_size(*images[0].shape[:2]), mean, std, self.photometric)
+    def _model_input(self, images: torch.Tensor) -> torch.Tensor:
+        return super()._model_input(photometric_normalise(images, self.photometric))
 
     def _input_size(self, height: int, width: int) -> tuple[int, int]:
         if getattr(self, "input_shape_", "square") == "aspect":
@@ -201,6 +203,9 @@ class PatchCore(BackboneDetector):
         dimension by a second pass of the backbone, so peak memory stays near ``N x 128`` floats.
         """
         self.input_shape_ = self._resolve_input_shape(dataset)
+        first = image_size(dataset.samples[0].image)
+        # the input size of the training images (one size when the aspect ratio is kept): an exported graph's
+        self.input_size_ = list(self._input_size(*first)) if self.input_shape_ == "aspect" else None
         self._build_extractor()
         generator = self._generator()
         matrix = projection_matrix(sum(self.extractor_.channels), self.projection_dim, generator)
@@ -348,6 +353,27 @@ class PatchCore(BackboneDetector):
             best_distance[row], best_index[row] = gaps.min(), others[gaps.argmin()]
         return best_distance, best_index
 
+    # ------------------------------------------------------------------ export
+    @contextlib.contextmanager
+    def _export_context(self) -> Iterator[None]:
+        """The exported graph searches the bank with one MatMul + TopK (:class:`GraphSearch`)."""
+        search = self.search_index_
+        self.search_index_ = GraphSearch().fit(self.memory_bank_)
+        try:
+            yield
+        finally:
+            self.search_index_ = search
+
+    def _export_input(self) -> dict[str, Any]:
+        if self.input_shape_ != "aspect":
+            return super()._export_input()
+        if self.input_size_ is None:
+            raise ConfigError(
+                "This PatchCore keeps the aspect ratio but was saved by an older flawscope without the size of its "
+                "training images, which its exported graph takes; fit it again to export it."
+            )
+        return {"size": self.input_size_, "aspect_short_side": self.image_size}
+
     # ------------------------------------------------------------------ state
     def _state_tensors(self) -> dict[str, torch.Tensor]:
         return {"memory_bank": self.memory_bank_}
@@ -357,11 +383,13 @@ class PatchCore(BackboneDetector):
             **super()._state_meta(),
             "feature_dim": int(self.memory_bank_.shape[1]),
             "input_shape": self.input_shape_,
+            "input_size": self.input_size_,
         }
 
     def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self._restore_extractor(meta)
         self.input_shape_ = meta.get("input_shape", "square")  # models of flawscope 0.1 squashed every image
+        self.input_size_ = meta.get("input_size")
         bank = checked_tensor(tensors, "memory_bank", (None, sum(self.extractor_.channels)))
         self.memory_bank_ = bank.to(self.device_).contiguous()
         self.search_index_ = make_search(self.search, self.device_).fit(self.memory_bank_)

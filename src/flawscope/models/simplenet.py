@@ -29,9 +29,9 @@ from torch import nn
 from flawscope._validation import NONE, Interval, Options
 from flawscope.data.datasets import ImageDataset
 from flawscope.features.extractor import local_patch_features, patch_rows
+from flawscope.maps import gaussian_blur, upsample_maps
 from flawscope.models.base import BACKBONE_CONSTRAINTS, RUN_CONSTRAINTS, BackboneDetector
 from flawscope.models.registry import register_detector
-from flawscope.postprocess import gaussian_blur, upsample_maps
 from flawscope.state import checked_tensor, module_tensors, restore_module
 from flawscope.training import TrainingLoop, announce_schedule
 

@@ -13,12 +13,14 @@ autoencoder family's (:mod:`flawscope.models.autoencoder`).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
 
 from flawscope._validation import Interval
-from flawscope.models.autoencoder import PATCH_TEST_PARAMS, WINDOWS_PER_PASS, ConvolutionalAutoencoder
+from flawscope.chunks import in_passes
+from flawscope.models.autoencoder import PATCH_TEST_PARAMS, WINDOWS_PER_PASS, ConvolutionalAutoencoder, window_starts
 from flawscope.models.registry import register_detector
 
 
@@ -57,21 +59,29 @@ class VariationalAutoencoder(ConvolutionalAutoencoder):
     def _reconstruct_windows(self, windows: torch.Tensor) -> torch.Tensor:
         images, n_windows = windows.shape[:2]
         flat = windows.flatten(0, 1).contiguous(memory_format=torch.channels_last)
-        mean, std = (
-            torch.cat(parts) for parts in zip(*(self._posterior(chunk) for chunk in flat.split(WINDOWS_PER_PASS)))
-        )
+        mean, std = in_passes(self._posterior, flat, WINDOWS_PER_PASS)
         noise = self._window_noise(n_windows).to(windows.device)  # R x W x d x 1 x 1
         latent = (
             mean.view(1, images, n_windows, *mean.shape[1:])
             + std.view(1, images, n_windows, *std.shape[1:]) * noise[:, None]
         )
         latent = latent.flatten(0, 2)
-        decoded = torch.cat([self.network_.decoder(chunk) for chunk in latent.split(WINDOWS_PER_PASS)])
+        decoded = in_passes(self.network_.decoder, latent, WINDOWS_PER_PASS)
         return decoded.reshape(self.n_samples, *windows.shape)
 
     def _window_noise(self, n_windows: int) -> torch.Tensor:
-        generator = self._generator()
-        return torch.randn(self.n_samples, n_windows, self.latent_dim, 1, 1, generator=generator)
+        """The seeded latent noise of ``n_windows`` windows, drawn once per window count (an exported graph holds
+        it as a constant)."""
+        cache: dict[tuple[int, ...], torch.Tensor] = vars(self).setdefault("_noise_cache", {})
+        key = (n_windows, self.n_samples, self.latent_dim, self.seed)
+        if key not in cache:
+            generator = self._generator()
+            cache[key] = torch.randn(self.n_samples, n_windows, self.latent_dim, 1, 1, generator=generator)
+        return cache[key]
+
+    def _export_context(self) -> contextlib.AbstractContextManager[None]:
+        self._window_noise(len(window_starts(self.image_size, self.patch_size, self.stride)) ** 2)
+        return super()._export_context()
 
 
 register_detector("vae", VariationalAutoencoder, test_params=PATCH_TEST_PARAMS)

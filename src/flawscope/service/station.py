@@ -61,22 +61,12 @@ class InspectionFailed(Exception):
         self.inspection = inspection
 
 
-def model_version(directory: str | Path) -> str:
-    """A content hash of a model directory: SHA-256 over every file's relative path and bytes (16 hex digits)."""
-    directory = Path(directory)
-    digest = hashlib.sha256()
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(directory).as_posix().encode() + b"\0")
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
 def load_models(
     directories: Sequence[str | Path], device: str | None = None, max_batch: int = 8
 ) -> dict[str, LoadedModel]:
     """Load every model directory once (on ``device``, default the saved one); each is served under its folder's
     name, must be calibrated, and scores up to ``max_batch`` waiting images at once."""
-    from flawscope.serialization import load_detector
+    from flawscope.serialization import content_hash, load_detector
 
     models: dict[str, LoadedModel] = {}
     for directory in map(Path, directories):
@@ -89,7 +79,7 @@ def load_models(
                 f"Model {directory} has no threshold: a station answers OK / NOT OK, so calibrate it first "
                 "(flawscope fit does; in Python, model.calibrate(good_images) then model.save(...))."
             )
-        models[name] = LoadedModel(name, directory, detector, model_version(directory), max_batch)
+        models[name] = LoadedModel(name, directory, detector, content_hash(directory), max_batch)
     if not models:
         raise ConfigError("Give at least one model directory to serve.")
     return models

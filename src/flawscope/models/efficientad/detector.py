@@ -41,6 +41,7 @@ from flawscope.data.synthetic import dead_leaves
 from flawscope.data.transforms import luma, normalise, resize_image
 from flawscope.devices import resolve_device
 from flawscope.errors import ConfigError, DataError
+from flawscope.maps import upsample_maps
 from flawscope.models.base import RUN_CONSTRAINTS, Detector, check_fingerprint
 from flawscope.models.efficientad.pdn import (
     IMAGENET_MEAN,
@@ -54,7 +55,6 @@ from flawscope.models.efficientad.pdn import (
 )
 from flawscope.models.efficientad.quantize import calibrate_int8, convert_int8, observer_state, restore_observed
 from flawscope.models.registry import QUANTIZABLE, register_detector
-from flawscope.postprocess import upsample_maps
 from flawscope.state import checked_tensor, module_tensors, restore_module, tensors_under
 from flawscope.training import TrainingLoop, announce_schedule
 

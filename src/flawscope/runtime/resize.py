@@ -1,0 +1,76 @@
+"""Bilinear resizing in numpy, the same arithmetic as torch's ``F.interpolate`` (``align_corners=False``).
+
+Each resize is two interpolation matrices, one per axis: ``out = rows @ image @ columns.T``.
+
+* :func:`resize_image` -- what :func:`flawscope.data.transforms.resize_image` does to model input:
+  antialiased bilinear (``antialias=True``; the triangle filter stretched by the scale when shrinking,
+  as in Pillow and torch's ``_upsample_bilinear2d_aa``), grey repeated to three channels, clipped to [0, 1].
+* :func:`resize_map` -- what :func:`flawscope.maps.upsample_maps` does to anomaly maps: plain bilinear.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+
+@functools.lru_cache(maxsize=64)
+def antialiased_weights(in_size: int, out_size: int) -> np.ndarray:
+    """``out_size x in_size`` weights of torch's antialiased bilinear resize along one axis (computed in float32
+    as torch computes them: the same weights to the last bit, so the same pixels to 1e-7)."""
+    f32 = np.float32
+    scale = f32(in_size) / f32(out_size)
+    support = scale if scale >= 1.0 else f32(1.0)
+    inverse = f32(1.0) / scale if scale >= 1.0 else f32(1.0)
+    weights = np.zeros((out_size, in_size), dtype=np.float32)
+    for index in range(out_size):
+        centre = scale * f32(index + 0.5)
+        first = max(int(centre - support + f32(0.5)), 0)
+        last = min(int(centre + support + f32(0.5)), in_size)
+        offsets = (np.arange(first, last).astype(np.float32) - centre + f32(0.5)) * inverse
+        row = np.maximum(f32(1.0) - np.abs(offsets), f32(0.0))
+        weights[index, first:last] = row / row.sum(dtype=np.float32)
+    return weights
+
+
+@functools.lru_cache(maxsize=64)
+def bilinear_weights(in_size: int, out_size: int) -> np.ndarray:
+    """``out_size x in_size`` weights of torch's bilinear resize (no antialiasing) along one axis: the source
+    position ``scale * (i + 0.5) - 0.5`` rounded to float32 once, as torch's fused multiply-add does."""
+    f32 = np.float32
+    scale = f32(in_size) / f32(out_size)
+    exact = np.float64(scale) * (np.arange(out_size) + 0.5) - 0.5
+    source = np.maximum(exact.astype(np.float32), f32(0.0))
+    lower = source.astype(np.int64)
+    upper = np.minimum(lower + 1, in_size - 1)
+    fraction = source - lower.astype(np.float32)
+    weights = np.zeros((out_size, in_size), dtype=np.float32)
+    rows = np.arange(out_size)
+    np.add.at(weights, (rows, lower), f32(1.0) - fraction)
+    np.add.at(weights, (rows, upper), fraction)
+    return weights
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """One float ``H x W x C`` image in [0, 1] -> ``3 x size[0] x size[1]`` float32 in [0, 1]."""
+    channels = np.moveaxis(np.asarray(image, dtype=np.float32), 2, 0)  # C x H x W
+    if channels.shape[0] == 1:
+        channels = np.repeat(channels, 3, axis=0)
+    if tuple(channels.shape[1:]) != tuple(size):
+        rows = antialiased_weights(channels.shape[1], size[0])
+        columns = antialiased_weights(channels.shape[2], size[1])
+        channels = rows @ channels @ columns.T
+    return np.clip(channels, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def resize_map(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """One ``h x w`` float map -> ``size[0] x size[1]`` float32, bilinear."""
+    if tuple(anomaly_map.shape) == tuple(size):
+        return anomaly_map.astype(np.float32, copy=False)
+    rows = bilinear_weights(anomaly_map.shape[0], size[0])
+    columns = bilinear_weights(anomaly_map.shape[1], size[1])
+    return (rows @ anomaly_map.astype(np.float32) @ columns.T).astype(np.float32, copy=False)
+
+
+__all__ = ["antialiased_weights", "bilinear_weights", "resize_image", "resize_map"]
