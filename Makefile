@@ -18,8 +18,8 @@ demo: install
 	$(BIN)/flawscope demo
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests tests_runtime benchmarks
+	$(BIN)/ruff format --check src tests tests_runtime benchmarks
 	$(BIN)/mypy
 
 # The default suite (about 4 minutes of tests on 2 cores), after lint and type checks.

@@ -41,7 +41,6 @@ def build(out: Path) -> Path:
         "names": [Path(name).name for name in prediction.names],
         "scores": prediction.scores.tolist(),
         "labels": prediction.labels.tolist(),
-        "formats": ["onnx", "openvino"] if graph_format == "openvino" else ["onnx"],
     }
     (out / "expected.json").write_text(json.dumps(expected, indent=2))
     np.savez(out / "expected_maps.npz", *prediction.anomaly_maps)
