@@ -230,6 +230,8 @@ def test_int8_scores_follow_float32_find_defects_and_survive_save_load(
     assert np.array_equal(calibrated.predict(texture_test, progress=False).scores, float_scores)
     with pytest.raises(ConfigError, match="has precision='int8'"):
         quantized.quantize(texture_train, progress=False)
+    with pytest.raises(ConfigError, match="torch.export cannot trace"):
+        quantized.export(tmp_path / "exported")
 
 
 def test_int8_is_refused_where_the_device_is_a_gpu(texture_train, tiny_teacher, monkeypatch):

@@ -22,6 +22,7 @@ from flawscope.devices import resolve_device
 from flawscope.errors import ConfigError, ModelFileError
 from flawscope.models.base import Detector
 from flawscope.models.registry import create
+from flawscope.runtime.metadata import read_json_file
 
 FORMAT = "flawscope-model"
 FORMAT_VERSION = 1
@@ -92,12 +93,7 @@ def load_detector(path: str | Path, device: str | None = None) -> Detector:
 
 def _read_config(path: Path) -> dict[str, Any]:
     config_path = path / CONFIG_FILE
-    if not config_path.is_file():
-        raise ModelFileError(f"{path} is not a saved flawscope model: {CONFIG_FILE} is missing.")
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as error:
-        raise ModelFileError(f"{config_path} is not valid JSON: {error}") from error
+    config = read_json_file(config_path, f"{path} is not a saved flawscope model: {CONFIG_FILE} is missing.")
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise ModelFileError(f'{config_path} is not a flawscope model configuration (no "format": "{FORMAT}").')
     if config.get("format_version") != FORMAT_VERSION:

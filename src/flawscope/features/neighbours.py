@@ -77,9 +77,11 @@ class GraphSearch:
     def query(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """``Q x D`` queries -> ``(Q x k distances, Q x k bank indices)``, nearest first."""
         squared = torch.addmm(self.bank_sq[None, :], queries, self.bank.T, alpha=-2.0)
-        squared = squared + queries.pow(2).sum(1, keepdim=True)
-        value, index = squared.topk(k, dim=1, largest=False)
-        return value.clamp(min=0.0).sqrt(), index
+        if k == 1:  # ReduceMin + ArgMin: TopK over every bank row costs far more in onnxruntime
+            value, index = squared.min(dim=1, keepdim=True)
+        else:
+            value, index = squared.topk(k, dim=1, largest=False)
+        return (value + queries.pow(2).sum(1, keepdim=True)).clamp(min=0.0).sqrt(), index
 
 
 class FaissSearch:

@@ -22,6 +22,17 @@ REQUIRED = {
 }
 
 
+def read_json_file(path: Path, missing: str) -> Any:
+    """The JSON in ``path``; :class:`ModelFileError` with ``missing`` when there is no such file, or naming the
+    file when it cannot be read as JSON."""
+    if not path.is_file():
+        raise ModelFileError(missing)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelFileError(f"{path} cannot be read as JSON: {error}") from error
+
+
 def is_exported(directory: str | Path) -> bool:
     """True for a directory written by ``flawscope export`` (it has a ``metadata.json``)."""
     return (Path(directory) / METADATA_FILE).is_file()
@@ -31,12 +42,7 @@ def read_metadata(directory: str | Path) -> dict[str, Any]:
     """The checked ``metadata.json`` of an exported directory; :class:`ModelFileError` naming the file and
     what is wrong otherwise."""
     path = Path(directory) / METADATA_FILE
-    if not path.is_file():
-        raise ModelFileError(f"{directory} is not an exported flawscope model: it has no {METADATA_FILE}.")
-    try:
-        metadata = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelFileError(f"{path} cannot be read as JSON: {error}") from error
+    metadata = read_json_file(path, f"{directory} is not an exported flawscope model: it has no {METADATA_FILE}.")
     if not isinstance(metadata, dict) or metadata.get("format") != EXPORT_FORMAT:
         raise ModelFileError(f"{path} is not the metadata of an exported flawscope model (format {EXPORT_FORMAT!r}).")
     if metadata.get("format_version") != EXPORT_FORMAT_VERSION:

@@ -414,6 +414,14 @@ class EfficientAD(Detector):
         return padded.flatten(1).max(dim=1).values, upsample_maps(padded, (batch.shape[2], batch.shape[3]))
 
     # ------------------------------------------------------------------ state
+    def _export_refusal(self, graph_format: str) -> str | None:
+        if self.precision == "int8":
+            return (
+                "its int8 networks are torch FX quantized modules (quantized::conv2d_relu), which torch.export "
+                "cannot trace; export the float32 model instead (fit with precision='float32')"
+            )
+        return None
+
     def _state_tensors(self) -> dict[str, torch.Tensor]:
         tensors = module_tensors("student", self.student_) | module_tensors("autoencoder", self.autoencoder_)
         if self.precision == "int8":
