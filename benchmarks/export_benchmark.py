@@ -26,13 +26,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _timing import median_seconds  # noqa: E402
 
 # Run in a fresh interpreter: import time of the scoring side, then load, score and report peak RSS.
 _PROCESS_SCRIPT = """
-import json, resource, sys, time
+import json, resource, statistics, sys, time
 started = time.perf_counter()
 if sys.argv[1] == "torch":
     import flawscope as fs
@@ -43,9 +41,21 @@ else:
     from flawscope import runtime
     imported = time.perf_counter() - started
     model = runtime.load(sys.argv[2], sys.argv[1])
-model.predict(json.loads(sys.argv[3]), batch_size=8, progress=False)
-print(json.dumps({"import_seconds": imported, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "torch_imported": "torch" in sys.modules}))
+images, repeats = json.loads(sys.argv[3]), int(sys.argv[4])
+measured = {"import_seconds": imported}
+for batch in (1, 8):
+    model.predict(images, batch_size=batch, progress=False)
+    times = []
+    for _ in range(repeats):
+        begun = time.perf_counter()
+        model.predict(images, batch_size=batch, progress=False)
+        times.append(time.perf_counter() - begun)
+    seconds = statistics.median(times)
+    measured[f"images_per_second_batch{batch}"] = len(images) / seconds
+    measured[f"ms_per_image_batch{batch}"] = 1000 * seconds / len(images)
+measured["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+measured["torch_imported"] = "torch" in sys.modules
+print(json.dumps(measured))
 """
 
 
@@ -77,31 +87,18 @@ def main() -> None:
             started = time.perf_counter()
             exported = fitted.export(Path(scratch) / f"{label}.export", "openvino")
             export_seconds = time.perf_counter() - started
-            engines = {
-                "torch": fitted,
-                "onnxruntime": runtime.load(exported, "onnx"),
-                "openvino": runtime.load(exported, "openvino"),
-            }
             entry: dict = {"export_seconds": round(export_seconds, 1), "engines": {}}
-            for engine, model in engines.items():
-                row: dict = {}
-                for batch in (1, 8):
-                    seconds = median_seconds(
-                        lambda m=model, b=batch: m.predict(timed, batch_size=b, progress=False), args.repeats
-                    )
-                    row[f"images_per_second_batch{batch}"] = round(len(timed) / seconds, 2)
-                    row[f"ms_per_image_batch{batch}"] = round(1000 * seconds / len(timed), 1)
-                scores = model.predict(paths, batch_size=8, progress=False).scores
-                row["image_auroc"] = round(float(auroc(test.labels, scores)), 4)
-                where = saved if engine == "torch" else exported
-                kind = "torch" if engine == "torch" else ("onnx" if engine == "onnxruntime" else "openvino")
-                row["process"] = _fresh_process(kind, where, timed)
+            for engine, kind in (("torch", "torch"), ("onnxruntime", "onnx"), ("openvino", "openvino")):
+                # speed, memory and import time in a process of its own; the image AUROC here, one engine at a time
+                row = _fresh_process(kind, saved if engine == "torch" else exported, timed, args.repeats)
+                model = fitted if engine == "torch" else runtime.load(exported, kind)
+                row["image_auroc"] = round(float(auroc(test.labels, model.predict(paths, progress=False).scores)), 4)
+                del model
                 entry["engines"][engine] = row
                 print(label, engine, json.dumps(row), flush=True)
-            torch_rate = entry["engines"]["torch"]["images_per_second_batch1"]
+            rates = {engine: row["images_per_second_batch1"] for engine, row in entry["engines"].items()}
             entry["best_runtime_speedup_batch1"] = round(
-                max(entry["engines"][e]["images_per_second_batch1"] for e in ("onnxruntime", "openvino")) / torch_rate,
-                2,
+                max(rates["onnxruntime"], rates["openvino"]) / rates["torch"], 2
             )
             results[label] = entry
     payload = {
@@ -117,9 +114,10 @@ def main() -> None:
     print(f"-> {args.out}")
 
 
-def _fresh_process(kind: str, directory: Path, images: list[str]) -> dict:
+def _fresh_process(kind: str, directory: Path, images: list[str], repeats: int) -> dict:
+    """Speed, peak RSS and import time of one engine, measured alone in a fresh interpreter."""
     result = subprocess.run(
-        [sys.executable, "-c", _PROCESS_SCRIPT, kind, str(directory), json.dumps(images)],
+        [sys.executable, "-c", _PROCESS_SCRIPT, kind, str(directory), json.dumps(images), str(repeats)],
         capture_output=True,
         text=True,
         check=True,

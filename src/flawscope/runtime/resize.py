@@ -1,6 +1,7 @@
 """Bilinear resizing in numpy, the same arithmetic as torch's ``F.interpolate`` (``align_corners=False``).
 
-Each resize is two interpolation matrices, one per axis: ``out = rows @ image @ columns.T``.
+Each resize is one interpolation matrix per axis (``out = rows @ image @ columns.T``), applied through its few
+non-zero taps per output pixel.
 
 * :func:`resize_image` -- what :func:`flawscope.data.transforms.resize_image` does to model input:
   antialiased bilinear (``antialias=True``; the triangle filter stretched by the scale when shrinking,
@@ -52,15 +53,35 @@ def bilinear_weights(in_size: int, out_size: int) -> np.ndarray:
     return weights
 
 
+@functools.lru_cache(maxsize=64)
+def _taps(kind: str, in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The non-zero part of an interpolation matrix: ``out x K`` source indices and weights (a few taps each)."""
+    weights = (antialiased_weights if kind == "antialiased" else bilinear_weights)(in_size, out_size)
+    count = max(1, int((weights != 0).sum(axis=1).max()))
+    first = np.argmax(weights != 0, axis=1)
+    index = np.minimum(first[:, None] + np.arange(count)[None, :], in_size - 1)
+    taps = np.take_along_axis(weights, index, axis=1)
+    taps[first[:, None] + np.arange(count)[None, :] >= in_size] = 0.0  # clipped indices repeat a counted tap
+    return index, taps
+
+
+def _resize_axis(array: np.ndarray, kind: str, out_size: int, axis: int) -> np.ndarray:
+    """Resize ``array`` along ``axis`` (1 or 2 of a 3-D array) by gathering each output's few taps -- no BLAS
+    call, whose threads would compete with the graph's for the cores."""
+    index, taps = _taps(kind, array.shape[axis], out_size)
+    gathered = np.take(array, index, axis=axis)  # the axis becomes out x K
+    shape = [1] * gathered.ndim
+    shape[axis], shape[axis + 1] = taps.shape
+    return (gathered * taps.reshape(shape)).sum(axis=axis + 1, dtype=np.float32)
+
+
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """One float ``H x W x C`` image in [0, 1] -> ``3 x size[0] x size[1]`` float32 in [0, 1]."""
     channels = np.moveaxis(np.asarray(image, dtype=np.float32), 2, 0)  # C x H x W
-    if channels.shape[0] == 1:
-        channels = np.repeat(channels, 3, axis=0)
     if tuple(channels.shape[1:]) != tuple(size):
-        rows = antialiased_weights(channels.shape[1], size[0])
-        columns = antialiased_weights(channels.shape[2], size[1])
-        channels = rows @ channels @ columns.T
+        channels = _resize_axis(_resize_axis(channels, "antialiased", size[1], 2), "antialiased", size[0], 1)
+    if channels.shape[0] == 1:  # grey: resized once, then repeated
+        channels = np.repeat(channels, 3, axis=0)
     return np.clip(channels, 0.0, 1.0).astype(np.float32, copy=False)
 
 
@@ -68,9 +89,8 @@ def resize_map(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """One ``h x w`` float map -> ``size[0] x size[1]`` float32, bilinear."""
     if tuple(anomaly_map.shape) == tuple(size):
         return anomaly_map.astype(np.float32, copy=False)
-    rows = bilinear_weights(anomaly_map.shape[0], size[0])
-    columns = bilinear_weights(anomaly_map.shape[1], size[1])
-    return (rows @ anomaly_map.astype(np.float32) @ columns.T).astype(np.float32, copy=False)
+    rows = _resize_axis(anomaly_map.astype(np.float32)[None], "bilinear", size[1], 2)
+    return _resize_axis(rows, "bilinear", size[0], 1)[0]
 
 
 __all__ = ["antialiased_weights", "bilinear_weights", "resize_image", "resize_map"]
