@@ -60,7 +60,6 @@ print(json.dumps(measured))
 
 
 def main() -> None:
-    import flawscope as fs
     from flawscope import runtime
     from flawscope.metrics import auroc
     from flawscope.workflow import evaluation_data, fit_and_calibrate
@@ -70,15 +69,17 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=32, help="test cells timed per pass")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--efficientad-steps", type=int, default=300)
+    parser.add_argument("--models", nargs="*", default=["patchcore", "efficientad_s_float32"])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "export.json")
     args = parser.parse_args()
     test = evaluation_data(args.data, supervised=False)
     paths = [sample.image for sample in test.samples]
     timed = [str(path) for path in paths[: args.images]]
-    models = {
+    known = {
         "patchcore": ("patchcore", {"device": "cpu"}),
         "efficientad_s_float32": ("efficientad", {"device": "cpu", "steps": args.efficientad_steps}),
     }
+    models = {label: known[label] for label in args.models}
     results: dict = {}
     with tempfile.TemporaryDirectory() as scratch:
         for label, (name, params) in models.items():
@@ -101,11 +102,17 @@ def main() -> None:
                 max(rates["onnxruntime"], rates["openvino"]) / rates["torch"], 2
             )
             results[label] = entry
+            _write(args, len(paths), len(timed), results)  # after each model: a long run keeps what it measured
+
+
+def _write(args: argparse.Namespace, n_test: int, n_timed: int, results: dict) -> None:
+    import flawscope as fs
+
     payload = {
         "data": args.data,
-        "n_test_images": len(paths),
-        "n_timed_images": len(timed),
-        "efficientad_steps": args.efficientad_steps,
+        "n_test_images": n_test,
+        "n_timed_images": n_timed,
+        "efficientad_steps": args.efficientad_steps if "efficientad_s_float32" in args.models else None,
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "flawscope": fs.__version__},
         "results": results,
     }

@@ -230,7 +230,7 @@ def test_int8_scores_follow_float32_find_defects_and_survive_save_load(
     assert np.array_equal(calibrated.predict(texture_test, progress=False).scores, float_scores)
     with pytest.raises(ConfigError, match="has precision='int8'"):
         quantized.quantize(texture_train, progress=False)
-    with pytest.raises(ConfigError, match="torch.export cannot trace"):
+    with pytest.raises(ConfigError, match=r"torch\.export cannot trace"):
         quantized.export(tmp_path / "exported")
 
 

@@ -143,6 +143,8 @@ def test_a_damaged_metadata_file_is_named(exported, tmp_path):
         runtime.load(tmp_path)
     with pytest.raises(ConfigError, match="not openvino"):
         runtime.load(exported, "openvino")
+    with pytest.raises(ModelFileError, match="It is an exported model"):
+        fs.load(exported)
 
 
 def test_export_refuses_what_it_cannot_do(fitted_patchcore, tmp_path):

@@ -22,7 +22,7 @@ from flawscope.devices import resolve_device
 from flawscope.errors import ConfigError, ModelFileError
 from flawscope.models.base import Detector
 from flawscope.models.registry import create
-from flawscope.runtime.metadata import read_json_file
+from flawscope.runtime.metadata import is_exported, read_json_file
 
 FORMAT = "flawscope-model"
 FORMAT_VERSION = 1
@@ -93,7 +93,10 @@ def load_detector(path: str | Path, device: str | None = None) -> Detector:
 
 def _read_config(path: Path) -> dict[str, Any]:
     config_path = path / CONFIG_FILE
-    config = read_json_file(config_path, f"{path} is not a saved flawscope model: {CONFIG_FILE} is missing.")
+    absent = f"{path} is not a saved flawscope model: {CONFIG_FILE} is missing."
+    if is_exported(path):
+        absent += " It is an exported model: run it with flawscope.runtime.load (or 'flawscope predict')."
+    config = read_json_file(config_path, absent)
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise ModelFileError(f'{config_path} is not a flawscope model configuration (no "format": "{FORMAT}").')
     if config.get("format_version") != FORMAT_VERSION:

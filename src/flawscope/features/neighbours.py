@@ -69,14 +69,15 @@ class GraphSearch:
     graph holds (MatMul + TopK, the bank an initializer). Memory grows with queries x bank rows."""
 
     def fit(self, bank: torch.Tensor) -> GraphSearch:
-        """Index the ``M x D`` bank."""
-        self.bank = bank.contiguous()
+        """Index the ``M x D`` bank (held transposed and scaled by -2: the graph's initializer is the MatMul's
+        operand as it is, with nothing to transpose or scale at run time)."""
+        self.scaled_bank_t = (-2.0 * bank).T.contiguous()
         self.bank_sq = bank.pow(2).sum(1)
         return self
 
     def query(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """``Q x D`` queries -> ``(Q x k distances, Q x k bank indices)``, nearest first."""
-        squared = torch.addmm(self.bank_sq[None, :], queries, self.bank.T, alpha=-2.0)
+        squared = queries @ self.scaled_bank_t + self.bank_sq[None, :]
         if k == 1:  # ReduceMin + ArgMin: TopK over every bank row costs far more in onnxruntime
             value, index = squared.min(dim=1, keepdim=True)
         else:
