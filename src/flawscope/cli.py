@@ -238,15 +238,16 @@ def export(
     """Export a fitted model to ONNX or OpenVINO for the torch-free runtime ('flawscope predict EXPORTED_DIR')."""
     import flawscope as fs
     from flawscope.export import check_parity, export_detector
+    from flawscope.folders import image_paths
+    from flawscope.runtime import read_metadata
     from flawscope.serialization import content_hash
 
     try:
         detector = fs.load(model_dir, device="cpu")
         export_detector(detector, out, graph_format, content_hash=content_hash(model_dir))
-        images = _image_paths(check)
-        checks = (
-            [check_parity(detector, out, images, name) for name in _exported_formats(graph_format)] if images else []
-        )
+        images = image_paths(check)
+        formats = read_metadata(out)["graph"]["formats"] if images else []  # an OpenVINO export holds ONNX too
+        checks = [check_parity(detector, out, images, name) for name in formats]
     except fs.FlawscopeError as error:
         _fail(error)
     console.print(f"exported {detector.name} -> {out}")
@@ -262,16 +263,6 @@ def export(
         )
     if not all(parity["passed"] for parity in checks):
         raise typer.Exit(code=1)
-
-
-def _exported_formats(graph_format: str) -> list[str]:
-    return ["onnx", "openvino"] if graph_format == "openvino" else ["onnx"]
-
-
-def _image_paths(inputs: list[Path]) -> list[Path]:
-    from flawscope.data.datasets import list_images
-
-    return [path for item in inputs for path in (list_images(item) if item.is_dir() else [item])]
 
 
 def _print_report(report: Any, title: str) -> None:

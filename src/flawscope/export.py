@@ -83,12 +83,13 @@ def export_detector(
     out.mkdir(parents=True, exist_ok=True)
     if content_hash is None:
         content_hash = _hash_of_saved(detector)
-    _write_onnx(detector, out / GRAPH_FILES["onnx"])
+    input_info = detector._export_input()
+    _write_onnx(detector, input_info["size"], out / GRAPH_FILES["onnx"])
     formats = ["onnx"]
     if graph_format == "openvino":
         _write_openvino(out / GRAPH_FILES["onnx"], out / GRAPH_FILES["openvino"])
         formats.append("openvino")
-    write_metadata(out, _metadata(detector, content_hash, formats, graph_format))
+    write_metadata(out, _metadata(detector, input_info, content_hash, formats, graph_format))
     return out
 
 
@@ -99,13 +100,13 @@ def _hash_of_saved(detector: Detector) -> str:
         return content_hash(detector.save(directory))
 
 
-def _write_onnx(detector: Detector, path: Path) -> None:
+def _write_onnx(detector: Detector, size: list[int], path: Path) -> None:
     """Trace the scoring graph with torch.export and write it as ONNX, the batch size left free.
 
     Height and width are fixed: a model that keeps each image's aspect ratio is exported at its training
     images' input size (free height and width took 335 s to export a 64 px PatchCore on 2 cores, against 15 s).
     """
-    height, width = detector._export_input()["size"]
+    height, width = size
     example = torch.rand(_EXAMPLE_BATCH, 3, height, width, generator=torch.Generator().manual_seed(0))
     free = {0: torch.export.Dim.DYNAMIC}
     printed = io.StringIO()  # torch.onnx reports its steps on standard output; the library never prints
@@ -139,8 +140,9 @@ def _package_version(name: str) -> str | None:
         return None
 
 
-def _metadata(detector: Detector, content_hash: str, formats: list[str], default_format: str) -> dict[str, Any]:
-    input_info = detector._export_input()
+def _metadata(
+    detector: Detector, input_info: dict[str, Any], content_hash: str, formats: list[str], default_format: str
+) -> dict[str, Any]:
     exporter = {name: _package_version(name) for name in ("torch", "onnx", "onnxscript")}
     if "openvino" in formats:
         exporter["openvino"] = _package_version("openvino")

@@ -38,7 +38,7 @@ def predict_to_folder(
 ) -> FolderPrediction:
     """Score image files and folders of images; write per image a heat-map overlay, a defect mask (calibrated
     models) and a row of ``out/predictions.csv``. Unreadable files get a row with the reason and the rest go on."""
-    paths = [p for item in map(Path, inputs) for p in (list_images(item) if item.is_dir() else [item])]
+    paths = image_paths(inputs)
     if not paths:
         raise DataError(f"No images found in {', '.join(map(str, inputs))}.")
     out = Path(out)
@@ -70,6 +70,11 @@ def predict_to_folder(
     return FolderPrediction(csv_path, len(paths) - len(failed), failed)
 
 
+def image_paths(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Image files as given, and the images inside each folder given, in order."""
+    return [path for item in map(Path, inputs) for path in (list_images(item) if item.is_dir() else [item])]
+
+
 def _unique_stem(path_name: str, used: set[str]) -> str:
     stem = Path(path_name).stem or "image"
     candidate, counter = stem, 1
@@ -80,4 +85,4 @@ def _unique_stem(path_name: str, used: set[str]) -> str:
     return candidate
 
 
-__all__ = ["FolderPrediction", "predict_to_folder"]
+__all__ = ["FolderPrediction", "image_paths", "predict_to_folder"]

@@ -30,6 +30,15 @@ from flawscope.postprocess import (
 from flawscope.results import Prediction, ScoredImage
 
 ScorerT = TypeVar("ScorerT", bound="Scorer")
+Size = TypeVar("Size")
+
+
+def indices_by_size(sizes: Sequence[Size]) -> dict[Size, list[int]]:
+    """The positions of each distinct (input) size, in order of first appearance: what is scored as one batch."""
+    groups: dict[Size, list[int]] = {}
+    for index, size in enumerate(sizes):
+        groups.setdefault(size, []).append(index)
+    return groups
 
 
 class Scorer:
@@ -223,4 +232,4 @@ class Scorer:
         return self.threshold_, self.pixel_threshold_
 
 
-__all__ = ["Scorer"]
+__all__ = ["Scorer", "indices_by_size"]

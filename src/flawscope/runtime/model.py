@@ -13,7 +13,7 @@ from flawscope.postprocess import ThresholdRule
 from flawscope.runtime.graphs import Graph, open_graph
 from flawscope.runtime.metadata import read_metadata
 from flawscope.runtime.resize import resize_image, resize_map
-from flawscope.scoring import Scorer
+from flawscope.scoring import Scorer, indices_by_size
 
 
 class ExportedModel(Scorer):
@@ -70,8 +70,7 @@ class ExportedModel(Scorer):
     def _score_pixels(self, pixels: list[np.ndarray]) -> list[tuple[float, np.ndarray]]:
         sizes = [self.input_size(*image.shape[:2]) for image in pixels]
         results: list[tuple[float, np.ndarray]] = [(0.0, np.empty(0))] * len(pixels)
-        for size in dict.fromkeys(sizes):
-            where = [index for index, other in enumerate(sizes) if other == size]
+        for size, where in indices_by_size(sizes).items():
             batch = np.stack([resize_image(pixels[index], size) for index in where])
             scores, maps = self.graph.run(batch)
             for position, index in enumerate(where):
