@@ -169,3 +169,5 @@ def test_a_model_that_keeps_the_aspect_ratio_exports_at_its_training_images_size
     tall = make_texture_set(1, 0, size=(100, 60), seed=2).samples[0].image
     with pytest.raises(DataError, match="keeps the aspect ratio"):
         runtime.load(directory).predict([tall], progress=False)
+    skipped = runtime.load(directory).predict([tall, images[0]], on_error="skip", progress=False)
+    assert len(skipped) == 1 and len(skipped.errors) == 1  # one image of another shape does not stop the rest

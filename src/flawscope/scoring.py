@@ -30,15 +30,6 @@ from flawscope.postprocess import (
 from flawscope.results import Prediction, ScoredImage
 
 ScorerT = TypeVar("ScorerT", bound="Scorer")
-Size = TypeVar("Size")
-
-
-def indices_by_size(sizes: Sequence[Size]) -> dict[Size, list[int]]:
-    """The positions of each distinct (input) size, in order of first appearance: what is scored as one batch."""
-    groups: dict[Size, list[int]] = {}
-    for index, size in enumerate(sizes):
-        groups.setdefault(size, []).append(index)
-    return groups
 
 
 class Scorer:
@@ -67,6 +58,9 @@ class Scorer:
     def _score_pixels(self, pixels: list[np.ndarray]) -> list[tuple[float, np.ndarray]]:
         """Images as read (float ``H x W x C``) -> ``(score, anomaly map at the image's own size)`` each."""
         raise NotImplementedError
+
+    def _check_image(self, image: np.ndarray) -> None:
+        """DataError for an image, as read, this scorer cannot score (handled like an unreadable one)."""
 
     @property
     def is_calibrated(self) -> bool:
@@ -171,7 +165,9 @@ class Scorer:
         pixels, readable = [], []
         for position, sample in enumerate(chunk):
             try:
-                pixels.append(read_image(sample.image))
+                image = read_image(sample.image)
+                self._check_image(image)
+                pixels.append(image)
                 readable.append(position)
             except DataError as error:
                 if on_error == "raise":
@@ -232,4 +228,4 @@ class Scorer:
         return self.threshold_, self.pixel_threshold_
 
 
-__all__ = ["Scorer", "indices_by_size"]
+__all__ = ["Scorer"]

@@ -89,7 +89,7 @@ LUMA = (0.299, 0.587, 0.114)
 
 def luma(image: torch.Tensor) -> torch.Tensor:
     """A ``3 x H x W`` RGB tensor's ITU-R 601 luma, ``1 x H x W``."""
-    return (image * torch.tensor(LUMA, dtype=image.dtype, device=image.device).view(3, 1, 1)).sum(0, keepdim=True)
+    return luma_batch(image[None])[0]
 
 
 def luma_batch(images: torch.Tensor) -> torch.Tensor:

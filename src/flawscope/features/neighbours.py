@@ -65,8 +65,9 @@ class TorchSearch:
 
 
 class GraphSearch:
-    """Exact k-NN in one ``|x|^2 - 2 x.b + |b|^2`` product and a top-k, without chunks: the form an exported
-    graph holds (MatMul + TopK, the bank an initializer). Memory grows with queries x bank rows."""
+    """Exact k-NN in one ``|x|^2 - 2 x.b + |b|^2`` product, then the minimum (k = 1) or a top-k, without chunks:
+    the form an exported graph holds (MatMul + ReduceMin / ArgMin, the bank an initializer). Memory grows with
+    queries x bank rows."""
 
     def fit(self, bank: torch.Tensor) -> GraphSearch:
         """Index the ``M x D`` bank (held transposed and scaled by -2: the graph's initializer is the MatMul's

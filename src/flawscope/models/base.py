@@ -38,7 +38,7 @@ from flawscope.errors import ConfigError, DataError, NotFittedError, WeightsErro
 from flawscope.features.extractor import FeatureExtractor
 from flawscope.maps import upsample_maps
 from flawscope.models.registry import SUPERVISED
-from flawscope.scoring import Scorer, indices_by_size
+from flawscope.scoring import Scorer
 
 # Parameter constraints shared by methods: every method has the run parameters, every method on
 # a pretrained backbone the backbone ones. A method's table is ``{**BACKBONE_CONSTRAINTS, ...,
@@ -238,7 +238,8 @@ class Detector(Scorer):
             return self._score_batch(self._to_tensor(images).to(self.device_))
         scores = torch.empty(len(images), device=self.device_)
         maps: list[torch.Tensor] = [torch.empty(0)] * len(images)
-        for where in indices_by_size(sizes).values():
+        for size in dict.fromkeys(sizes):
+            where = [index for index, other in enumerate(sizes) if other == size]
             size_scores, size_maps = self._score_batch(self._to_tensor([images[i] for i in where]).to(self.device_))
             scores[where] = size_scores.to(scores.dtype)
             for position, index in enumerate(where):

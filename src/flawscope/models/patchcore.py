@@ -356,7 +356,7 @@ class PatchCore(BackboneDetector):
     # ------------------------------------------------------------------ export
     @contextlib.contextmanager
     def _export_context(self) -> Iterator[None]:
-        """The exported graph searches the bank with one MatMul + TopK (:class:`GraphSearch`)."""
+        """The exported graph searches the bank with one MatMul + ReduceMin / ArgMin (:class:`GraphSearch`)."""
         search = self.search_index_
         self.search_index_ = GraphSearch().fit(self.memory_bank_)
         try:

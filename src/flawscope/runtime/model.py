@@ -13,7 +13,7 @@ from flawscope.postprocess import ThresholdRule
 from flawscope.runtime.graphs import Graph, open_graph
 from flawscope.runtime.metadata import read_metadata
 from flawscope.runtime.resize import resize_image, resize_map
-from flawscope.scoring import Scorer, indices_by_size
+from flawscope.scoring import Scorer
 
 
 class ExportedModel(Scorer):
@@ -54,28 +54,32 @@ class ExportedModel(Scorer):
     def _check_fitted(self) -> None:
         """An exported model is always fitted."""
 
-    def input_size(self, height: int, width: int) -> tuple[int, int]:
-        """The graph's input size for an image of ``height x width``; DataError for an image a model that keeps
-        the aspect ratio would score at another size than its graph takes."""
-        size = int(self._size[0]), int(self._size[1])
-        if self._short_side is not None and aspect_size(height, width, int(self._short_side)) != size:
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """The graph's input size: every image is resized to it."""
+        return int(self._size[0]), int(self._size[1])
+
+    def _check_image(self, image: np.ndarray) -> None:
+        """DataError for an image a model that keeps the aspect ratio would score at another size than its graph
+        takes (with ``on_error="skip"`` the rest of the batch is scored)."""
+        height, width = image.shape[:2]
+        if self._short_side is None:
+            return
+        needed = aspect_size(height, width, int(self._short_side))
+        if needed != self.input_size:
             raise DataError(
-                f"This exported {self.name} keeps the aspect ratio of its training images ({size[0]} x {size[1]} "
-                f"input); a {height} x {width} image would be scored at "
-                f"{' x '.join(map(str, aspect_size(height, width, int(self._short_side))))}. Score it with the "
-                "fitted model (flawscope predict MODEL_DIR), or give images shaped like the training images."
+                f"This exported {self.name} keeps the aspect ratio of its training images "
+                f"({self.input_size[0]} x {self.input_size[1]} input); a {height} x {width} image would be scored "
+                f"at {needed[0]} x {needed[1]}. Score it with the fitted model (flawscope predict MODEL_DIR), or "
+                "give images shaped like the training images."
             )
-        return size
 
     def _score_pixels(self, pixels: list[np.ndarray]) -> list[tuple[float, np.ndarray]]:
-        sizes = [self.input_size(*image.shape[:2]) for image in pixels]
-        results: list[tuple[float, np.ndarray]] = [(0.0, np.empty(0))] * len(pixels)
-        for size, where in indices_by_size(sizes).items():
-            batch = np.stack([resize_image(pixels[index], size) for index in where])
-            scores, maps = self.graph.run(batch)
-            for position, index in enumerate(where):
-                results[index] = (float(scores[position]), resize_map(maps[position], pixels[index].shape[:2]))
-        return results
+        scores, maps = self.graph.run(np.stack([resize_image(image, self.input_size) for image in pixels]))
+        return [
+            (float(score), resize_map(anomaly_map, image.shape[:2]))
+            for score, anomaly_map, image in zip(scores, maps, pixels)
+        ]
 
 
 def load(directory: str | Path, graph_format: str | None = None, threads: int = 0) -> ExportedModel:
