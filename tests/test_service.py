@@ -352,7 +352,65 @@ def test_drift_is_unknown_without_calibration_scores_below_the_threshold():
     from flawscope.service.log import ServedModel
     from flawscope.service.stats import _drift
 
-    rows = [{"score": 1.0, "label": "OK", "verdict": None}] * 40
+    rows = [{"score": 1.0, "label": "OK", "verdict": None, "model_version": "v"}] * 40
     above = ServedModel("m", "v", "PatchCore", threshold=1.0, calibration_scores=[2.0, 3.0])
     assert _drift(rows, above)["status"] == "unknown"
     assert _drift(rows, None)["status"] == "unknown"
+
+
+def test_teach_false_alarms_update_swap_and_roll_back(client, station, station_model, part_images):
+    good, defective = part_images
+    fitted_version = content_hash(station_model)
+    ids = [inspect(client, data).json()["id"] for data in good[:3]]
+    bad_id = inspect(client, defective[0]).json()["id"]
+    nothing = client.post("/v1/models/tiles/update", headers=AUTH)
+    assert nothing.status_code == 409 and "No images are queued" in nothing.json()["detail"]
+    as_fitted = client.post("/v1/models/tiles/rollback", headers=AUTH)
+    assert as_fitted.status_code == 409 and "no earlier version" in as_fitted.json()["detail"]
+    refused = client.post(f"/v1/inspections/{bad_id}/verdict", json={"verdict": "defect", "teach": True}, headers=AUTH)
+    assert refused.status_code == 422 and "verdict 'ok'" in refused.json()["detail"]
+    assert client.get(f"/v1/inspections/{bad_id}").json()["verdict"] is None  # a refused teach stores no verdict
+    for inspection_id in ids[:2] + ids[:1]:  # queuing one twice teaches it once
+        teach = {"verdict": "ok", "teach": True}
+        answer = client.post(f"/v1/inspections/{inspection_id}/verdict", json=teach, headers=AUTH)
+        assert answer.status_code == 200 and answer.json()["verdict"] == "ok"
+    (served,) = client.get("/v1/models").json()
+    assert served["queued_to_teach"] == 2 and served["updatable"] and served["parent"] is None
+    before = [row["score"] for row in (client.get(f"/v1/inspections/{i}").json() for i in ids[:2])]
+
+    answer = client.post("/v1/models/tiles/update", headers=AUTH)
+    assert answer.status_code == 200, answer.text
+    update = answer.json()["update"]
+    assert update["images"] == 2 and update["parent"] == fitted_version and update["version"] != fitted_version
+    assert answer.json()["model"]["queued_to_teach"] == 0 and answer.json()["model"]["parent"] == fitted_version
+    assert (station.versions / "tiles" / update["version"] / "model.safetensors").is_file()
+    after = [inspect(client, data).json() for data in good[:2]]
+    assert {row["model_version"] for row in after} == {update["version"]}
+    assert all(row["score"] <= old for row, old in zip(after, before))  # taught parts look more normal now
+    assert client.post("/v1/models/tiles/update", headers=AUTH).status_code == 409  # the queue was used up
+
+    back = client.post("/v1/models/tiles/rollback", headers=AUTH)
+    assert back.status_code == 200 and back.json()["version"] == fitted_version
+    assert inspect(client, good[0]).json()["model_version"] == fitted_version
+    assert client.post("/v1/models/nope/update", headers=AUTH).status_code == 404
+    assert client.post("/v1/models/tiles/update").status_code == 401
+    swaps = sqlite3.connect(station.log.path).execute("SELECT reason, version FROM model_swaps ORDER BY id").fetchall()
+    assert swaps == [("start", fitted_version), ("update", update["version"]), ("rollback", fitted_version)]
+
+
+def test_a_restarted_station_serves_the_taught_version(station_model, tmp_path, part_images):
+    db, store = tmp_path / "log.sqlite", tmp_path / "store"
+    first = open_station([station_model], db, store)
+    client = TestClient(create_app(first))
+    inspection_id = inspect(client, part_images[0][0]).json()["id"]
+    client.post(f"/v1/inspections/{inspection_id}/verdict", json={"verdict": "ok", "teach": True})
+    taught = client.post("/v1/models/tiles/update").json()["update"]["version"]
+    again = open_station([station_model], db, store)
+    assert again.models["tiles"].version == taught and again.resumed == {"tiles": (content_hash(station_model), taught)}
+    assert again.models["tiles"].parent == content_hash(station_model)
+    assert open_station([station_model], db, store, resume=False).models["tiles"].version == content_hash(station_model)
+    no_pictures = open_station([station_model], tmp_path / "bare.sqlite", store_images=False)
+    bare = TestClient(create_app(no_pictures))
+    row = inspect(bare, part_images[0][0]).json()
+    answer = bare.post(f"/v1/inspections/{row['id']}/verdict", json={"verdict": "ok", "teach": True})
+    assert answer.status_code == 422 and "no stored image" in answer.json()["detail"]

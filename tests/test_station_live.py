@@ -180,20 +180,27 @@ def test_review_page_in_a_real_browser(station_model, part_images, tmp_path):
             assert "scratched_part.png" in card.text
             httpx.post(f"{url}/v1/inspect", files={"image": ("from_camera.png", part_images[0][1])})
             wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".card")) == 2)  # appears by itself
-            driver.find_elements(By.CSS_SELECTOR, ".card")[1].click()
+            driver.find_elements(By.CSS_SELECTOR, ".card")[0].click()  # newest first: the camera's good part
             wait.until(until.visibility_of_element_located((By.ID, "detail")))
             wait.until(lambda d: d.execute_script("return document.getElementById('detail-overlay').naturalWidth") > 0)
-            driver.find_element(By.ID, "verdict-ok").click()
-            wait.until(until.text_to_be_present_in_element((By.ID, "verdict-now"), "good part"))
+            driver.find_element(By.ID, "verdict-teach").click()
+            wait.until(until.text_to_be_present_in_element((By.ID, "verdict-now"), "queued to teach"))
+            driver.find_element(By.ID, "detail-close").click()
+            update = wait.until(until.element_to_be_clickable((By.CSS_SELECTOR, ".update-model")))
+            assert "1 queued" in update.text
+            update.click()
+            wait.until(until.text_to_be_present_in_element((By.CSS_SELECTOR, ".teach-status"), "Taught 1 images"))
             driver.save_screenshot(str(tmp_path / "review.png"))
             assert driver.find_element(By.ID, "stats").text.count("inspections") >= 1
+            assert "updated from" in driver.find_element(By.ID, "stats").text
         finally:
             driver.quit()
     connection = sqlite3.connect(db)
     verdicts = connection.execute(
         "SELECT i.filename, v.verdict FROM verdicts AS v JOIN inspections AS i ON i.id = v.inspection_id"
     ).fetchall()
-    assert verdicts == [("scratched_part.png", "ok")]
+    assert verdicts == [("from_camera.png", "ok")]
+    assert [row[0] for row in connection.execute("SELECT reason FROM model_swaps ORDER BY id")] == ["start", "update"]
 
 
 def test_folder_watcher_inspects_each_file_once_across_restarts(station_model, part_images, tmp_path):

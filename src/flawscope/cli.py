@@ -265,6 +265,81 @@ def export(
         raise typer.Exit(code=1)
 
 
+def _new_version_dir(model_dir: Path, out: Path) -> Path:
+    """``out``, unless it is ``model_dir`` itself: a new version never overwrites the one it came from."""
+    from flawscope.errors import ConfigError
+
+    if out.resolve() == model_dir.resolve():
+        raise ConfigError(f"--out is {model_dir} itself; give a new directory, the model it came from is kept.")
+    return out
+
+
+@app.command()
+def update(
+    model_dir: Path = typer.Argument(..., help="A model directory written by 'flawscope fit' (patchcore or padim)."),
+    good: list[Path] = typer.Option(..., help="Good images to learn: image files or folders. Repeatable."),
+    out: Path = typer.Option(..., help="Directory for the new model version (the one in MODEL_DIR is kept)."),
+    device: str | None = typer.Option(None, help="Override the saved device (auto, cpu, cuda)."),
+    quiet: bool = typer.Option(False, help="No progress bars."),
+) -> None:
+    """Teach a fitted model more good images without fitting it again (PatchCore, PaDiM) and save the new version.
+
+    The threshold stays the one calibrated before; 'flawscope recalibrate' sets it again from verdicts.
+    """
+    import flawscope as fs
+    from flawscope.folders import image_paths
+
+    _show_library_messages(quiet)
+    try:
+        out = _new_version_dir(model_dir, out)
+        detector = fs.load(model_dir, device=device)
+        updated = detector.update(image_paths(good), progress=not quiet)
+        updated.save(out)
+    except fs.FlawscopeError as error:
+        _fail(error)
+    change = updated.lineage_[-1]
+    details = ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in change.items() if key.startswith("bank"))
+    console.print(
+        f"updated {updated.name} {detector.version_} -> {updated.version_} with {change['images']} good images in "
+        f"{change['seconds']:.2f} s{f' ({details})' if details else ''}; saved to {out}"
+    )
+    if updated.is_calibrated:
+        console.print(f"threshold unchanged: {updated.threshold_:.4f} ('flawscope recalibrate' sets a new one)")
+
+
+@app.command()
+def recalibrate(
+    model_dir: Path = typer.Argument(..., help="A model directory written by 'flawscope fit' or 'flawscope update'."),
+    good: list[Path] = typer.Option(..., help="Images confirmed good: image files or folders. Repeatable."),
+    defective: list[Path] = typer.Option([], help="Images confirmed defective (then the best-F1 rule). Repeatable."),
+    out: Path = typer.Option(..., help="Directory for the recalibrated model (the one in MODEL_DIR is kept)."),
+    device: str | None = typer.Option(None, help="Override the saved device (auto, cpu, cuda)."),
+    quiet: bool = typer.Option(False, help="No progress bars."),
+) -> None:
+    """Set the OK / NOT OK threshold again from operator verdicts: the saved rule on the confirmed good images, or
+    the best-F1 rule when confirmed defective images are given too."""
+    import flawscope as fs
+    from flawscope.folders import image_paths
+    from flawscope.postprocess import describe_false_alarms
+
+    _show_library_messages(quiet)
+    try:
+        out = _new_version_dir(model_dir, out)
+        detector = fs.load(model_dir, device=device)
+        before = detector.threshold_
+        detector.recalibrate(image_paths(good), image_paths(defective), progress=not quiet)
+        detector.save(out)
+    except fs.FlawscopeError as error:
+        _fail(error)
+    calibration = detector.calibration_
+    was = "none" if before is None else f"{before:.4f}"
+    console.print(
+        f"threshold {was} -> {detector.threshold_:.4f} ({calibration['rule']} on {calibration['n_images']} images, "
+        f"{calibration['n_defective']} of them defective); saved to {out}"
+    )
+    console.print(f"threshold: {describe_false_alarms(calibration)}")
+
+
 def _print_report(report: Any, title: str) -> None:
     console.print(_metrics_table(report.metrics, title))
     console.print(_per_type_table(report.metrics))
@@ -500,16 +575,27 @@ def _station(
     max_pixels: int,
     device: str | None,
     max_batch: int = 8,
+    resume: bool = True,
 ) -> Any:
     import flawscope as fs
     from flawscope.service import open_station
 
     try:
-        return open_station(
-            model_dirs, db, store, store_images=store_images, max_pixels=max_pixels, device=device, max_batch=max_batch
+        station = open_station(
+            model_dirs,
+            db,
+            store,
+            store_images=store_images,
+            max_pixels=max_pixels,
+            device=device,
+            max_batch=max_batch,
+            resume=resume,
         )
     except (fs.FlawscopeError, OSError) as error:
         _fail(error)
+    for name, (given, served) in station.resumed.items():
+        console.print(f"{name}: serving version {served}, taught from the given {given} (--no-resume: the given one)")
+    return station
 
 
 _DB_HELP = "The inspection log (SQLite; created and migrated when needed)."
@@ -535,10 +621,18 @@ def serve(
     max_pixels: int = typer.Option(50_000_000, help="Larger images (decompression bombs) are refused with 422."),
     device: str | None = typer.Option(None, help="Override the saved device (auto, cpu, cuda)."),
     max_batch: int = typer.Option(8, min=1, help="Images waiting for a model are scored together, up to this many."),
+    resume: bool = typer.Option(
+        True,
+        help="Serve a model as an earlier run on this --db taught it (new versions are saved in <db>-models beside "
+        "the db); --no-resume: as given.",
+    ),
 ) -> None:
-    """Serve the models over HTTP: POST /v1/inspect, the inspection log, the review page at /, API docs at /docs."""
+    """Serve the models over HTTP: POST /v1/inspect, the inspection log, the review page at /, API docs at /docs.
+
+    Operators teach a PatchCore or PaDiM model from the review page: 'False alarm - teach as good' queues the image,
+    'Update model' makes and serves a new version, 'Roll back' serves the previous one."""
     _require_serve_extra("serve", ("fastapi", "uvicorn", "multipart", "prometheus_client"))
-    station = _station(model_dirs, db, store, store_images, max_pixels, device, max_batch)
+    station = _station(model_dirs, db, store, store_images, max_pixels, device, max_batch, resume)
     import uvicorn
 
     from flawscope.service.app import create_app

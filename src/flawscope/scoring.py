@@ -8,6 +8,8 @@ size) and the rest is this module's.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
@@ -15,7 +17,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from flawscope._progress import progress_bar
-from flawscope.data.datasets import ImageDataset, Sample, as_dataset
+from flawscope.data.datasets import DEFECTIVE, GOOD, ImageDataset, Sample, as_dataset
 from flawscope.data.io import read_image
 from flawscope.errors import CalibrationWarning, ConfigError, DataError, NotFittedError
 from flawscope.postprocess import (
@@ -98,6 +100,40 @@ class Scorer:
         labels = np.clip(dataset.labels, 0, 1)
         chosen = self.default_threshold.with_changes(rule, k, target_fpr)
         return self._set_thresholds(scores, map_maxima, labels, chosen, "held-out images")
+
+    def recalibrate(
+        self: ScorerT,
+        good: ImageDataset | Sequence | str,
+        defective: ImageDataset | Sequence | str = (),
+        *,
+        progress: bool = True,
+    ) -> ScorerT:
+        """Set the thresholds again from operator verdicts: images confirmed good and, where there are any,
+        images confirmed defective; returns self.
+
+        With good images only, the rule this scorer was calibrated with (its ``calibration_``; the method's
+        ``default_threshold`` when it was never calibrated or was last calibrated by F1) sets the threshold
+        on their scores; with both kinds, the best-F1 rule. ``calibration_`` records the rule, that the scores
+        came from verdicts, and how many good (``n_images - n_defective``) and defective images it saw.
+        """
+        self._check_fitted()
+        verdicts = [
+            dataclasses.replace(sample, label=label)
+            for images, label in ((good, GOOD), (defective, DEFECTIVE))
+            for sample in (as_dataset(images, split="test").samples if _given(images) else [])
+        ]
+        n_good = sum(sample.label == GOOD for sample in verdicts)
+        if n_good == 0:
+            raise DataError("recalibrate needs at least 1 image confirmed good.")
+        dataset = ImageDataset(verdicts, f"verdicts ({n_good} good, {len(verdicts) - n_good} defective)")
+        scores, map_maxima = self._scores_and_map_maxima(dataset, progress)
+        saved = getattr(self, "calibration_", None) or {}
+        chosen = self.default_threshold
+        if saved.get("rule") in ("fpr", "sigma"):
+            chosen = chosen.with_changes(saved["rule"], saved.get("k"), saved.get("target_fpr"))
+        if n_good < len(verdicts):
+            chosen = chosen.with_changes("f1", None, None)
+        return self._set_thresholds(scores, map_maxima, dataset.labels, chosen, "operator verdicts")
 
     def _scores_and_map_maxima(self, dataset: ImageDataset, progress: bool) -> tuple[np.ndarray, np.ndarray]:
         scores, map_maxima = [], []
@@ -226,6 +262,11 @@ class Scorer:
                 "validation images to set the OK / NOT OK threshold."
             )
         return self.threshold_, self.pixel_threshold_
+
+
+def _given(images: ImageDataset | Sequence | str) -> bool:
+    """False for an empty list of images (none given); a folder or dataset always counts as given."""
+    return isinstance(images, (str, os.PathLike, ImageDataset)) or len(images) > 0
 
 
 __all__ = ["Scorer"]

@@ -2,7 +2,8 @@
 
 ``config.json`` holds the format version, the flawscope version that wrote it, the model name,
 its constructor parameters, the calibration (rule, threshold, pixel threshold), the backbone
-weights fingerprint and the name and shape of every tensor. ``model.safetensors`` holds the
+weights fingerprint, the lineage (the fit and every update since, each with the version it was
+made from) and the name and shape of every tensor. ``model.safetensors`` holds the
 learned tensors. No pickle anywhere. Loading checks the format version, the model name, the
 parameters, and every tensor's presence and shape before any is used.
 """
@@ -56,10 +57,12 @@ def save_detector(detector: Detector, path: str | Path) -> Path:
         "params": params,
         "meta": detector._state_meta(),
         "calibration": detector._calibration_state(),
+        "lineage": getattr(detector, "lineage_", []),
         "tensors": {name: list(tensor.shape) for name, tensor in tensors.items()},
     }
     save_file(tensors, str(path / TENSOR_FILE), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
     (path / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=_tuple_to_list))
+    detector.version_ = content_hash(path)
     return path
 
 
@@ -88,6 +91,8 @@ def load_detector(path: str | Path, device: str | None = None) -> Detector:
             f"{path} is incomplete: a {detector.name} needs {error.args[0]!r}, which neither {CONFIG_FILE} "
             f"nor {TENSOR_FILE} holds."
         ) from None
+    detector.lineage_ = config.get("lineage", [])  # absent in models of flawscope 0.1
+    detector.version_ = content_hash(path)
     return detector
 
 

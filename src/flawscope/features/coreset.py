@@ -52,6 +52,17 @@ def greedy_coreset(
     torch.Tensor
         int64 indices into ``points``, in selection order.
     """
+    return coreset_with_radius(points, ratio, generator, progress)[0]
+
+
+def coreset_with_radius(
+    points: torch.Tensor,
+    ratio: float,
+    generator: torch.Generator,
+    progress: bool = False,
+) -> tuple[torch.Tensor, float]:
+    """:func:`greedy_coreset`'s indices and its coverage radius: the largest distance of a point of ``points``
+    to its nearest selected point (0 when every point is selected)."""
     if not 0.0 < ratio <= 1.0:
         raise ConfigError(f"The coreset ratio must be a float in (0, 1]. Got {ratio} instead.")
     count = points.shape[0]
@@ -60,7 +71,7 @@ def greedy_coreset(
     n_select = max(1, round(ratio * count))
     first = int(torch.randint(count, (1,), generator=generator).item())
     if n_select >= count:
-        return torch.arange(count)
+        return torch.arange(count), 0.0
     return _greedy_pruned(points.float().contiguous(), n_select, first, progress)
 
 
@@ -78,7 +89,7 @@ def principal_axes(points: torch.Tensor, count: int) -> torch.Tensor:
     return vectors[:, -count:].flip(1).to(points.dtype).contiguous()
 
 
-def _greedy_pruned(points: torch.Tensor, n_select: int, first: int, progress: bool) -> torch.Tensor:
+def _greedy_pruned(points: torch.Tensor, n_select: int, first: int, progress: bool) -> tuple[torch.Tensor, float]:
     count = points.shape[0]
     full_pass_above = count // 4  # with more candidates than this, one GEMV over all points is cheaper than a gather
     squared_norms = torch.linalg.vector_norm(points, dim=1).pow_(2)  # no N x D temporary
@@ -120,4 +131,41 @@ def _greedy_pruned(points: torch.Tensor, n_select: int, first: int, progress: bo
             if step % 256 == 0:
                 bar.advance(256)
         bar.advance(n_select - (n_select - 1) // 256 * 256)  # the first centre and the last partial block
-    return chosen
+    return chosen, float(distance.max())
+
+
+def greedy_extension(
+    points: torch.Tensor, distance: torch.Tensor, most: int, radius: float, progress: bool = False
+) -> torch.Tensor:
+    """Indices of the ``N x D`` ``points`` that greedy k-center selection adds to an existing coreset.
+
+    ``distance`` holds each point's distance to its nearest row of the existing coreset. Points are
+    picked farthest first, as in :func:`greedy_coreset`, until ``most`` are picked or every point
+    lies within ``radius`` of the coreset (the existing coreset's own coverage radius: the new points
+    are then covered as well as the ones it was selected from). A point is only measured in full when
+    its distance within the top 16 principal axes (a lower bound) says the new pick may be closer.
+
+    Returns
+    -------
+    torch.Tensor
+        int64 indices into ``points``, in selection order (possibly none).
+    """
+    points = points.float().contiguous()
+    distance = distance.float().clone()
+    squared_norms = torch.linalg.vector_norm(points, dim=1).pow_(2)
+    coordinates = points @ principal_axes(points, min(_PRINCIPAL_AXES, points.shape[1]))
+    chosen: list[int] = []
+    with progress_bar("coreset", most, progress) as bar:
+        while len(chosen) < most:
+            new = int(torch.argmax(distance))
+            if float(distance[new]) <= radius:
+                break
+            chosen.append(new)
+            low = (coordinates - coordinates[new]).pow_(2).sum(1)
+            candidates = torch.nonzero(low < (distance * _TOLERANCE).pow_(2)).squeeze(1)
+            new_distance = _squared_distances(
+                points[candidates], squared_norms[candidates], points[new], squared_norms[new]
+            ).sqrt_()
+            distance[candidates] = torch.minimum(distance[candidates], new_distance)
+            bar.advance(1)
+    return torch.tensor(chosen, dtype=torch.long)

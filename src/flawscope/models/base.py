@@ -18,7 +18,9 @@ live here once and are never re-implemented by a method.
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,7 +39,7 @@ from flawscope.devices import resolve_device
 from flawscope.errors import ConfigError, DataError, NotFittedError, WeightsError
 from flawscope.features.extractor import FeatureExtractor
 from flawscope.maps import upsample_maps
-from flawscope.models.registry import SUPERVISED
+from flawscope.models.registry import SUPERVISED, UPDATABLE, list_models
 from flawscope.scoring import Scorer
 
 # Parameter constraints shared by methods: every method has the run parameters, every method on
@@ -64,6 +66,10 @@ class Detector(Scorer):
     device: str
     seed: int
     device_: torch.device
+    # the fit and every update or recalibration since (see ``update``), and the content hash of the directory the
+    # model was last saved to or loaded from (None when it changed since)
+    lineage_: list[dict[str, Any]]
+    version_: str | None
 
     # ------------------------------------------------------------------ parameters
     @classmethod
@@ -128,14 +134,11 @@ class Detector(Scorer):
         """
         self._validate()
         dataset = as_dataset(images, split="test" if self.supervised else "train")
-        if len(dataset) == 0:
-            raise DataError(f"{type(self).__name__}.fit got no images ({dataset!r}); it needs at least 1 good image.")
         if self.supervised:
+            _check_some(dataset, f"{type(self).__name__}.fit")
             _check_labelled(dataset, type(self).__name__)
-        elif (dataset.labels == DEFECTIVE).any():
-            raise DataError(
-                f"{dataset!r} contains defective images; {type(self).__name__} learns from good images only."
-            )
+        else:
+            self._check_good(dataset, "fit")
         before = self._learned_state()
         self._set_learned_state({})
         try:
@@ -145,7 +148,54 @@ class Detector(Scorer):
         except BaseException:
             self._set_learned_state(before)
             raise
+        self.lineage_ = [{"event": "fit", "images": len(dataset)}]
         return self
+
+    def _check_good(self, dataset: ImageDataset, action: str) -> None:
+        """DataError unless ``dataset`` holds at least one image and no image labelled defective."""
+        _check_some(dataset, f"{type(self).__name__}.{action}")
+        if (dataset.labels == DEFECTIVE).any():
+            raise DataError(
+                f"{dataset!r} contains defective images; {type(self).__name__} learns from good images only."
+            )
+
+    def update(self, images: ImageDataset | Sequence | str, *, progress: bool = True) -> Detector:
+        """A new version of this fitted model that has also learned the good ``images``; this one is unchanged.
+
+        For methods where adding good images is cheap and well defined (``fs.list_models(capability="updatable")``):
+        PaDiM merges them into its per-position Gaussians exactly (the result equals a fit on all the images);
+        PatchCore adds the patches of theirs its memory bank covers worst (see :meth:`PatchCore._update`).
+        Any other method refuses: fit it again on all good images instead.
+
+        The threshold stays the one calibrated before (:meth:`recalibrate` sets a new one from verdicts);
+        ``lineage_`` records the fit and every update with its images, what it changed, how long it took
+        and the version (``version_``, the content hash of the saved directory) it was made from.
+        """
+        if UPDATABLE not in self.capabilities:
+            raise ConfigError(
+                f"{type(self).__name__} cannot learn new good images without fitting again: its state is not a "
+                f"sum over images. Methods that can: {', '.join(list_models(capability=UPDATABLE))}. Fit it again "
+                "on all the good images instead."
+            )
+        self._check_fitted()
+        dataset = as_dataset(images, split="train")
+        self._check_good(dataset, "update")
+        started = time.perf_counter()
+        updated = copy.copy(self)
+        updated.calibration_ = copy.deepcopy(self.calibration_)
+        changes = updated._update(dataset, progress)
+        updated.lineage_ = [
+            *getattr(self, "lineage_", []),
+            {
+                "event": "update",
+                "images": len(dataset),
+                **changes,
+                "seconds": round(time.perf_counter() - started, 3),
+                "parent": getattr(self, "version_", None),
+            },
+        ]
+        updated.version_ = None
+        return updated
 
     def _learned_state(self) -> dict[str, Any]:
         """Every learned attribute (public, name ending in ``_``)."""
@@ -215,6 +265,29 @@ class Detector(Scorer):
             where = [position[id(sample)] for sample in fold.samples]
             scores[where], map_maxima[where] = fold_scores, fold_maxima
         return scores, map_maxima
+
+    def recalibrate(
+        self,
+        good: ImageDataset | Sequence | str,
+        defective: ImageDataset | Sequence | str = (),
+        *,
+        progress: bool = True,
+    ) -> Detector:
+        """:meth:`Scorer.recalibrate <flawscope.scoring.Scorer.recalibrate>`, recorded in ``lineage_`` with the
+        version it was made from."""
+        super().recalibrate(good, defective, progress=progress)
+        n_defective = self.calibration_["n_defective"]
+        self.lineage_ = [
+            *getattr(self, "lineage_", []),
+            {
+                "event": "recalibrate",
+                "good": self.calibration_["n_images"] - n_defective,
+                "defective": n_defective,
+                "parent": getattr(self, "version_", None),
+            },
+        ]
+        self.version_ = None
+        return self
 
     # ------------------------------------------------------------------ prediction
     def _score_pixels(self, pixels: list[np.ndarray]) -> list[tuple[float, np.ndarray]]:
@@ -335,6 +408,12 @@ class Detector(Scorer):
     def _score_batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def _update(self, dataset: ImageDataset, progress: bool) -> dict[str, Any]:
+        """Learn the good images of ``dataset`` too (an ``updatable`` method), assigning new learned tensors
+        rather than changing the present ones in place (the model it was copied from shares them); returns
+        what changed, for ``lineage_``."""
+        raise NotImplementedError
+
     def _normalisation(self) -> tuple[Sequence[float], Sequence[float]]:
         raise NotImplementedError
 
@@ -346,6 +425,11 @@ class Detector(Scorer):
 
     def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         raise NotImplementedError
+
+
+def _check_some(dataset: ImageDataset, who: str) -> None:
+    if len(dataset) == 0:
+        raise DataError(f"{who} got no images ({dataset!r}); it needs at least 1 good image.")
 
 
 def _check_labelled(dataset: ImageDataset, who: str) -> None:

@@ -22,7 +22,7 @@ from flawscope.data.datasets import ImageDataset
 from flawscope.errors import ConfigError
 from flawscope.maps import gaussian_blur, upsample_maps
 from flawscope.models.base import BACKBONE_CONSTRAINTS, RUN_CONSTRAINTS, BackboneDetector
-from flawscope.models.registry import register_detector
+from flawscope.models.registry import UPDATABLE, register_detector
 from flawscope.state import checked_tensor
 
 _MEMORY_NOTICE_BYTES = 256 * 2**20
@@ -52,6 +52,14 @@ class GaussianAccumulator:
         self.mean: torch.Tensor | None = None  # P x d
         self.scatter: torch.Tensor | None = None  # P x d x d
 
+    @classmethod
+    def resume(cls, count: int, mean: torch.Tensor, covariance: torch.Tensor) -> GaussianAccumulator:
+        """An accumulator holding what :meth:`covariance` made of ``count`` embeddings, to merge more into."""
+        accumulator = cls()
+        accumulator.count, accumulator.mean = count, mean.clone()
+        accumulator.scatter = covariance * max(count - 1, 1)
+        return accumulator
+
     def update(self, embeddings: torch.Tensor) -> None:
         """Add ``B x P x d`` embeddings (in place: no second ``P x d x d`` buffer)."""
         batch_count = embeddings.shape[0]
@@ -68,18 +76,20 @@ class GaussianAccumulator:
         self.mean += delta * (batch_count / total)
         self.count = total
 
-    def precision(self, regularisation: float) -> torch.Tensor:
-        """``(Sigma + regularisation I)^-1`` per position, Sigma the unbiased covariance.
-
-        Consumes the accumulator: the scatter matrices are turned into covariances in place and
-        inverted through their Cholesky factors, so only one more ``P x d x d`` buffer is needed.
-        One image gives just the regularisation term.
-        """
+    def covariance(self) -> torch.Tensor:
+        """The unbiased covariance per position (0 for one image). Consumes the accumulator: the scatter
+        matrices are divided in place."""
         assert self.scatter is not None
         covariance = self.scatter.div_(max(self.count - 1, 1))
-        covariance.diagonal(dim1=1, dim2=2).add_(regularisation)
         self.scatter = None
-        return torch.cholesky_inverse(torch.linalg.cholesky(covariance))
+        return covariance
+
+
+def precision_of(covariance: torch.Tensor, regularisation: float) -> torch.Tensor:
+    """``(Sigma + regularisation I)^-1`` per position, inverted through its Cholesky factor."""
+    regularised = covariance.clone()
+    regularised.diagonal(dim1=1, dim2=2).add_(regularisation)
+    return torch.cholesky_inverse(torch.linalg.cholesky(regularised))
 
 
 def mahalanobis(embeddings: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
@@ -90,8 +100,8 @@ def mahalanobis(embeddings: torch.Tensor, mean: torch.Tensor, precision: torch.T
 
 
 def model_bytes(positions: int, n_features: int) -> int:
-    """Bytes of the per-position mean and precision matrices (float32)."""
-    return 4 * positions * n_features * (n_features + 1)
+    """Bytes of the per-position mean, covariance and precision matrices (float32)."""
+    return 4 * positions * n_features * (2 * n_features + 1)
 
 
 class PaDiM(BackboneDetector):
@@ -122,6 +132,9 @@ class PaDiM(BackboneDetector):
     seed : int
         Seeds the channel subset.
     """
+
+    count_: int | None  # None (with covariance_) in models saved by flawscope 0.1
+    covariance_: torch.Tensor | None
 
     _parameter_constraints = {
         **BACKBONE_CONSTRAINTS,
@@ -183,9 +196,30 @@ class PaDiM(BackboneDetector):
         with torch.inference_mode():
             for batch in self._training_batches(dataset, "features", progress):
                 accumulator.update(self._embedding(batch))
-            assert accumulator.mean is not None  # fit has at least one image
-            self.mean_ = accumulator.mean.contiguous()
-            self.precision_ = accumulator.precision(self.regularisation).contiguous()
+            self._keep(accumulator)
+
+    def _keep(self, accumulator: GaussianAccumulator) -> None:
+        """Take the Gaussians of ``accumulator`` (new tensors: a model this one was copied from keeps its own)."""
+        assert accumulator.mean is not None  # at least one image was accumulated
+        self.count_ = accumulator.count
+        self.mean_ = accumulator.mean.contiguous()
+        self.covariance_ = accumulator.covariance().contiguous()
+        self.precision_ = precision_of(self.covariance_, self.regularisation).contiguous()
+
+    def _update(self, dataset: ImageDataset, progress: bool) -> dict[str, Any]:
+        """Merge the new images' embeddings into every position's mean and covariance: exact, the same
+        Gaussians (to float rounding) as a fit on the old and the new images together."""
+        if self.covariance_ is None or self.count_ is None:
+            raise ConfigError(
+                "This PaDiM was saved by an older flawscope without its covariances (only their inverses), which an "
+                "update needs; fit it again to update it."
+            )
+        accumulator = GaussianAccumulator.resume(self.count_, self.mean_, self.covariance_)
+        with torch.inference_mode():
+            for batch in self._training_batches(dataset, "features", progress):
+                accumulator.update(self._embedding(batch))
+            self._keep(accumulator)
+        return {"images_total": self.count_}
 
     def _announce_memory(self) -> None:
         """Warn when the model is large (the covariance grows with positions x features^2)."""
@@ -193,8 +227,8 @@ class PaDiM(BackboneDetector):
         size = model_bytes(side * side, self.n_features)
         if size >= _MEMORY_NOTICE_BYTES:
             warnings.warn(
-                f"PaDiM: {side}x{side} positions x {self.n_features}^2 covariance = {size / 2**20:.0f} MiB for the "
-                f"model (about twice that while fitting); lower image_size or n_features to shrink it.",
+                f"PaDiM: {side}x{side} positions x {self.n_features}^2 covariance and precision = "
+                f"{size / 2**20:.0f} MiB for the model; lower image_size or n_features to shrink it.",
                 stacklevel=4,
             )
 
@@ -204,18 +238,28 @@ class PaDiM(BackboneDetector):
         return maps.flatten(1).max(dim=1).values, maps
 
     def _state_tensors(self) -> dict[str, torch.Tensor]:
-        return {"mean": self.mean_, "precision": self.precision_, "channels": self.channels_}
+        if self.covariance_ is None:  # loaded from flawscope 0.1
+            return {"mean": self.mean_, "precision": self.precision_, "channels": self.channels_}
+        return {"mean": self.mean_, "covariance": self.covariance_, "channels": self.channels_}
 
     def _state_meta(self) -> dict[str, Any]:
-        return {**super()._state_meta(), "grid": list(self.grid_)}
+        return {**super()._state_meta(), "grid": list(self.grid_), "count": self.count_}
 
     def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """The saved covariances give back the precisions the fit computed from them, bit for bit; a model of
+        flawscope 0.1 holds the precisions only (it scores, but cannot be updated)."""
         self._restore_extractor(meta)
         self.grid_ = tuple(meta["grid"])
         positions, dim = self.grid_[0] * self.grid_[1], self.n_features
         self.mean_ = checked_tensor(tensors, "mean", (positions, dim)).to(self.device_).contiguous()
-        self.precision_ = checked_tensor(tensors, "precision", (positions, dim, dim)).to(self.device_).contiguous()
         self.channels_ = checked_tensor(tensors, "channels", (dim,)).to(self.device_)
+        if "covariance" not in tensors:
+            self.count_, self.covariance_ = None, None
+            self.precision_ = checked_tensor(tensors, "precision", (positions, dim, dim)).to(self.device_).contiguous()
+            return
+        self.count_ = int(meta["count"])
+        self.covariance_ = checked_tensor(tensors, "covariance", (positions, dim, dim)).to(self.device_).contiguous()
+        self.precision_ = precision_of(self.covariance_, self.regularisation).contiguous()
 
 
-register_detector("padim", PaDiM, test_params={"image_size": 64, "n_features": 40})
+register_detector("padim", PaDiM, test_params={"image_size": 64, "n_features": 40}, capabilities=[UPDATABLE])

@@ -24,12 +24,12 @@ from flawscope.data.io import image_size
 from flawscope.data.sizes import aspect_size
 from flawscope.data.transforms import ASPECT_FROM, INPUT_SHAPES, PHOTOMETRIC, photometric_normalise
 from flawscope.errors import ConfigError, DataError
-from flawscope.features.coreset import greedy_coreset, projection_matrix
+from flawscope.features.coreset import coreset_with_radius, greedy_extension, projection_matrix
 from flawscope.features.extractor import local_patch_features, patch_rows
 from flawscope.features.neighbours import SEARCH_BACKENDS, GraphSearch, make_search
 from flawscope.maps import gaussian_blur, upsample_maps
 from flawscope.models.base import BACKBONE_CONSTRAINTS, RUN_CONSTRAINTS, BackboneDetector
-from flawscope.models.registry import register_detector
+from flawscope.models.registry import UPDATABLE, register_detector
 from flawscope.state import checked_tensor
 
 OUT_OF_GROUP_NEIGHBOURS = 16  # nearest bank rows searched for one outside the query's own group
@@ -111,6 +111,9 @@ class PatchCore(BackboneDetector):
     seed : int
         Seeds the coreset's start point and random projection.
     """
+
+    coverage_radius_: float | None  # None in models saved before flawscope 0.2
+    _bank_sources: torch.Tensor | None
 
     _parameter_constraints = {
         **BACKBONE_CONSTRAINTS,
@@ -211,7 +214,7 @@ class PatchCore(BackboneDetector):
         matrix = projection_matrix(sum(self.extractor_.channels), self.projection_dim, generator)
         projected = self._training_features(dataset, matrix, progress, description="features")
         projected_rows = projected.shape[0]
-        selected = greedy_coreset(projected, self.coreset_ratio, generator, progress)
+        selected, self.coverage_radius_ = coreset_with_radius(projected, self.coreset_ratio, generator, progress)
         if matrix is None:
             bank = projected[selected]
         else:
@@ -222,6 +225,30 @@ class PatchCore(BackboneDetector):
         # the training image of each bank row, for out-of-fold scores right after the fit (not saved)
         self._bank_sources = (selected // patches_per_image).to(torch.int64).cpu()
         self.search_index_ = make_search(self.search, self.device_).fit(self.memory_bank_)
+
+    def _update(self, dataset: ImageDataset, progress: bool) -> dict[str, Any]:
+        """Add the new images' patches that the memory bank covers worst.
+
+        Greedy k-center selection continues from the present bank, in the fit's random projection: the new
+        patch farthest from the bank and from every patch added so far is added next, until every new patch
+        lies within the fit's coverage radius of the bank (the largest distance any training patch was left
+        from it) or ``coreset_ratio`` of the new patches were added. The bank so grows by at most what a fit
+        on these images would keep, and only where the new images show something it did not cover; with
+        ``coreset_ratio=1`` every new patch is added and the model equals a fit on all the images.
+        """
+        matrix = projection_matrix(self.memory_bank_.shape[1], self.projection_dim, self._generator())
+        new_patches = self._training_features(dataset, None, progress, description="features")
+        projection = None if matrix is None else matrix.to(self.device_)
+        projected_bank = self.memory_bank_ if projection is None else self.memory_bank_ @ projection
+        projected_new = new_patches if projection is None else new_patches @ projection
+        distance, _ = make_search(self.search, self.device_).fit(projected_bank).query(projected_new, k=1)
+        most = max(1, round(self.coreset_ratio * new_patches.shape[0]))
+        radius = self.coverage_radius_ if self.coverage_radius_ is not None else 0.0
+        added = greedy_extension(projected_new, distance[:, 0], most, radius, progress).to(self.device_)
+        self.memory_bank_ = torch.cat([self.memory_bank_, new_patches[added]]).contiguous()
+        self.search_index_ = make_search(self.search, self.device_).fit(self.memory_bank_)
+        self._bank_sources = None
+        return {"bank_rows_added": int(added.numel()), "bank_rows": int(self.memory_bank_.shape[0])}
 
     def _training_features(
         self,
@@ -384,15 +411,19 @@ class PatchCore(BackboneDetector):
             "feature_dim": int(self.memory_bank_.shape[1]),
             "input_shape": self.input_shape_,
             "input_size": self.input_size_,
+            "coverage_radius": self.coverage_radius_,
         }
 
     def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self._restore_extractor(meta)
         self.input_shape_ = meta.get("input_shape", "square")  # models of flawscope 0.1 squashed every image
         self.input_size_ = meta.get("input_size")
+        self.coverage_radius_ = meta.get("coverage_radius")  # absent in older models: updates add up to the ratio
         bank = checked_tensor(tensors, "memory_bank", (None, sum(self.extractor_.channels)))
         self.memory_bank_ = bank.to(self.device_).contiguous()
         self.search_index_ = make_search(self.search, self.device_).fit(self.memory_bank_)
 
 
-register_detector("patchcore", PatchCore, test_params={"image_size": 64, "coreset_ratio": 0.25})
+register_detector(
+    "patchcore", PatchCore, test_params={"image_size": 64, "coreset_ratio": 0.25}, capabilities=[UPDATABLE]
+)

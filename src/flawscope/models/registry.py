@@ -23,9 +23,11 @@ if TYPE_CHECKING:
 
 SUPERVISED = "supervised"
 QUANTIZABLE = "quantizable"
+UPDATABLE = "updatable"
 CAPABILITIES = {
     SUPERVISED: "learns from labelled good and defective images (a classifier), not from good images only",
     QUANTIZABLE: "quantize(images) turns a fitted float32 model into an int8 one without training again",
+    UPDATABLE: "update(images) adds good images to a fitted model without fitting it again",
 }
 
 

@@ -2,7 +2,8 @@
 
 Routes (all in the OpenAPI page at ``/docs``): ``POST /v1/inspect``, ``GET /v1/inspections``,
 ``GET /v1/inspections/{id}`` and its ``/image``, ``/overlay``, ``/mask``, ``POST /v1/inspections/{id}/verdict``,
-``GET /v1/stats``, ``GET /health``, ``GET /metrics`` (Prometheus). With a token every write route needs
+``GET /v1/stats``, ``GET /v1/models``, ``POST /v1/models/{name}/update`` and ``/rollback`` (teaching),
+``GET /health``, ``GET /metrics`` (Prometheus). With a token every write route needs
 ``Authorization: Bearer <token>``.
 """
 
@@ -22,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flawscope.errors import DataError
 from flawscope.service.log import Inspection
-from flawscope.service.station import InspectionFailed, Station
+from flawscope.service.station import InspectionFailed, LoadedModel, NotPossible, Station
 from flawscope.service.stats import log_stats
 
 DEFAULT_MAX_UPLOAD_BYTES = 32 * 1024 * 1024
@@ -34,6 +35,11 @@ class VerdictIn(BaseModel):
     verdict: Literal["ok", "defect"] = Field(description="'defect': a real defect; 'ok': a good part (false alarm).")
     note: str | None = Field(default=None, max_length=2000)
     operator: str | None = Field(default=None, max_length=200)
+    teach: bool = Field(
+        default=False,
+        description="With verdict 'ok' (a false alarm): queue the image to be taught to its model as good at the "
+        "model's next update (POST /v1/models/{name}/update). PatchCore and PaDiM models only.",
+    )
 
 
 class _Metrics:
@@ -171,9 +177,9 @@ def create_app(
 
     @app.post("/v1/inspections/{inspection_id}/verdict", dependencies=[Depends(require_token)], tags=["log"])
     def post_verdict(inspection_id: int, body: VerdictIn) -> dict[str, Any]:
-        """An operator's verdict on an inspection: 'defect' confirms a defect, 'ok' says the part is good."""
-        find(inspection_id)
-        station.log.add_verdict(inspection_id, body.verdict, body.note, body.operator)
+        """An operator's verdict on an inspection: 'defect' confirms a defect, 'ok' says the part is good; with
+        ``teach``, the good part's image is queued to be taught to the model."""
+        station.add_verdict(find(inspection_id), body.verdict, body.note, body.operator, teach=body.teach)
         return inspection_json(find(inspection_id))
 
     @app.get("/v1/stats", tags=["log"])
@@ -181,13 +187,42 @@ def create_app(
         """Counts, NOT OK rate, score histogram with the threshold, verdict agreement and drift, per model."""
         return log_stats(station.log, model)
 
-    @app.get("/v1/models", tags=["inspect"])
+    def model_json(model: LoadedModel) -> dict[str, Any]:
+        hidden = ("calibration_scores", "directory")
+        return {
+            **{key: value for key, value in asdict(model.describe()).items() if key not in hidden},
+            "updatable": model.updatable,
+            "queued_to_teach": station.pending(model.name),
+        }
+
+    @app.get("/v1/models", tags=["models"])
     def served_models() -> list[dict[str, Any]]:
-        """Each served model's name, version (content hash), method and threshold."""
-        return [
-            {key: value for key, value in asdict(model.describe()).items() if key != "calibration_scores"}
-            for model in station.models.values()
-        ]
+        """Each served model's name, version (content hash), the version it was updated from, method, threshold,
+        and how many images wait to be taught to it."""
+        return [model_json(model) for model in station.models.values()]
+
+    def served(name: str) -> str:
+        if name not in station.models:
+            raise HTTPException(404, f"No model named {name!r} is served here; served: {', '.join(station.models)}.")
+        return name
+
+    @app.post("/v1/models/{name}/update", dependencies=[Depends(require_token)], tags=["models"])
+    def update_model(name: str) -> dict[str, Any]:
+        """Teach the model every image queued for it and serve the new version from the next request on (requests
+        on their way are answered by the version they started with). The threshold stays as calibrated."""
+        try:
+            update = station.update_model(served(name))
+        except NotPossible as error:
+            raise HTTPException(409, str(error)) from error
+        return {"update": update, "model": model_json(station.models[name])}
+
+    @app.post("/v1/models/{name}/rollback", dependencies=[Depends(require_token)], tags=["models"])
+    def rollback_model(name: str) -> dict[str, Any]:
+        """Serve again the version the present one was made from (the images it was taught stay marked taught)."""
+        try:
+            return model_json(station.rollback(served(name)))
+        except NotPossible as error:
+            raise HTTPException(409, str(error)) from error
 
     @app.get("/health", tags=["service"])
     def health() -> JSONResponse:

@@ -72,6 +72,25 @@ MIGRATIONS: tuple[str, ...] = (
         inspection_id INTEGER NOT NULL REFERENCES inspections (id)
     );
     """,
+    """
+    ALTER TABLE models ADD COLUMN parent TEXT;
+    ALTER TABLE models ADD COLUMN directory TEXT;
+    CREATE TABLE teach_queue (
+        inspection_id INTEGER PRIMARY KEY REFERENCES inspections (id),
+        model TEXT NOT NULL,
+        queued REAL NOT NULL,
+        operator TEXT,
+        taught_version TEXT
+    );
+    CREATE INDEX teach_queue_model ON teach_queue (model, taught_version);
+    CREATE TABLE model_swaps (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        version TEXT NOT NULL REFERENCES models (version),
+        created REAL NOT NULL,
+        reason TEXT NOT NULL CHECK (reason IN ('start', 'update', 'rollback'))
+    );
+    """,
 )
 
 VERDICTS = ("ok", "defect")
@@ -119,13 +138,16 @@ class Inspection:
 
 @dataclass(frozen=True)
 class ServedModel:
-    """A model as the log remembers it: enough to judge drift and agreement without loading it."""
+    """A model as the log remembers it: enough to judge drift and agreement without loading it, and the version
+    it was updated from (None for a model as fitted) with the directory it is saved in."""
 
     name: str
     version: str
     method: str
     threshold: float
     calibration_scores: list[float]
+    parent: str | None = None
+    directory: str | None = None
 
 
 _INSPECTION_COLUMNS = [
@@ -194,18 +216,7 @@ class InspectionLog:
     def remember_model(self, model: ServedModel) -> None:
         """Record a served model once per version (its calibration scores judge drift later)."""
         with self._transaction() as connection:
-            connection.execute(
-                "INSERT OR IGNORE INTO models (version, name, method, threshold, calibration_scores, first_served) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    model.version,
-                    model.name,
-                    model.method,
-                    model.threshold,
-                    json.dumps(model.calibration_scores),
-                    time.time(),
-                ),
-            )
+            _insert_model(connection, model)
 
     def record(self, inspection: Inspection, source: str | None = None) -> int:
         """Append one inspection and return its id (committed on return). ``source`` names the file a folder
@@ -238,6 +249,51 @@ class InspectionLog:
                 "INSERT INTO verdicts (inspection_id, created, verdict, note, operator) VALUES (?, ?, ?, ?, ?)",
                 (inspection_id, time.time(), verdict, note, operator),
             )
+
+    def queue_for_teaching(self, inspection_id: int, model: str, operator: str | None = None) -> None:
+        """Queue an inspection's image to be taught to ``model`` as good at its next update (once: queuing it
+        again changes nothing)."""
+        with self._transaction() as connection:
+            connection.execute(
+                "INSERT OR IGNORE INTO teach_queue (inspection_id, model, queued, operator) VALUES (?, ?, ?, ?)",
+                (inspection_id, model, time.time(), operator),
+            )
+
+    def pending_teaching(self, model: str) -> list[tuple[int, str | None]]:
+        """``(inspection id, stored image key)`` of every image queued for ``model`` and not taught yet, oldest
+        first."""
+        rows = self._read(
+            "SELECT q.inspection_id, i.image_key FROM teach_queue AS q JOIN inspections AS i ON i.id = q.inspection_id "
+            "WHERE q.model = ? AND q.taught_version IS NULL ORDER BY q.queued, q.inspection_id",
+            (model,),
+        )
+        return [(int(row[0]), row[1]) for row in rows]
+
+    def record_update(self, model: ServedModel, taught: Sequence[int]) -> None:
+        """Remember a new version of a model, made from the queued inspections ``taught``, as the one served
+        now -- in one transaction."""
+        with self._transaction() as connection:
+            _insert_model(connection, model)
+            connection.executemany(
+                "UPDATE teach_queue SET taught_version = ? WHERE inspection_id = ?",
+                [(model.version, inspection_id) for inspection_id in taught],
+            )
+            _insert_swap(connection, model, "update")
+
+    def record_swap(self, model: ServedModel, reason: str) -> None:
+        """Remember that ``model`` is served from now on (``reason``: 'start' or 'rollback')."""
+        with self._transaction() as connection:
+            _insert_model(connection, model)
+            _insert_swap(connection, model, reason)
+
+    def served_version(self, name: str) -> str | None:
+        """The version of model ``name`` served last (None when never served)."""
+        rows = self._read("SELECT version FROM model_swaps WHERE name = ? ORDER BY id DESC LIMIT 1", (name,))
+        return rows[0][0] if rows else None
+
+    def model(self, version: str) -> ServedModel | None:
+        rows = self._read("SELECT * FROM models WHERE version = ?", (version,))
+        return _served_model(rows[0]) if rows else None
 
     def is_writable(self) -> bool:
         """True when a write transaction can be taken now (what ``/health`` checks)."""
@@ -282,13 +338,7 @@ class InspectionLog:
         return int(self._read("SELECT COUNT(*) FROM inspections")[0][0])
 
     def models(self) -> list[ServedModel]:
-        rows = self._read("SELECT * FROM models ORDER BY first_served")
-        return [
-            ServedModel(
-                row["name"], row["version"], row["method"], row["threshold"], json.loads(row["calibration_scores"])
-            )
-            for row in rows
-        ]
+        return [_served_model(row) for row in self._read("SELECT * FROM models ORDER BY first_served")]
 
     def rows_for_stats(self, model: str | None = None) -> list[sqlite3.Row]:
         """``(created, model, model_version, score, threshold, label, error, verdict)`` of every inspection."""
@@ -363,6 +413,43 @@ def _filters(
             conditions.append(column)
             parameters.append(value)
     return conditions, parameters
+
+
+def _served_model(row: sqlite3.Row) -> ServedModel:
+    return ServedModel(
+        row["name"],
+        row["version"],
+        row["method"],
+        row["threshold"],
+        json.loads(row["calibration_scores"]),
+        row["parent"],
+        row["directory"],
+    )
+
+
+def _insert_model(connection: sqlite3.Connection, model: ServedModel) -> None:
+    connection.execute(
+        "INSERT OR IGNORE INTO models "
+        "(version, name, method, threshold, calibration_scores, first_served, parent, directory) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            model.version,
+            model.name,
+            model.method,
+            model.threshold,
+            json.dumps(model.calibration_scores),
+            time.time(),
+            model.parent,
+            model.directory,
+        ),
+    )
+
+
+def _insert_swap(connection: sqlite3.Connection, model: ServedModel, reason: str) -> None:
+    connection.execute(
+        "INSERT INTO model_swaps (name, version, created, reason) VALUES (?, ?, ?, ?)",
+        (model.name, model.version, time.time(), reason),
+    )
 
 
 def _inspection(row: sqlite3.Row) -> Inspection:

@@ -25,7 +25,7 @@ DRIFT_P_VALUE = 0.01
 def log_stats(log: InspectionLog, model: str | None = None) -> dict[str, Any]:
     """Every model's figures (or one model's), and the totals over all of them."""
     rows = log.rows_for_stats(model)
-    served = {entry.name: entry for entry in log.models()}
+    served = _served_now(log)
     names = sorted({row["model"] for row in rows} | ({model} if model else set(served)))
     return {
         "total": _counts(rows),
@@ -33,6 +33,19 @@ def log_stats(log: InspectionLog, model: str | None = None) -> dict[str, Any]:
             name: model_stats([row for row in rows if row["model"] == name], served.get(name)) for name in names
         },
     }
+
+
+def _served_now(log: InspectionLog) -> dict[str, ServedModel]:
+    """Each model name's version served last (after an update or a rollback), else the one remembered last."""
+    served: dict[str, ServedModel] = {}
+    for entry in log.models():
+        served[entry.name] = entry
+    for name in served:
+        version = log.served_version(name)
+        now = log.model(version) if version is not None else None
+        if now is not None:
+            served[name] = now
+    return served
 
 
 def model_stats(rows: list[sqlite3.Row], served: ServedModel | None) -> dict[str, Any]:
@@ -105,10 +118,11 @@ def _agreement(scored: list[sqlite3.Row]) -> dict[str, int]:
 
 
 def _drift(scored: list[sqlite3.Row], served: ServedModel | None) -> dict[str, Any]:
-    """The latest scores of parts judged OK (by the model, and not overruled by an operator) against the good
-    calibration scores at or below the threshold (the same cut the model applies to the parts): a KS test, and
-    the share above the calibration's median (about one half without drift)."""
-    recent = [row["score"] for row in scored if row["label"] == "OK" and row["verdict"] != "defect"][-DRIFT_WINDOW:]
+    """The latest scores of parts judged OK (by the version served now, and not overruled by an operator) against
+    the good calibration scores at or below the threshold (the same cut the model applies to the parts): a KS test,
+    and the share above the calibration's median (about one half without drift)."""
+    judged_now = [row for row in scored if served is None or row["model_version"] == served.version]
+    recent = [row["score"] for row in judged_now if row["label"] == "OK" and row["verdict"] != "defect"][-DRIFT_WINDOW:]
     below = [score for score in served.calibration_scores if score <= served.threshold] if served is not None else []
     if not below:
         return {
@@ -119,7 +133,7 @@ def _drift(scored: list[sqlite3.Row], served: ServedModel | None) -> dict[str, A
     if len(recent) < DRIFT_MIN_PARTS:
         return {
             "status": "unknown",
-            "reason": f"{len(recent)} parts judged OK so far; the check needs {DRIFT_MIN_PARTS}",
+            "reason": f"{len(recent)} parts judged OK by the version served now; the check needs {DRIFT_MIN_PARTS}",
             "n_recent": len(recent),
         }
     from scipy.stats import ks_2samp

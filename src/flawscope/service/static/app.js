@@ -3,7 +3,7 @@
 
 const POLL_MS = 2000;
 const PAGE = 48;
-const state = { filter: "all", rows: [], limit: PAGE, openId: null, models: [] };
+const state = { filter: "all", rows: [], limit: PAGE, openId: null, models: [], teachStatus: {} };
 const $ = (id) => document.getElementById(id);
 
 function token() { return localStorage.getItem("flawscope-token") || ""; }
@@ -121,19 +121,23 @@ function showDetail(row) {
   const scored = !row.error;
   $("verdict-ok").disabled = !scored;
   $("verdict-defect").disabled = !scored;
+  const model = state.models.find((entry) => entry.name === row.model);
+  $("verdict-teach").hidden = !(model && model.updatable);
+  $("verdict-teach").disabled = !scored || !row.image_url;
   $("detail").hidden = false;
 }
 
 async function openDetail(id) { showDetail(await api(`/v1/inspections/${id}`)); }
 function closeDetail() { $("detail").hidden = true; state.openId = null; }
 
-async function sendVerdict(verdict) {
+async function sendVerdict(verdict, teach = false) {
   if (state.openId === null) return;
   try {
     const row = await api(`/v1/inspections/${state.openId}/verdict`, {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ verdict }),
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ verdict, teach }),
     });
     showDetail(row);
+    if (teach) $("verdict-now").textContent += " · queued to teach the model";
     refresh();
     refreshStats();
   } catch (error) {
@@ -202,13 +206,44 @@ function drawRate(canvas, points) {
   context.stroke();
 }
 
+function teachControls(name) {
+  const model = state.models.find((entry) => entry.name === name);
+  if (!model) return "";
+  const version = `<div class="muted">version ${escapeHtml(model.version)}${model.parent ? " (updated from " + escapeHtml(model.parent) + ")" : ""}</div>`;
+  if (!model.updatable) return version;
+  return `${version}<div class="teach">
+      <button class="update-model" data-model="${escapeHtml(name)}" ${model.queued_to_teach ? "" : "disabled"}>Update model (${model.queued_to_teach} queued)</button>
+      <button class="rollback-model" data-model="${escapeHtml(name)}" ${model.parent ? "" : "disabled"}>Roll back</button>
+      <span class="teach-status" role="status">${escapeHtml(state.teachStatus[name] || "")}</span></div>`;
+}
+
+async function changeModel(button, action) {
+  const name = button.dataset.model;
+  const show = (text) => {
+    state.teachStatus[name] = text;
+    const status = button.parentElement.querySelector(".teach-status");
+    if (status) status.textContent = text;
+  };
+  show(action === "update" ? "Updating…" : "Rolling back…");
+  try {
+    const body = await api(`/v1/models/${encodeURIComponent(name)}/${action}`, { method: "POST" });
+    show(action === "update"
+      ? `Taught ${body.update.images} images in ${fmt(body.update.seconds, 2)} s: now ${body.model.version}`
+      : `Now serving ${body.version}`);
+  } catch (error) {
+    show(error.message);
+  }
+  await loadModels();
+  refreshStats();
+}
+
 function modelPanel(name, figures) {
   const panel = document.createElement("section");
   const verdicts = figures.verdicts;
   const drift = figures.drift;
   const driftText = drift.status === "unknown" ? `unknown: ${drift.reason}`
     : `${drift.status} (KS ${fmt(drift.ks_statistic, 2)}, p ${fmt(drift.p_value, 2)}, ${drift.n_recent} parts)`;
-  panel.innerHTML = `<h3>${escapeHtml(name)}</h3>
+  panel.innerHTML = `<h3>${escapeHtml(name)}</h3>${teachControls(name)}
     <div class="figures">
       <span>inspections</span><b>${figures.inspections}</b>
       <span>NOT OK</span><b>${figures.not_ok} (${figures.not_ok_rate === null ? "–" : (100 * figures.not_ok_rate).toFixed(1) + " %"})</b>
@@ -230,6 +265,7 @@ function modelPanel(name, figures) {
 
 async function refreshStats() {
   try {
+    state.models = await api("/v1/models");
     const stats = await api("/v1/stats");
     const aside = $("stats");
     const panels = Object.entries(stats.models).map(([name, figures]) => modelPanel(name, figures));
@@ -269,6 +305,12 @@ function setup() {
   document.addEventListener("keydown", (event) => { if (event.key === "Escape") closeDetail(); });
   $("verdict-ok").addEventListener("click", () => sendVerdict("ok"));
   $("verdict-defect").addEventListener("click", () => sendVerdict("defect"));
+  $("verdict-teach").addEventListener("click", () => sendVerdict("ok", true));
+  $("stats").addEventListener("click", (event) => {
+    const button = event.target.closest("button");
+    if (button?.classList.contains("update-model")) changeModel(button, "update");
+    else if (button?.classList.contains("rollback-model")) changeModel(button, "rollback");
+  });
   loadModels();
   refresh();
   refreshStats();
