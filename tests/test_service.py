@@ -414,3 +414,25 @@ def test_a_restarted_station_serves_the_taught_version(station_model, tmp_path, 
     row = inspect(bare, part_images[0][0]).json()
     answer = bare.post(f"/v1/inspections/{row['id']}/verdict", json={"verdict": "ok", "teach": True})
     assert answer.status_code == 422 and "no stored image" in answer.json()["detail"]
+
+
+def test_recalibrate_from_the_verdicts_in_the_log(client, station, station_model, part_images):
+    good, defective = part_images
+    assert client.post("/v1/models/tiles/recalibrate", headers=AUTH).status_code == 409  # no verdicts yet
+    judged = [(inspect(client, data).json()["id"], "ok") for data in good[:4]]
+    judged += [(inspect(client, data).json()["id"], "defect") for data in defective[:3]]
+    for inspection_id, verdict in judged:
+        client.post(f"/v1/inspections/{inspection_id}/verdict", json={"verdict": verdict}, headers=AUTH)
+    taught = inspect(client, good[4]).json()["id"]
+    client.post(f"/v1/inspections/{taught}/verdict", json={"verdict": "ok", "teach": True}, headers=AUTH)
+    client.post("/v1/models/tiles/update", headers=AUTH)  # the taught part is a training image now
+    answer = client.post("/v1/models/tiles/recalibrate", headers=AUTH)
+    assert answer.status_code == 200, answer.text
+    recalibration = answer.json()["recalibration"]
+    assert (recalibration["good"], recalibration["defective"]) == (4, 3)  # the taught part does not count
+    assert answer.json()["model"]["threshold"] == recalibration["threshold"]
+    again = [inspect(client, data).json() for data in good[:4] + defective[:3]]  # judged by the new version
+    assert {row["threshold"] for row in again} == {recalibration["threshold"]}
+    assert [row["label"] for row in again] == ["OK"] * 4 + ["NOT OK"] * 3  # F1 on them: every verdict agrees
+    reasons = sqlite3.connect(station.log.path).execute("SELECT reason FROM model_swaps ORDER BY id").fetchall()
+    assert [reason for (reason,) in reasons] == ["start", "update", "recalibrate"]

@@ -192,7 +192,7 @@ def test_review_page_in_a_real_browser(station_model, part_images, tmp_path):
             wait.until(until.text_to_be_present_in_element((By.CSS_SELECTOR, ".teach-status"), "Taught 1 images"))
             driver.save_screenshot(str(tmp_path / "review.png"))
             assert driver.find_element(By.ID, "stats").text.count("inspections") >= 1
-            assert "updated from" in driver.find_element(By.ID, "stats").text
+            assert "made from" in driver.find_element(By.ID, "stats").text
         finally:
             driver.quit()
     connection = sqlite3.connect(db)

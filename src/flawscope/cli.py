@@ -125,6 +125,17 @@ def fit(
     k: float | None = typer.Option(None, help="k of the sigma rule (default 3)."),
     target_fpr: float | None = typer.Option(None, help="False-alarm rate the fpr rule aims at (default 0.05)."),
     groups: str | None = typer.Option(None, help=GROUPS_HELP),
+    augment: list[str] = typer.Option(
+        [],
+        help="Also train on views of each image -- only those valid for the part: hflip, vflip, rot90, rotate=DEG, "
+        "brightness=F, contrast=F. Repeatable; for a few good images.",
+    ),
+    augment_copies: int = typer.Option(4, min=1, help="Augmented views per training image."),
+    calibration: str = typer.Option(
+        "held-out",
+        help="held-out: calibrate on --val-fraction of the good images; out-of-fold: fit on every good image and "
+        "calibrate on their out-of-fold scores (for a few good images; at least 2, or 2 --groups).",
+    ),
     quiet: bool = typer.Option(False, help="No progress bars or messages."),
 ) -> None:
     """Learn from good images and calibrate the OK / NOT OK threshold on held-out good ones (cam_classifier: learn
@@ -136,6 +147,8 @@ def fit(
 
     _show_library_messages(quiet)
     try:
+        if calibration not in ("held-out", "out-of-fold"):
+            raise fs.ConfigError(f"--calibration is held-out or out-of-fold. Got {calibration!r} instead.")
         params = {"device": device, "seed": seed, **parse_params(param)}
         named = {"backbone": backbone, "weights": weights, "recipe": recipe}
         params |= {name: value for name, value in named.items() if value is not None}
@@ -146,21 +159,32 @@ def fit(
             validation_fraction=val_fraction,
             threshold=model_entry(model).detector.default_threshold.with_changes(threshold_rule, k, target_fpr),
             groups=groups,
+            augment=augment,
+            augment_copies=augment_copies,
+            out_of_fold=calibration == "out-of-fold",
             progress=not quiet,
         )
         fitted.model.save(out)
     except fs.FlawscopeError as error:
         _fail(error)
-    n_train, calibration = len(fitted.data.train), fitted.data.calibration
-    if calibration is None:
+    n_train, held_out = len(fitted.data.train), fitted.data.calibration
+    views = f" (and {augment_copies} augmented views of each)" if augment else ""
+    if fitted.model.calibration_.get("scores_from", "").startswith("out of fold"):
+        console.print(
+            f"fitted {model} on {n_train} images{views} in {fitted.fit_seconds:.1f} s; threshold "
+            f"{fitted.model.threshold_:.4f} ({fitted.model.calibration_['rule']} on their out-of-fold scores); "
+            f"saved to {out}"
+        )
+        console.print(f"threshold: {describe_false_alarms(fitted.model.calibration_)}")
+    elif held_out is None:
         console.print(
             f"fitted {model} on {n_train} labelled images (80 % of them, seeded; a quarter of those held out to "
             f"pick the best epoch) in {fitted.fit_seconds:.1f} s; saved to {out}"
         )
     else:
         console.print(
-            f"fitted {model} on {n_train} images in {fitted.fit_seconds:.1f} s; threshold "
-            f"{fitted.model.threshold_:.4f} ({fitted.model.calibration_['rule']} on {len(calibration)} held-out good "
+            f"fitted {model} on {n_train} images{views} in {fitted.fit_seconds:.1f} s; threshold "
+            f"{fitted.model.threshold_:.4f} ({fitted.model.calibration_['rule']} on {len(held_out)} held-out good "
             "images); "
             f"saved to {out}"
         )

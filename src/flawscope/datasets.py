@@ -1,6 +1,7 @@
 """Public dataset API: ``fs.datasets.MVTecLayout``, ``FolderDataset``, ``ELPV``, ``InMemoryDataset``,
-the random and the group splits, and the synthetic data of the tests."""
+the random and the group splits, training-time augmentation, and the synthetic data of the tests."""
 
+from flawscope.data.augment import augment  # noqa: F401
 from flawscope.data.datasets import (  # noqa: F401
     FolderDataset,
     ImageDataset,

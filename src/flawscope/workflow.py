@@ -23,6 +23,7 @@ import torch
 
 from flawscope import __version__
 from flawscope._memory import peak_rss_mib
+from flawscope.data import augment as augmentation
 from flawscope.data.datasets import GOOD, IMAGE_SUFFIXES, ImageDataset, Sample, open_dataset
 from flawscope.data.elpv import ELPV
 from flawscope.data.splits import group_split, holdout_split, stratified_split, with_groups
@@ -138,22 +139,39 @@ def fit_and_calibrate(
     validation_fraction: float = 0.1,
     threshold: ThresholdRule | None = None,
     groups: str | None = None,
+    augment: Sequence[str] = (),
+    augment_copies: int = 4,
+    out_of_fold: bool = False,
     progress: bool = True,
 ) -> FitResult:
     """Create ``model_name`` with ``params``, fit it on :func:`training_data` and calibrate it on the
     held-out good images with ``threshold`` (None: the method's default rule); a supervised method
-    sets its own threshold while fitting."""
+    sets its own threshold while fitting.
+
+    For a few good images: ``augment`` (e.g. ``["hflip", "rotate=5"]``, :func:`flawscope.datasets.augment`) adds
+    ``augment_copies`` views of every training image; ``out_of_fold`` holds nothing out -- the model is fitted on
+    every good image and calibrated on their out-of-fold scores (:meth:`Detector.fit_out_of_fold`;
+    ``data.calibration`` is then None).
+    """
     params = dict(params or {})
     supervised = model_entry(model_name).supports(SUPERVISED)
-    data = training_data(
-        spec, supervised=supervised, validation_fraction=validation_fraction, seed=params.get("seed", 0), groups=groups
-    )
+    if supervised and (augment or out_of_fold):
+        raise ConfigError(f"{model_name} learns from labelled images; augment and out_of_fold are for good images.")
+    seed = params.get("seed", 0)
+    data = training_data(spec, supervised=supervised, validation_fraction=validation_fraction, seed=seed, groups=groups)
+    if out_of_fold:
+        assert data.calibration is not None
+        data = TrainingData(ImageDataset([*data.train, *data.calibration], f"{spec} (every good image)"), None)
+    learned = augmentation.augment(data.train, augment, augment_copies, seed) if augment else data.train
     model = create(model_name, **params)
+    chosen = model.default_threshold if threshold is None else threshold
     started = time.perf_counter()
-    model.fit(data.train, progress=progress)
+    if out_of_fold:
+        model.fit_out_of_fold(learned, rule=chosen.rule, k=chosen.k, target_fpr=chosen.target_fpr, progress=progress)
+        return FitResult(model, data, time.perf_counter() - started)
+    model.fit(learned, progress=progress)
     fit_seconds = time.perf_counter() - started
     if data.calibration is not None:
-        chosen = model.default_threshold if threshold is None else threshold
         model.calibrate(data.calibration, rule=chosen.rule, k=chosen.k, target_fpr=chosen.target_fpr, progress=progress)
     return FitResult(model, data, fit_seconds)
 

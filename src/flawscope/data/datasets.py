@@ -35,7 +35,8 @@ class Sample:
     ``label`` is 0 (good), 1 (defective) or -1 (unknown); ``mask`` is a mask file path or a
     bool array (``None`` when the image has no ground-truth mask). ``group`` names the physical
     part, module, position or lot the image shows, when known: the splits of
-    :mod:`flawscope.data.splits` never put images of one group on both sides.
+    :mod:`flawscope.data.splits` never put images of one group on both sides. ``view`` is 0 for an image
+    as it was taken and ``n`` for the n-th augmented view of it (:func:`flawscope.data.augment.augment`).
     """
 
     image: ImageInput
@@ -44,6 +45,7 @@ class Sample:
     defect_type: str = ""
     mask: str | os.PathLike | np.ndarray | None = None
     group: str | None = None
+    view: int = 0
 
     def read_mask(self, expected_size: tuple[int, int]) -> np.ndarray:
         """The ground-truth mask as bool ``H x W``; all False for a good image without a mask file."""

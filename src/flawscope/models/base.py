@@ -238,7 +238,8 @@ class Detector(Scorer):
         itself) -- over ``n_folds`` folds of groups (of images when there are none): ``n_folds``
         more fits. A method that can leave images out of its fitted state exactly does so instead
         (PatchCore with its full memory bank: the patches of the image's group). The rule is that
-        of :meth:`calibrate`.
+        of :meth:`calibrate`. Augmented views (``Sample.view > 0``, :func:`flawscope.datasets.augment`) are
+        fitted on but not calibrated on: the threshold rests on the images as taken.
         """
         if self.supervised:
             raise ConfigError(f"{type(self).__name__} learns from labelled images and sets its own threshold.")
@@ -246,9 +247,11 @@ class Detector(Scorer):
         self.fit(dataset, progress=progress)
         groups = [sample.group or f"image {i}" for i, sample in enumerate(dataset.samples)]
         scores, map_maxima = self._out_of_fold_scores(dataset, groups, n_folds, progress)
-        labels = np.zeros(len(dataset), dtype=np.int64)
+        taken = np.array([sample.view == 0 for sample in dataset.samples])  # augmented views train, never calibrate
+        labels = np.zeros(int(taken.sum()), dtype=np.int64)
         chosen = self.default_threshold.with_changes(rule, k, target_fpr)
-        return self._set_thresholds(scores, map_maxima, labels, chosen, f"out of fold, {n_folds} folds")
+        source = f"out of fold, {n_folds} folds"
+        return self._set_thresholds(scores[taken], map_maxima[taken], labels, chosen, source)
 
     def _out_of_fold_scores(
         self, dataset: ImageDataset, groups: list[str], n_folds: int, progress: bool

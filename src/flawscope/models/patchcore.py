@@ -231,10 +231,12 @@ class PatchCore(BackboneDetector):
 
         Greedy k-center selection continues from the present bank, in the fit's random projection: the new
         patch farthest from the bank and from every patch added so far is added next, until every new patch
-        lies within the fit's coverage radius of the bank (the largest distance any training patch was left
-        from it) or ``coreset_ratio`` of the new patches were added. The bank so grows by at most what a fit
-        on these images would keep, and only where the new images show something it did not cover; with
-        ``coreset_ratio=1`` every new patch is added and the model equals a fit on all the images.
+        lies within the fit's coverage radius of the bank -- the largest distance any training patch was left
+        from it, so the new images end up covered as well as the training images were (and score like them).
+        The bank grows only where the new images show something it did not cover: by nothing for images it
+        covers already, by up to every patch of an image unlike anything it holds. With ``coreset_ratio=1``
+        (radius 0) every new patch is added and the model equals a fit on all the images. A model saved
+        before the radius was kept adds ``coreset_ratio`` of the new patches, farthest first.
         """
         matrix = projection_matrix(self.memory_bank_.shape[1], self.projection_dim, self._generator())
         new_patches = self._training_features(dataset, None, progress, description="features")
@@ -242,8 +244,10 @@ class PatchCore(BackboneDetector):
         projected_bank = self.memory_bank_ if projection is None else self.memory_bank_ @ projection
         projected_new = new_patches if projection is None else new_patches @ projection
         distance, _ = make_search(self.search, self.device_).fit(projected_bank).query(projected_new, k=1)
-        most = max(1, round(self.coreset_ratio * new_patches.shape[0]))
-        radius = self.coverage_radius_ if self.coverage_radius_ is not None else 0.0
+        if self.coverage_radius_ is None:
+            most, radius = max(1, round(self.coreset_ratio * new_patches.shape[0])), 0.0
+        else:
+            most, radius = new_patches.shape[0], self.coverage_radius_
         added = greedy_extension(projected_new, distance[:, 0], most, radius, progress).to(self.device_)
         self.memory_bank_ = torch.cat([self.memory_bank_, new_patches[added]]).contiguous()
         self.search_index_ = make_search(self.search, self.device_).fit(self.memory_bank_)
@@ -418,7 +422,7 @@ class PatchCore(BackboneDetector):
         self._restore_extractor(meta)
         self.input_shape_ = meta.get("input_shape", "square")  # models of flawscope 0.1 squashed every image
         self.input_size_ = meta.get("input_size")
-        self.coverage_radius_ = meta.get("coverage_radius")  # absent in older models: updates add up to the ratio
+        self.coverage_radius_ = meta.get("coverage_radius")  # absent in older models: see _update
         bank = checked_tensor(tensors, "memory_bank", (None, sum(self.extractor_.channels)))
         self.memory_bank_ = bank.to(self.device_).contiguous()
         self.search_index_ = make_search(self.search, self.device_).fit(self.memory_bank_)

@@ -2,7 +2,7 @@
 
 Routes (all in the OpenAPI page at ``/docs``): ``POST /v1/inspect``, ``GET /v1/inspections``,
 ``GET /v1/inspections/{id}`` and its ``/image``, ``/overlay``, ``/mask``, ``POST /v1/inspections/{id}/verdict``,
-``GET /v1/stats``, ``GET /v1/models``, ``POST /v1/models/{name}/update`` and ``/rollback`` (teaching),
+``GET /v1/stats``, ``GET /v1/models``, ``POST /v1/models/{name}/update``, ``/recalibrate`` and ``/rollback``,
 ``GET /health``, ``GET /metrics`` (Prometheus). With a token every write route needs
 ``Authorization: Bearer <token>``.
 """
@@ -215,6 +215,16 @@ def create_app(
         except NotPossible as error:
             raise HTTPException(409, str(error)) from error
         return {"update": update, "model": model_json(station.models[name])}
+
+    @app.post("/v1/models/{name}/recalibrate", dependencies=[Depends(require_token)], tags=["models"])
+    def recalibrate_model(name: str) -> dict[str, Any]:
+        """Set the threshold again from the operators' verdicts in the log (parts confirmed good, except those
+        taught; with confirmed defects the best-F1 rule) and serve that version from the next request on."""
+        try:
+            recalibration = station.recalibrate_model(served(name))
+        except NotPossible as error:
+            raise HTTPException(409, str(error)) from error
+        return {"recalibration": recalibration, "model": model_json(station.models[name])}
 
     @app.post("/v1/models/{name}/rollback", dependencies=[Depends(require_token)], tags=["models"])
     def rollback_model(name: str) -> dict[str, Any]:

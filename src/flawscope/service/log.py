@@ -88,7 +88,7 @@ MIGRATIONS: tuple[str, ...] = (
         name TEXT NOT NULL,
         version TEXT NOT NULL REFERENCES models (version),
         created REAL NOT NULL,
-        reason TEXT NOT NULL CHECK (reason IN ('start', 'update', 'rollback'))
+        reason TEXT NOT NULL CHECK (reason IN ('start', 'update', 'recalibrate', 'rollback'))
     );
     """,
 )
@@ -269,22 +269,28 @@ class InspectionLog:
         )
         return [(int(row[0]), row[1]) for row in rows]
 
-    def record_update(self, model: ServedModel, taught: Sequence[int]) -> None:
-        """Remember a new version of a model, made from the queued inspections ``taught``, as the one served
-        now -- in one transaction."""
+    def record_swap(self, model: ServedModel, reason: str, taught: Sequence[int] = ()) -> None:
+        """Remember that ``model`` is served from now on (``reason``: 'start', 'update', 'recalibrate' or
+        'rollback'); for an update, that it learned the queued inspections ``taught`` -- in one transaction."""
         with self._transaction() as connection:
             _insert_model(connection, model)
             connection.executemany(
                 "UPDATE teach_queue SET taught_version = ? WHERE inspection_id = ?",
                 [(model.version, inspection_id) for inspection_id in taught],
             )
-            _insert_swap(connection, model, "update")
-
-    def record_swap(self, model: ServedModel, reason: str) -> None:
-        """Remember that ``model`` is served from now on (``reason``: 'start' or 'rollback')."""
-        with self._transaction() as connection:
-            _insert_model(connection, model)
             _insert_swap(connection, model, reason)
+
+    def verdict_images(self, model: str) -> list[tuple[str, str]]:
+        """``(stored image key, latest verdict)`` of every inspection by ``model`` an operator judged, except those
+        a version of it was taught (they score as training images do): what a recalibration from verdicts uses."""
+        rows = self._read(
+            f"SELECT i.image_key, v.verdict FROM inspections AS i {_LATEST_VERDICT} "
+            "LEFT JOIN teach_queue AS q ON q.inspection_id = i.id "
+            "WHERE i.model = ? AND i.error IS NULL AND i.image_key IS NOT NULL AND v.verdict IS NOT NULL "
+            "AND q.taught_version IS NULL ORDER BY i.id",
+            (model,),
+        )
+        return [(row[0], row[1]) for row in rows]
 
     def served_version(self, name: str) -> str | None:
         """The version of model ``name`` served last (None when never served)."""

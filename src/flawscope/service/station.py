@@ -7,6 +7,7 @@ way it arrived.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import shutil
@@ -144,8 +145,9 @@ class Station:
     teach a model the parts operators marked as false alarms.
 
     Teaching: a false alarm's image is queued (:meth:`add_verdict` with ``teach``); :meth:`update_model` makes a
-    new version from the queue (:meth:`Detector.update <flawscope.models.base.Detector.update>`), saves it under
-    ``versions/<name>/<version>/`` and serves it from the next request on -- a request already on its way is
+    new version from the queue (:meth:`Detector.update <flawscope.models.base.Detector.update>`),
+    :meth:`recalibrate_model` one with a threshold set from the verdicts in the log; either is saved under
+    ``versions/<name>/<version>/`` and served from the next request on -- a request already on its way is
     answered by the version it started with, and its log row names that version. :meth:`rollback` serves the
     version the present one was made from again. Every version served stays loaded until the station stops.
     With ``resume``, a station started on the model a later served version descends from (in this log) serves
@@ -252,12 +254,39 @@ class Station:
                 raise NotPossible(f"No images are queued to teach {name!r}; mark false alarms with teach first.")
             images = [read_image(self.store.path(key)) for _, key in queued]
             updated = current.detector.update(images, progress=False)
-            directory = _save_version(updated, self.versions / name)
-            model = LoadedModel(name, directory, updated, directory.name, current.max_batch, current.version)
-            self.log.record_update(model.describe(), [inspection_id for inspection_id, _ in queued])
-            self.loaded[model.version] = model
-            self.models[name] = model
+            model = self._serve_new_version(current, updated, "update", [inspection_id for inspection_id, _ in queued])
             return {**updated.lineage_[-1], "version": model.version}
+
+    def recalibrate_model(self, name: str) -> dict[str, Any]:
+        """Set model ``name``'s threshold again from the operators' verdicts in the log -- parts confirmed good
+        (except those taught to it) and, where there are any, confirmed defects
+        (:meth:`Detector.recalibrate <flawscope.models.base.Detector.recalibrate>`) -- and serve that version;
+        returns the recalibration's record with the new ``threshold`` and ``version``."""
+        with self._changing:
+            current = self.choose(name)
+            if self.versions is None or self.store is None:
+                raise NotPossible("This station keeps no images or model versions, so it cannot recalibrate.")
+            judged = self.log.verdict_images(name)
+            good = [read_image(self.store.path(key)) for key, verdict in judged if verdict == "ok"]
+            if not good:
+                raise NotPossible(f"No part judged by {name!r} has an 'ok' verdict yet (taught parts do not count).")
+            defective = [read_image(self.store.path(key)) for key, verdict in judged if verdict == "defect"]
+            recalibrated = copy.copy(current.detector)
+            recalibrated.recalibrate(good, defective, progress=False)
+            model = self._serve_new_version(current, recalibrated, "recalibrate")
+            return {**recalibrated.lineage_[-1], "threshold": recalibrated.threshold_, "version": model.version}
+
+    def _serve_new_version(
+        self, current: LoadedModel, detector: Detector, reason: str, taught: Sequence[int] = ()
+    ) -> LoadedModel:
+        """Save ``detector`` (made from ``current``) as a new version, log it and serve it from the next request on."""
+        assert self.versions is not None
+        directory = _save_version(detector, self.versions / current.name)
+        model = LoadedModel(current.name, directory, detector, directory.name, current.max_batch, current.version)
+        self.log.record_swap(model.describe(), reason, taught)
+        self.loaded[model.version] = model
+        self.models[current.name] = model
+        return model
 
     def rollback(self, name: str) -> LoadedModel:
         """Serve again the version model ``name``'s present one was made from; NotPossible for a model as fitted."""

@@ -209,10 +209,12 @@ function drawRate(canvas, points) {
 function teachControls(name) {
   const model = state.models.find((entry) => entry.name === name);
   if (!model) return "";
-  const version = `<div class="muted">version ${escapeHtml(model.version)}${model.parent ? " (updated from " + escapeHtml(model.parent) + ")" : ""}</div>`;
-  if (!model.updatable) return version;
-  return `${version}<div class="teach">
-      <button class="update-model" data-model="${escapeHtml(name)}" ${model.queued_to_teach ? "" : "disabled"}>Update model (${model.queued_to_teach} queued)</button>
+  const version = `<div class="muted">version ${escapeHtml(model.version)}${model.parent ? " (made from " + escapeHtml(model.parent) + ")" : ""}</div>`;
+  const update = model.updatable
+    ? `<button class="update-model" data-model="${escapeHtml(name)}" ${model.queued_to_teach ? "" : "disabled"}>Update model (${model.queued_to_teach} queued)</button>`
+    : "";
+  return `${version}<div class="teach">${update}
+      <button class="recalibrate-model" data-model="${escapeHtml(name)}" title="Set the threshold again from the operators' verdicts">Recalibrate</button>
       <button class="rollback-model" data-model="${escapeHtml(name)}" ${model.parent ? "" : "disabled"}>Roll back</button>
       <span class="teach-status" role="status">${escapeHtml(state.teachStatus[name] || "")}</span></div>`;
 }
@@ -224,12 +226,12 @@ async function changeModel(button, action) {
     const status = button.parentElement.querySelector(".teach-status");
     if (status) status.textContent = text;
   };
-  show(action === "update" ? "Updating…" : "Rolling back…");
+  show({ update: "Updating…", recalibrate: "Recalibrating…", rollback: "Rolling back…" }[action]);
   try {
     const body = await api(`/v1/models/${encodeURIComponent(name)}/${action}`, { method: "POST" });
-    show(action === "update"
-      ? `Taught ${body.update.images} images in ${fmt(body.update.seconds, 2)} s: now ${body.model.version}`
-      : `Now serving ${body.version}`);
+    if (action === "update") show(`Taught ${body.update.images} images in ${fmt(body.update.seconds, 2)} s: now ${body.model.version}`);
+    else if (action === "recalibrate") show(`Threshold ${fmt(body.recalibration.threshold)} from ${body.recalibration.good} good and ${body.recalibration.defective} defective verdicts: now ${body.model.version}`);
+    else show(`Now serving ${body.version}`);
   } catch (error) {
     show(error.message);
   }
@@ -309,6 +311,7 @@ function setup() {
   $("stats").addEventListener("click", (event) => {
     const button = event.target.closest("button");
     if (button?.classList.contains("update-model")) changeModel(button, "update");
+    else if (button?.classList.contains("recalibrate-model")) changeModel(button, "recalibrate");
     else if (button?.classList.contains("rollback-model")) changeModel(button, "rollback");
   });
   loadModels();
