@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from scipy.stats import binomtest
 
 import flawscope as fs
@@ -78,3 +79,25 @@ def test_the_default_rule_and_the_mse_autoencoders_recipe():
     recipe = fs.create("ae_mse").default_threshold  # the slides: mean + 3 std of the good scores
     assert (recipe.rule, recipe.k) == ("sigma", 3.0)
     assert default.with_changes("sigma", None, None) == type(default)("sigma", 3.0, 0.05)
+
+
+def test_the_nearest_patch_of_another_group_when_the_own_group_fills_every_neighbour():
+    from flawscope.features.neighbours import TorchSearch
+
+    generator = torch.Generator().manual_seed(0)
+    own_copies = torch.zeros(40, 4) + 0.001 * torch.randn(40, 4, generator=generator)  # 40 near-copies: group 0
+    others = torch.randn(300, 4, generator=generator) + 3.0  # groups 1 and 2, far away
+    bank = torch.cat([own_copies, others])
+    model = fs.create("patchcore")
+    model.memory_bank_, model.search_index_ = bank, TorchSearch().fit(bank)
+    bank_groups = torch.cat([torch.zeros(40), torch.arange(300) % 2 + 1]).long()
+    queries = torch.cat([torch.zeros(3, 4), others[:2] + 0.01])
+    own = torch.tensor([0, 0, 0, 1, 2])
+    distance, index = model._nearest_outside_group(queries, own, bank_groups)
+    for row in range(5):
+        allowed = torch.nonzero(bank_groups != own[row]).flatten()
+        gaps = (bank[allowed] - queries[row]).norm(dim=1)
+        assert int(index[row]) == int(allowed[gaps.argmin()])
+        assert float(distance[row]) == pytest.approx(float(gaps.min()), rel=1e-5)
+    with pytest.raises(fs.DataError, match="at least 2 groups"):
+        model._nearest_outside_group(queries[:1], own[:1], torch.zeros(340).long())

@@ -33,6 +33,7 @@ from flawscope.models.registry import UPDATABLE, register_detector
 from flawscope.state import checked_tensor
 
 OUT_OF_GROUP_NEIGHBOURS = 16  # nearest bank rows searched for one outside the query's own group
+OUT_OF_GROUP_CHUNK = 256  # queries searched at once over the whole bank when none of those is outside it
 
 
 def reweighted_scores(
@@ -368,20 +369,21 @@ class PatchCore(BackboneDetector):
         self, queries: torch.Tensor, own: torch.Tensor, bank_groups: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Distance to and index of each query's nearest bank row of another group than ``own``: the
-        first such row of its ``OUT_OF_GROUP_NEIGHBOURS`` nearest, else (all of them in its group) an
-        exact search over the other groups' rows."""
+        first such row of its ``OUT_OF_GROUP_NEIGHBOURS`` nearest, else (all of them in its group, as for
+        the patches of an image with augmented views of it) an exact search over the other groups' rows,
+        ``OUT_OF_GROUP_CHUNK`` queries at a time."""
         k = min(OUT_OF_GROUP_NEIGHBOURS, self.memory_bank_.shape[0])
         distance, index = self.search_index_.query(queries, k=k)
         outside = bank_groups[index] != own[:, None]
         first = outside.to(torch.int8).argmax(dim=1)
         rows = torch.arange(queries.shape[0], device=queries.device)
         best_distance, best_index = distance[rows, first].clone(), index[rows, first].clone()
-        for row in torch.nonzero(~outside.any(dim=1)).flatten().tolist():
-            others = torch.nonzero(bank_groups != own[row]).flatten()
-            if others.numel() == 0:
+        for chunk in torch.nonzero(~outside.any(dim=1)).flatten().split(OUT_OF_GROUP_CHUNK):
+            gaps = torch.cdist(queries[chunk], self.memory_bank_, compute_mode="donot_use_mm_for_euclid_dist")
+            gaps[bank_groups[None, :] == own[chunk, None]] = torch.inf
+            best_distance[chunk], best_index[chunk] = gaps.min(dim=1)
+            if torch.isinf(best_distance[chunk]).any():
                 raise DataError("Out-of-fold scores need at least 2 groups of training images.")
-            gaps = (self.memory_bank_[others] - queries[row]).norm(dim=1)
-            best_distance[row], best_index[row] = gaps.min(), others[gaps.argmin()]
         return best_distance, best_index
 
     # ------------------------------------------------------------------ export
