@@ -49,6 +49,7 @@ VARIANTS = {
     "augmented": ({"coreset_ratio": 1.0}, ("hflip", "vflip")),
 }
 VIEWS = 4
+COLOURS = {"default": "tab:orange", "full-bank": "tab:green", "augmented": "tab:blue"}
 
 
 def first_fold(data: str, magnetic_tile: Path | None) -> tuple[ImageDataset, ImageDataset]:
@@ -138,14 +139,15 @@ def plot(out: Path) -> None:
         for label, points in sorted(curves.items()):
             points.sort()
             ks, means, stds = (np.array(column) for column in zip(*points))
-            axis.errorbar(ks, means, yerr=stds, marker="o", capsize=3, label=label)
+            colour = COLOURS[label.split(" ")[1]]
+            axis.errorbar(ks, means, yerr=stds, marker="o", capsize=3, label=label, color=colour)
         axis.axhline(full[1], color="grey", linestyle=":", linewidth=1)
         axis.set_xscale("log", base=2)
         axis.set_xlabel("good training images (k)")
         axis.set_ylabel(metric.replace("_", " "))
         axis.set_title(result["data"])
         axis.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+        axis.legend(fontsize=7, loc="lower right")
     figure.tight_layout()
     figure.savefig(out, dpi=110)
 

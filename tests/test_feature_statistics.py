@@ -10,7 +10,7 @@ from flawscope.features.clustering import PCA, GaussianMixture, kmeans
 from flawscope.metrics import auroc, pixel_metrics
 from flawscope.models.dfr import feature_autoencoder
 from flawscope.models.feature_dictionary import mean_of_covering_patches
-from flawscope.models.padim import GaussianAccumulator, mahalanobis
+from flawscope.models.padim import GaussianAccumulator, mahalanobis, precision_of
 
 # Settings small enough for the 2-core CI machine, and the quality each must reach on the
 # synthetic textures (12 good, 12 defective, 96 x 96 px).
@@ -40,10 +40,20 @@ def test_gaussian_accumulator_matches_inverse_of_torch_cov_over_several_batches(
     for part in embeddings.split([7, 1, 15]):
         accumulator.update(part)
     torch.testing.assert_close(accumulator.mean, embeddings.mean(0))
-    precision = accumulator.precision(0.01)
+    covariance = accumulator.covariance()
+    precision = precision_of(covariance, 0.01)
     for position in range(5):
-        expected = torch.cov(embeddings[:, position].T) + 0.01 * torch.eye(4)
-        torch.testing.assert_close(precision[position], torch.linalg.inv(expected), rtol=1e-4, atol=1e-5)
+        expected = torch.cov(embeddings[:, position].T)
+        torch.testing.assert_close(covariance[position], expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            precision[position], torch.linalg.inv(expected + 0.01 * torch.eye(4)), rtol=1e-4, atol=1e-5
+        )
+    first = GaussianAccumulator()
+    first.update(embeddings[:9])
+    resumed = GaussianAccumulator.resume(first.count, first.mean, first.covariance())  # what a saved PaDiM holds
+    resumed.update(embeddings[9:])
+    torch.testing.assert_close(resumed.mean, embeddings.mean(0))
+    torch.testing.assert_close(resumed.covariance(), covariance, rtol=1e-4, atol=1e-4)
 
 
 def test_mahalanobis_known_answer():

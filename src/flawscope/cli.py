@@ -654,7 +654,8 @@ def serve(
     """Serve the models over HTTP: POST /v1/inspect, the inspection log, the review page at /, API docs at /docs.
 
     Operators teach a PatchCore or PaDiM model from the review page: 'False alarm - teach as good' queues the image,
-    'Update model' makes and serves a new version, 'Roll back' serves the previous one."""
+    'Update model' makes and serves a new version, 'Recalibrate' sets the threshold from the verdicts in the log,
+    'Roll back' serves the previous version."""
     _require_serve_extra("serve", ("fastapi", "uvicorn", "multipart", "prometheus_client"))
     station = _station(model_dirs, db, store, store_images, max_pixels, device, max_batch, resume)
     import uvicorn
