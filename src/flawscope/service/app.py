@@ -210,29 +210,20 @@ def create_app(
     def update_model(name: str) -> dict[str, Any]:
         """Teach the model every image queued for it and serve the new version from the next request on (requests
         on their way are answered by the version they started with). The threshold stays as calibrated."""
-        try:
-            update = station.update_model(served(name))
-        except NotPossible as error:
-            raise HTTPException(409, str(error)) from error
+        update = station.update_model(served(name))
         return {"update": update, "model": model_json(station.models[name])}
 
     @app.post("/v1/models/{name}/recalibrate", dependencies=[Depends(require_token)], tags=["models"])
     def recalibrate_model(name: str) -> dict[str, Any]:
         """Set the threshold again from the operators' verdicts in the log (parts confirmed good, except those
         taught; with confirmed defects the best-F1 rule) and serve that version from the next request on."""
-        try:
-            recalibration = station.recalibrate_model(served(name))
-        except NotPossible as error:
-            raise HTTPException(409, str(error)) from error
+        recalibration = station.recalibrate_model(served(name))
         return {"recalibration": recalibration, "model": model_json(station.models[name])}
 
     @app.post("/v1/models/{name}/rollback", dependencies=[Depends(require_token)], tags=["models"])
     def rollback_model(name: str) -> dict[str, Any]:
         """Serve again the version the present one was made from (the images it was taught stay marked taught)."""
-        try:
-            return model_json(station.rollback(served(name)))
-        except NotPossible as error:
-            raise HTTPException(409, str(error)) from error
+        return model_json(station.rollback(served(name)))
 
     @app.get("/health", tags=["service"])
     def health() -> JSONResponse:
@@ -252,6 +243,10 @@ def create_app(
     @app.exception_handler(DataError)
     def bad_input(_: Request, error: DataError) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, status_code=422)
+
+    @app.exception_handler(NotPossible)
+    def conflict(_: Request, error: NotPossible) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=409)
 
     static = resources.files("flawscope.service") / "static"
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
