@@ -291,3 +291,17 @@ def test_a_calibrated_padim_warns_that_an_update_moves_its_scores(first_lot, sec
         model.calibrate(second_lot, progress=False)
     with pytest.warns(fs.CalibrationWarning, match="recalibrate the updated model"):
         model.update(second_lot, progress=False)
+
+
+def test_version_is_the_saved_directory_only_while_the_model_is_unchanged(first_lot, texture_test, tmp_path):
+    from flawscope.serialization import content_hash
+
+    fs.create("patchcore", **SMALL["patchcore"], device="cpu").fit(first_lot, progress=False).save(tmp_path / "v1")
+    loaded = fs.load(tmp_path / "v1")
+    assert loaded.version_ == content_hash(tmp_path / "v1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fs.CalibrationWarning)
+        loaded.calibrate(texture_test, progress=False)  # a new threshold: no longer what v1 holds
+    assert loaded.version_ is None
+    loaded.save(tmp_path / "v2")
+    assert loaded.version_ == content_hash(tmp_path / "v2") != content_hash(tmp_path / "v1")

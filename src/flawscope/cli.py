@@ -264,11 +264,10 @@ def export(
     from flawscope.export import check_parity, export_detector
     from flawscope.folders import image_paths
     from flawscope.runtime import read_metadata
-    from flawscope.serialization import content_hash
 
     try:
         detector = fs.load(model_dir, device="cpu")
-        export_detector(detector, out, graph_format, content_hash=content_hash(model_dir))
+        export_detector(detector, out, graph_format)
         images = image_paths(check)
         formats = read_metadata(out)["graph"]["formats"] if images else []  # an OpenVINO export holds ONNX too
         checks = [check_parity(detector, out, images, name) for name in formats]

@@ -58,15 +58,13 @@ class ScoringGraph(nn.Module):
         return scores.float(), maps.float()
 
 
-def export_detector(
-    detector: Detector, out: str | Path, graph_format: str = "onnx", *, content_hash: str | None = None
-) -> Path:
+def export_detector(detector: Detector, out: str | Path, graph_format: str = "onnx") -> Path:
     """Write ``out/model.onnx`` (and for ``openvino`` also ``out/model.xml`` + ``model.bin``) and
     ``out/metadata.json``; returns ``out``.
 
-    ``content_hash`` names the saved model directory the detector came from
-    (:func:`flawscope.serialization.content_hash`); without it the detector is saved to a temporary
-    directory and that is hashed.
+    The metadata names the saved model directory the detector came from by its content hash
+    (``detector.version_``, :func:`flawscope.serialization.content_hash`); a detector changed since it was
+    saved or loaded (or never saved) is saved to a temporary directory and that is hashed.
     """
     if graph_format not in FORMATS:
         raise ConfigError(f"The export format must be one of {FORMATS}. Got {graph_format!r} instead.")
@@ -81,8 +79,7 @@ def export_detector(
         )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if content_hash is None:
-        content_hash = _hash_of_saved(detector)
+    content_hash = detector.version_ or _hash_of_saved(detector)
     input_info = detector._export_input()
     _write_onnx(detector, input_info["size"], out / GRAPH_FILES["onnx"])
     formats = ["onnx"]
@@ -94,10 +91,10 @@ def export_detector(
 
 
 def _hash_of_saved(detector: Detector) -> str:
-    from flawscope.serialization import content_hash
-
     with tempfile.TemporaryDirectory() as directory:
-        return content_hash(detector.save(directory))
+        detector.save(directory)  # sets version_: the hash of what was written
+    assert detector.version_ is not None
+    return detector.version_
 
 
 def _write_onnx(detector: Detector, size: list[int], path: Path) -> None:

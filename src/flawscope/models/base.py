@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -40,7 +40,10 @@ from flawscope.errors import ConfigError, DataError, NotFittedError, WeightsErro
 from flawscope.features.extractor import FeatureExtractor
 from flawscope.maps import upsample_maps
 from flawscope.models.registry import SUPERVISED, UPDATABLE, list_models
+from flawscope.postprocess import ThresholdRule
 from flawscope.scoring import Scorer
+
+DetectorT = TypeVar("DetectorT", bound="Detector")
 
 # Parameter constraints shared by methods: every method has the run parameters, every method on
 # a pretrained backbone the backbone ones. A method's table is ``{**BACKBONE_CONSTRAINTS, ...,
@@ -69,7 +72,7 @@ class Detector(Scorer):
     # the fit and every update or recalibration since (see ``update``), and the content hash of the directory the
     # model was last saved to or loaded from (None when it changed since)
     lineage_: list[dict[str, Any]]
-    version_: str | None
+    version_: str | None = None
 
     # ------------------------------------------------------------------ parameters
     @classmethod
@@ -184,18 +187,14 @@ class Detector(Scorer):
         updated = copy.copy(self)
         updated.calibration_ = copy.deepcopy(self.calibration_)
         changes = updated._update(dataset, progress)
-        updated.lineage_ = [
-            *getattr(self, "lineage_", []),
-            {
-                "event": "update",
-                "images": len(dataset),
-                **changes,
-                "seconds": round(time.perf_counter() - started, 3),
-                "parent": getattr(self, "version_", None),
-            },
-        ]
-        updated.version_ = None
+        seconds = round(time.perf_counter() - started, 3)
+        updated._record({"event": "update", "images": len(dataset), **changes, "seconds": seconds}, self.version_)
         return updated
+
+    def _record(self, event: dict[str, Any], parent: str | None) -> None:
+        """Append ``event``, made from version ``parent``, to ``lineage_``: this model is no longer a saved one."""
+        self.lineage_ = [*getattr(self, "lineage_", []), {**event, "parent": parent}]
+        self.version_ = None
 
     def _learned_state(self) -> dict[str, Any]:
         """Every learned attribute (public, name ending in ``_``)."""
@@ -208,9 +207,21 @@ class Detector(Scorer):
         vars(self).update(state)
 
     def _forget_calibration(self) -> None:
+        self.version_ = None  # a model whose thresholds change is no longer the one saved
         self.threshold_ = None
         self.pixel_threshold_ = None
         self.calibration_ = {}
+
+    def _set_thresholds(
+        self: DetectorT,
+        scores: np.ndarray,
+        map_maxima: np.ndarray,
+        labels: np.ndarray,
+        chosen: ThresholdRule,
+        source: str,
+    ) -> DetectorT:
+        self.version_ = None  # a model whose thresholds change is no longer the one saved
+        return super()._set_thresholds(scores, map_maxima, labels, chosen, source)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "device_"):
@@ -278,18 +289,11 @@ class Detector(Scorer):
     ) -> Detector:
         """:meth:`Scorer.recalibrate <flawscope.scoring.Scorer.recalibrate>`, recorded in ``lineage_`` with the
         version it was made from."""
+        parent = self.version_
         super().recalibrate(good, defective, progress=progress)
         n_defective = self.calibration_["n_defective"]
-        self.lineage_ = [
-            *getattr(self, "lineage_", []),
-            {
-                "event": "recalibrate",
-                "good": self.calibration_["n_images"] - n_defective,
-                "defective": n_defective,
-                "parent": getattr(self, "version_", None),
-            },
-        ]
-        self.version_ = None
+        good_count = self.calibration_["n_images"] - n_defective
+        self._record({"event": "recalibrate", "good": good_count, "defective": n_defective}, parent)
         return self
 
     # ------------------------------------------------------------------ prediction

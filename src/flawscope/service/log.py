@@ -213,11 +213,6 @@ class InspectionLog:
             self._connection.close()
 
     # ------------------------------------------------------------------ writes
-    def remember_model(self, model: ServedModel) -> None:
-        """Record a served model once per version (its calibration scores judge drift later)."""
-        with self._transaction() as connection:
-            _insert_model(connection, model)
-
     def record(self, inspection: Inspection, source: str | None = None) -> int:
         """Append one inspection and return its id (committed on return). ``source`` names the file a folder
         watcher took it from; it is marked as inspected in the same transaction, so a restart neither repeats
@@ -434,6 +429,7 @@ def _served_model(row: sqlite3.Row) -> ServedModel:
 
 
 def _insert_model(connection: sqlite3.Connection, model: ServedModel) -> None:
+    """Record a served model once per version (its calibration scores judge drift later)."""
     connection.execute(
         "INSERT OR IGNORE INTO models "
         "(version, name, method, threshold, calibration_scores, first_served, parent, directory) "
