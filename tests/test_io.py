@@ -67,7 +67,7 @@ def test_bad_files_name_the_file(tmp_path):
     truncated.write_bytes(good.read_bytes()[:60])
     for path, reason in (
         (empty, "empty"),
-        (garbage, "cannot be decoded"),
+        (garbage, "not in a format Pillow reads"),
         (truncated, "cannot be decoded"),
         (tmp_path / "missing.png", "does not exist"),
     ):

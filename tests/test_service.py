@@ -73,7 +73,7 @@ def test_defects_score_above_good_parts(client, part_images):
 def test_unreadable_upload_is_422_and_still_logged(client, station):
     answer = inspect(client, b"this is not an image", name="broken.png")
     assert answer.status_code == 422
-    assert "not in an image format" in answer.json()["detail"]
+    assert "not in a format Pillow reads" in answer.json()["detail"]
     row = station.log.get(answer.json()["id"])
     assert row.error and row.label is None and row.filename == "broken.png" and row.image_bytes == 20
     assert client.get(f"/v1/inspections/{row.id}/image").content == b"this is not an image"

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+from flawscope.data.io import set_max_pixels
 from flawscope.errors import (
     CalibrationWarning,
     ConfigError,
@@ -92,5 +93,6 @@ __all__ = [
     "list_models",
     "load",
     "model_entry",
+    "set_max_pixels",
     "workflow",
 ]

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from flawscope.data.io import DEFAULT_MAX_PIXELS, set_max_pixels
 from flawscope.data.specs import DATA_SPEC_HELP, GROUPS_HELP
 
 app = typer.Typer(
@@ -23,6 +24,13 @@ app = typer.Typer(
 )
 console = Console()
 errors = Console(stderr=True)
+
+MAX_PIXELS = typer.Option(
+    DEFAULT_MAX_PIXELS,
+    min=1,
+    help="Refuse larger images (width x height: decompression bombs) from their header, before decoding; they "
+    "count as unreadable.",
+)
 
 
 def _fail(error: Exception) -> NoReturn:
@@ -136,6 +144,7 @@ def fit(
         help="held-out: calibrate on --val-fraction of the good images; out-of-fold: fit on every good image and "
         "calibrate on their out-of-fold scores (for a few good images; at least 2, or 2 --groups).",
     ),
+    max_pixels: int = MAX_PIXELS,
     quiet: bool = typer.Option(False, help="No progress bars or messages."),
 ) -> None:
     """Learn from good images and calibrate the OK / NOT OK threshold on held-out good ones (cam_classifier: learn
@@ -145,6 +154,7 @@ def fit(
     from flawscope.postprocess import describe_false_alarms
     from flawscope.workflow import fit_and_calibrate, parse_params
 
+    set_max_pixels(max_pixels)
     _show_library_messages(quiet)
     try:
         if calibration not in ("held-out", "out-of-fold"):
@@ -208,6 +218,12 @@ def predict(
         help="Size of the element that opens the defect masks (0 = none); default: the method's own "
         "(a 3 px square; a disk of diameter 4 for the autoencoders, as in Bergmann et al.).",
     ),
+    max_pixels: int = MAX_PIXELS,
+    resume: bool = typer.Option(
+        False,
+        help="Go on with an interrupted run: images that have a score in OUT/predictions.csv are not "
+        "scored again (unreadable ones are tried again).",
+    ),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Score images; write per image a heat-map overlay, a defect mask and a row of predictions.csv."""
@@ -215,18 +231,20 @@ def predict(
     from flawscope.folders import predict_to_folder
     from flawscope.runtime import is_exported
 
+    set_max_pixels(max_pixels)
     try:
         model = (
             _exported_model(model_dir, device, graph_format)
             if is_exported(model_dir)
             else _fitted_model(model_dir, device)
         )
-        written = predict_to_folder(model, inputs, out, opening=opening, progress=not quiet)
+        written = predict_to_folder(model, inputs, out, opening=opening, progress=not quiet, resume=resume)
     except FlawscopeError as error:
         _fail(error)
     for reason in written.failed.values():
         errors.print(f"[yellow]skipped[/yellow] {escape(reason)}")
-    console.print(f"scored {written.n_scored} images ({len(written.failed)} unreadable) -> {written.csv_path}")
+    resumed = f", {written.n_resumed} of them in an earlier run" if written.n_resumed else ""
+    console.print(f"scored {written.n_scored} images{resumed} ({len(written.failed)} unreadable) -> {written.csv_path}")
     if not model.is_calibrated:
         errors.print("[yellow]note:[/yellow] the model is not calibrated, so no labels or masks were written.")
 
@@ -303,6 +321,7 @@ def update(
     good: list[Path] = typer.Option(..., help="Good images to learn: image files or folders. Repeatable."),
     out: Path = typer.Option(..., help="Directory for the new model version (the one in MODEL_DIR is kept)."),
     device: str | None = typer.Option(None, help="Override the saved device (auto, cpu, cuda)."),
+    max_pixels: int = MAX_PIXELS,
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Teach a fitted model more good images without fitting it again (PatchCore, PaDiM) and save the new version.
@@ -312,6 +331,7 @@ def update(
     import flawscope as fs
     from flawscope.folders import image_paths
 
+    set_max_pixels(max_pixels)
     _show_library_messages(quiet)
     try:
         out = _new_version_dir(model_dir, out)
@@ -337,6 +357,7 @@ def recalibrate(
     defective: list[Path] = typer.Option([], help="Images confirmed defective (then the best-F1 rule). Repeatable."),
     out: Path = typer.Option(..., help="Directory for the recalibrated model (the one in MODEL_DIR is kept)."),
     device: str | None = typer.Option(None, help="Override the saved device (auto, cpu, cuda)."),
+    max_pixels: int = MAX_PIXELS,
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Set the OK / NOT OK threshold again from operator verdicts: the saved rule on the confirmed good images, or
@@ -345,6 +366,7 @@ def recalibrate(
     from flawscope.folders import image_paths
     from flawscope.postprocess import describe_false_alarms
 
+    set_max_pixels(max_pixels)
     _show_library_messages(quiet)
     try:
         out = _new_version_dir(model_dir, out)
@@ -383,6 +405,7 @@ def evaluate(
     out: Path = typer.Option(..., help="Directory for metrics.json and report.html."),
     device: str | None = typer.Option(None, help="Override the saved device (auto, cpu, cuda)."),
     groups: str | None = typer.Option(None, help="The --groups the model was fitted with. " + GROUPS_HELP),
+    max_pixels: int = MAX_PIXELS,
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Compute image AUROC, AUPR, F1-max, balanced accuracy, confusion matrix and (with masks) pixel AUROC, AUPRO
@@ -390,6 +413,7 @@ def evaluate(
     import flawscope as fs
     from flawscope.workflow import evaluation_data
 
+    set_max_pixels(max_pixels)
     try:
         detector = fs.load(model_dir, device=device)
         test = evaluation_data(data, supervised=detector.supervised, seed=detector.seed, groups=groups)
@@ -641,7 +665,9 @@ def serve(
         None, envvar="FLAWSCOPE_TOKEN", help="Every write route then needs 'Authorization: Bearer TOKEN'."
     ),
     max_upload_mb: float = typer.Option(32.0, help="Larger uploads are refused with 413."),
-    max_pixels: int = typer.Option(50_000_000, help="Larger images (decompression bombs) are refused with 422."),
+    max_pixels: int = typer.Option(
+        DEFAULT_MAX_PIXELS, help="Larger images (decompression bombs) are refused with 422."
+    ),
     device: str | None = typer.Option(None, help="Override the saved device (auto, cpu, cuda)."),
     max_batch: int = typer.Option(8, min=1, help="Images waiting for a model are scored together, up to this many."),
     resume: bool = typer.Option(
@@ -679,7 +705,7 @@ def watch(
     ),
     sort: bool = typer.Option(False, help="Move each inspected file into ok/, not_ok/ or failed/ beside it."),
     settle: float = typer.Option(0.5, help="Seconds a file's size must stay unchanged before it counts as complete."),
-    max_pixels: int = typer.Option(50_000_000, help="Larger images are logged as failed."),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Larger images are logged as failed."),
     device: str | None = typer.Option(None, help="Override the saved device (auto, cpu, cuda)."),
     quiet: bool = typer.Option(False, help="No line per inspected file."),
 ) -> None:

@@ -148,6 +148,13 @@ def evaluate(
                 box_iou_over_0_5=float((ious >= 0.5).mean()),
                 n_boxed_images=int(ious.size),
             )
+    empty = [row["name"] for row, mask in zip(rows, masks) if row["label"] == DEFECTIVE and not mask.any()]
+    if empty:
+        metrics["notes"] = [
+            f"{len(empty)} defective images have an empty mask ({', '.join(empty[:3])}"
+            f"{', ...' if len(empty) > 3 else ''}): they count as defective in the image metrics, add only good "
+            "pixels to the pixel metrics and no region to AUPRO."
+        ]
     if not with_masks:
         metrics["notes"] = [
             f"{dataset!r} has no ground-truth masks: image metrics only (no pixel AUROC, AUPRO, region "

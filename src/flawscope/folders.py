@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Sequence
@@ -16,16 +17,22 @@ from PIL import Image
 from flawscope.data.datasets import ImageDataset, Sample, list_images
 from flawscope.errors import DataError
 from flawscope.report import heatmap_overlay, overlay_scale
+from flawscope.results import ScoredImage
 from flawscope.scoring import Scorer
 
 
 @dataclass
 class FolderPrediction:
-    """What :func:`predict_to_folder` wrote: ``predictions.csv`` and how many images it scored or could not read."""
+    """What :func:`predict_to_folder` wrote: ``predictions.csv``, how many images have a score in it (``n_resumed``
+    of them from an earlier run) and which could not be read."""
 
     csv_path: Path
     n_scored: int
     failed: dict[str, str]
+    n_resumed: int = 0
+
+
+COLUMNS = ["path", "score", "label", "boxes", "overlay", "mask", "error", "conversion"]
 
 
 def predict_to_folder(
@@ -35,39 +42,81 @@ def predict_to_folder(
     *,
     opening: int | None = None,
     progress: bool = True,
+    resume: bool = False,
 ) -> FolderPrediction:
     """Score image files and folders of images; write per image a heat-map overlay, a defect mask (calibrated
-    models) and a row of ``out/predictions.csv``. Unreadable files get a row with the reason and the rest go on."""
+    models) and a row of ``out/predictions.csv``. Unreadable files get a row with the reason and the rest go on.
+
+    Each row is flushed as soon as its image is scored, so an interrupted run keeps every row it wrote. With
+    ``resume`` the images that already have a score in ``out/predictions.csv`` are not scored again: the run
+    goes on from where it stopped (the rows of unreadable images, and a last row cut off by the interruption,
+    are dropped and their images tried again). Without ``resume`` the file is started afresh.
+    """
     paths = image_paths(inputs)
     if not paths:
         raise DataError(f"No images found in {', '.join(map(str, inputs))}.")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    used: set[str] = set()
-    failed: dict[str, str] = {}
-    dataset = ImageDataset([Sample(path, str(path)) for path in paths], "inputs")
     csv_path = out / "predictions.csv"
-    with open(csv_path, "w", newline="") as handle:
+    done = _scored_rows(csv_path) if resume else {}
+    used = {Path(row[COLUMNS.index("overlay")]).stem.removesuffix("_overlay") for row in done.values()}
+    failed: dict[str, str] = {}
+    todo = [path for path in paths if str(path) not in done]
+    dataset = ImageDataset([Sample(path, str(path)) for path in todo], "inputs")
+    _start_csv(csv_path, list(done.values()))
+    with open(csv_path, "a", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path", "score", "label", "boxes", "overlay", "mask", "error"])
-        for result in detector.iter_predict(dataset, on_error="skip", progress=progress):
+        for result in detector.iter_predict(dataset, on_error="skip", progress=progress) if todo else ():
             if result.anomaly_map is None or result.image is None:
                 failed[result.sample.name] = str(result.error)
-                writer.writerow([result.sample.name, "", "", "", "", "", result.error])
-                continue
-            stem = _unique_stem(result.sample.name, used)
-            overlay_path = out / f"{stem}_overlay.png"
-            low, high = overlay_scale(detector, result.anomaly_map)
-            Image.fromarray(heatmap_overlay(result.image, result.anomaly_map, vmax=high, vmin=low)).save(overlay_path)
-            label, boxes, mask_name = "", "", ""
-            if detector.is_calibrated:
-                not_ok, mask, found = detector.decide(result.score, result.anomaly_map, opening)
-                label = "NOT OK" if not_ok else "OK"
-                boxes = json.dumps([[int(v) for v in box[:4]] + [round(box[4], 4)] for box in found])
-                mask_name = f"{stem}_mask.png"
-                Image.fromarray((mask * 255).astype(np.uint8)).save(out / mask_name)
-            writer.writerow([result.sample.name, f"{result.score:.6f}", label, boxes, overlay_path.name, mask_name, ""])
-    return FolderPrediction(csv_path, len(paths) - len(failed), failed)
+                writer.writerow([result.sample.name, "", "", "", "", "", result.error, ""])
+            else:
+                writer.writerow(_write_outputs(detector, result, out, _unique_stem(result.sample.name, used), opening))
+            handle.flush()
+    return FolderPrediction(csv_path, len(paths) - len(failed), failed, n_resumed=len(done))
+
+
+def _write_outputs(detector: Scorer, result: ScoredImage, out: Path, stem: str, opening: int | None) -> list[str]:
+    """Write one scored image's overlay (and mask, once calibrated); its row of ``predictions.csv``."""
+    assert result.anomaly_map is not None and result.image is not None
+    overlay_path = out / f"{stem}_overlay.png"
+    low, high = overlay_scale(detector, result.anomaly_map)
+    Image.fromarray(heatmap_overlay(result.image, result.anomaly_map, vmax=high, vmin=low)).save(overlay_path)
+    label, boxes, mask_name = "", "", ""
+    if detector.is_calibrated:
+        not_ok, mask, found = detector.decide(result.score, result.anomaly_map, opening)
+        label = "NOT OK" if not_ok else "OK"
+        boxes = json.dumps([[int(v) for v in box[:4]] + [round(box[4], 4)] for box in found])
+        mask_name = f"{stem}_mask.png"
+        Image.fromarray((mask * 255).astype(np.uint8)).save(out / mask_name)
+    score = f"{result.score:.6f}"
+    return [result.sample.name, score, label, boxes, overlay_path.name, mask_name, "", result.conversion]
+
+
+def _scored_rows(csv_path: Path) -> dict[str, list[str]]:
+    """The rows of an earlier run's ``predictions.csv`` that hold a score, by path; DataError for another file."""
+    if not csv_path.is_file():
+        return {}
+    text = csv_path.read_text()
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]  # the last row was cut off mid-write
+    rows = list(csv.reader(io.StringIO(text)))
+    if rows and rows[0] != COLUMNS:
+        raise DataError(
+            f"{csv_path} is not a predictions.csv of this flawscope (its columns are {rows[0]}, expected "
+            f"{COLUMNS}); give another --out to start afresh."
+        )
+    return {row[0]: row for row in rows[1:] if len(row) == len(COLUMNS) and row[1]}
+
+
+def _start_csv(csv_path: Path, rows: list[list[str]]) -> None:
+    """Write the header and ``rows`` to ``csv_path`` through a temporary file, so the file is never half-written."""
+    partial = csv_path.with_name(csv_path.name + ".partial")
+    with open(partial, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMNS)
+        writer.writerows(rows)
+    os.replace(partial, csv_path)
 
 
 def image_paths(inputs: Sequence[str | os.PathLike]) -> list[Path]:

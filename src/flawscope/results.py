@@ -18,7 +18,9 @@ class Prediction:
     ``anomaly_maps`` hold one float32 ``H_i x W_i`` map per image at that image's own size.
     ``labels`` (True = NOT OK), ``masks`` and ``boxes`` (``(x0, y0, x1, y1, score)``, x1/y1
     exclusive) need a calibrated detector and are None otherwise. ``errors`` maps the name of
-    every input that could not be read to the reason (only with ``on_error="skip"``).
+    every input that could not be read to the reason (only with ``on_error="skip"``);
+    ``conversions`` the name of every image the reader converted to what it did (alpha dropped,
+    EXIF orientation applied, first of several frames, ...).
     """
 
     names: list[str]
@@ -29,6 +31,7 @@ class Prediction:
     boxes: list[list[Box]] | None = None
     threshold: float | None = None
     errors: dict[str, str] = field(default_factory=dict)
+    conversions: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         count = len(self.names)
@@ -52,7 +55,8 @@ class ScoredImage:
     """One image's result from :meth:`Detector.iter_predict` (``error`` set when it could not be read).
 
     ``image`` holds the pixels as read (float ``H x W x C``), so a consumer that draws overlays
-    does not decode the file a second time.
+    does not decode the file a second time; ``conversion`` says what the reader did to them beyond
+    decoding (:attr:`flawscope.data.io.LoadedImage.notes`; "" for none).
     """
 
     sample: Sample
@@ -60,3 +64,4 @@ class ScoredImage:
     anomaly_map: np.ndarray | None = None
     error: str | None = None
     image: np.ndarray | None = None
+    conversion: str = ""

@@ -18,7 +18,7 @@ import numpy as np
 
 from flawscope._progress import progress_bar
 from flawscope.data.datasets import DEFECTIVE, GOOD, ImageDataset, Sample, as_dataset
-from flawscope.data.io import read_image
+from flawscope.data.io import load_image
 from flawscope.errors import CalibrationWarning, ConfigError, DataError, NotFittedError
 from flawscope.postprocess import (
     Box,
@@ -198,20 +198,22 @@ class Scorer:
 
     def _predict_chunk(self, chunk: list[Sample], on_error: str) -> Iterator[ScoredImage]:
         results: list[ScoredImage | None] = [None] * len(chunk)
-        pixels, readable = [], []
+        pixels, readable, conversions = [], [], []
         for position, sample in enumerate(chunk):
             try:
-                image = read_image(sample.image)
-                self._check_image(image)
-                pixels.append(image)
+                loaded = load_image(sample.image)
+                self._check_image(loaded.pixels)
+                pixels.append(loaded.pixels)
+                conversions.append(loaded.conversion)
                 readable.append(position)
             except DataError as error:
                 if on_error == "raise":
                     raise
                 results[position] = ScoredImage(sample, error=str(error))
         if pixels:
-            for position, image, (score, anomaly_map) in zip(readable, pixels, self._score_pixels(pixels)):
-                results[position] = ScoredImage(chunk[position], score, anomaly_map, image=image)
+            scored = zip(readable, pixels, conversions, self._score_pixels(pixels))
+            for position, image, conversion, (score, anomaly_map) in scored:
+                results[position] = ScoredImage(chunk[position], score, anomaly_map, image=image, conversion=conversion)
         yield from (result for result in results if result is not None)
 
     def predict(
@@ -228,22 +230,24 @@ class Scorer:
         ``opening`` is the size of the structuring element (``opening_shape``) that opens the
         thresholded map; ``None`` = the method's ``default_opening``, 0 = none.
         """
-        names, scores, maps, errors = [], [], [], {}
+        names, scores, maps, errors, conversions = [], [], [], {}, {}
         for result in self.iter_predict(images, batch_size=batch_size, on_error=on_error, progress=progress):
             if result.anomaly_map is None:
                 errors[result.sample.name] = str(result.error)
                 continue
+            if result.conversion:
+                conversions[result.sample.name] = result.conversion
             names.append(result.sample.name)
             scores.append(result.score)
             maps.append(result.anomaly_map)
         score_array = np.asarray(scores, dtype=np.float64)
         if not self.is_calibrated:
-            return Prediction(names, score_array, maps, errors=errors)
+            return Prediction(names, score_array, maps, errors=errors, conversions=conversions)
         decisions = [self.decide(score, anomaly_map, opening) for score, anomaly_map in zip(scores, maps)]
         labels = np.array([label for label, _, _ in decisions], dtype=bool)
         masks = [mask for _, mask, _ in decisions]
         boxes = [box for _, _, box in decisions]
-        return Prediction(names, score_array, maps, labels, masks, boxes, self.threshold_, errors)
+        return Prediction(names, score_array, maps, labels, masks, boxes, self.threshold_, errors, conversions)
 
     def decide(
         self, score: float, anomaly_map: np.ndarray, opening: int | None = None

@@ -1,29 +1,90 @@
-"""The one image reader: every image enters flawscope through :func:`read_image`.
+"""The one image reader: every image enters flawscope through :func:`load_image` (or :func:`read_image`, its pixels).
 
-Accepted: paths (png, jpg, bmp, tif/tiff, and anything else Pillow decodes), ``PIL.Image``
-objects and numpy arrays; 8 and 16 bit; grey, grey+alpha, palette, RGB, RGBA, CMYK. EXIF
-orientation is applied. The result is always float32 ``H x W x C`` in ``[0, 1]`` with
-``C`` = 1 (grey) or 3 (colour); alpha is dropped.
+Accepted: paths (png, jpg, bmp, tif/tiff, webp, pgm/ppm, gif and anything else Pillow decodes), bytes of such a
+file, ``PIL.Image`` objects and numpy arrays; 1, 8, 16 and 32 bit; grey, grey+alpha, palette, RGB, RGBA, CMYK,
+YCbCr, LAB, HSV. The result is always float32 ``H x W x C`` in ``[0, 1]`` with ``C`` = 1 (grey) or 3 (colour).
+What the reader did beyond decoding is said in :attr:`LoadedImage.notes` (and the ``conversion`` column of
+``predictions.csv``): the EXIF orientation it applied, the alpha channel it dropped, a CMYK / YCbCr / LAB / HSV
+image it turned into RGB, the first frame it took of several, a file whose content is not what its name says.
+
+Everything else is refused with a :class:`DataError` naming the source and the reason: missing, empty, truncated
+and corrupt files, folders, formats Pillow does not read, float images with values outside ``[0, 1]`` (NaN and
+inf included), 32-bit integer images beyond 16 bit, and images of more pixels than the limit
+(:func:`set_max_pixels`, default :data:`DEFAULT_MAX_PIXELS`), which is checked from the file's header before
+any pixel is decoded -- a decompression bomb costs neither the time nor the memory it declares.
 """
 
 from __future__ import annotations
 
+import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from flawscope.errors import DataError
+from flawscope.errors import ConfigError, DataError
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
 
-_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+DEFAULT_MAX_PIXELS = 50_000_000
+"""The largest image (width x height) read unless :func:`set_max_pixels` says otherwise: 50 megapixels, e.g.
+8,660 x 5,773; as float32 RGB it takes 600 MB."""
+
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
+_COLOUR_SPACES = frozenset({"CMYK", "YCbCr", "LAB", "HSV"})
+_ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
+_SUFFIXES_OF_FORMAT = {
+    "JPEG": {".jpg", ".jpeg", ".jpe", ".jfif"},
+    "PNG": {".png"},
+    "BMP": {".bmp", ".dib"},
+    "TIFF": {".tif", ".tiff"},
+    "WEBP": {".webp"},
+    "PPM": {".pgm", ".ppm", ".pbm", ".pnm"},
+    "GIF": {".gif"},
+}
+_ORIENTATION_TAG = 0x0112
+_TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+_limit = {"max_pixels": DEFAULT_MAX_PIXELS}
+_RAISE_THE_LIMIT = "Raise the limit with --max-pixels (flawscope.set_max_pixels) if such images are wanted."
 
 
-def describe(source: ImageInput) -> str:
+@dataclass(frozen=True)
+class LoadedImage:
+    """An image as read: float32 ``H x W x C`` pixels in ``[0, 1]``, how they were converted, the file format."""
+
+    pixels: np.ndarray
+    notes: tuple[str, ...] = ()
+    format: str | None = None
+
+    @property
+    def conversion(self) -> str:
+        """The notes as one line ("" when the image needed nothing beyond decoding)."""
+        return "; ".join(self.notes)
+
+
+def set_max_pixels(limit: int) -> None:
+    """Refuse images of more than ``limit`` pixels (width x height) from now on, in this process.
+
+    Pillow's own guard (``PIL.Image.MAX_IMAGE_PIXELS``) is raised to ``limit`` when it is lower, so that the
+    limit set here is the one that holds.
+    """
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ConfigError(f"The pixel limit must be a positive whole number. Got {limit!r} instead.")
+    _limit["max_pixels"] = limit
+    if Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def max_pixels() -> int:
+    """The pixel limit in force (:func:`set_max_pixels`)."""
+    return _limit["max_pixels"]
+
+
+def describe(source: ImageInput | bytes) -> str:
     """A short name for an image source, used in messages and result tables."""
     if isinstance(source, (str, os.PathLike)):
         return str(source)
@@ -31,36 +92,55 @@ def describe(source: ImageInput) -> str:
         return getattr(source, "filename", "") or f"<PIL image {source.size[0]}x{source.size[1]}>"
     if isinstance(source, np.ndarray):
         return f"<array shape={source.shape} dtype={source.dtype}>"
+    if isinstance(source, bytes):
+        return f"<{len(source):,} bytes>"
     return f"<{type(source).__name__}>"
 
 
 def read_image(source: ImageInput) -> np.ndarray:
-    """Read one image as float32 ``H x W x C`` in ``[0, 1]``, C in {1, 3}.
+    """Read one image as float32 ``H x W x C`` in ``[0, 1]``, C in {1, 3} (:func:`load_image`'s pixels).
 
     Raises
     ------
     DataError
-        If the file is missing, empty, truncated or not an image, or the array has a shape or
+        If the file is missing, empty, truncated, too large or not an image, or the array has a shape or
         value range that is not an image. The message names the source.
     """
+    return load_image(source).pixels
+
+
+def load_image(source: ImageInput | bytes, *, name: str | None = None, limit: int | None = None) -> LoadedImage:
+    """Read one image and say how it was converted; ``name`` names it in messages (default: the path),
+    ``limit`` overrides the pixel limit of :func:`set_max_pixels` for this image."""
+    name = name or describe(source)
     if isinstance(source, np.ndarray):
-        return _array_to_float(source, describe(source))
+        return LoadedImage(_array_to_float(source, name))
     if isinstance(source, Image.Image):
-        return _pil_to_float(source, describe(source))
+        return _from_pil(source, name)
+    if isinstance(source, bytes):
+        if not source:
+            raise DataError(f"Image {name} is empty (0 bytes).")
+        return _decode(io.BytesIO(source), name, limit or max_pixels(), suffix="")
     if isinstance(source, (str, os.PathLike)):
-        return _pil_to_float(_open_file(Path(source)), str(source))
+        path = Path(source)
+        _check_file(path)
+        return _decode(path, name, limit or max_pixels(), suffix=path.suffix.lower())
     raise DataError(
-        f"Cannot read an image from a {type(source).__name__}; expected a path, a PIL image or a numpy array."
+        f"Cannot read an image from a {type(source).__name__}; expected a path, bytes, a PIL image or a numpy array."
     )
 
 
 def read_mask(path: str | os.PathLike, expected_size: tuple[int, int] | None = None) -> np.ndarray:
-    """Read a ground-truth mask as bool ``H x W`` (any non-zero pixel is defective).
+    """Read a ground-truth mask as bool ``H x W``.
 
-    ``expected_size`` is ``(height, width)`` of the image the mask belongs to; a mask of another
-    size raises :class:`DataError` naming both.
+    A mask of two levels (0 and anything: 0/255, 0/1, 0/65535) marks every non-zero pixel defective; a mask of
+    more levels (saved as JPEG, or a soft mask) marks the pixels of at least half its largest value. A colour
+    mask counts its brightest channel. ``expected_size`` is ``(height, width)`` of the image the mask belongs
+    to; a mask of another size raises :class:`DataError` naming both.
     """
-    mask = read_image(path).max(axis=2) > 0.5
+    pixels = read_image(path).max(axis=2)
+    levels = np.unique(pixels)
+    mask = pixels > 0 if len(levels) <= 2 else pixels >= levels[-1] / 2
     if expected_size is not None and mask.shape != tuple(expected_size):
         raise DataError(
             f"Mask {path} is {mask.shape[1]}x{mask.shape[0]} (width x height) but its image is "
@@ -70,42 +150,115 @@ def read_mask(path: str | os.PathLike, expected_size: tuple[int, int] | None = N
 
 
 def image_size(source: ImageInput) -> tuple[int, int]:
-    """``(height, width)`` of an image without decoding all pixels when it is a file."""
-    if isinstance(source, (str, os.PathLike)):
-        with _open_file(Path(source)) as image:
-            return image.size[1], image.size[0]
-    pixels = read_image(source)
-    return pixels.shape[0], pixels.shape[1]
+    """``(height, width)`` of an image as :func:`read_image` returns it (EXIF orientation applied), without
+    decoding its pixels when it is a file."""
+    if not isinstance(source, (str, os.PathLike)):
+        pixels = read_image(source)
+        return pixels.shape[0], pixels.shape[1]
+    path = Path(source)
+    _check_file(path)
+    with _open(path, str(path)) as image:
+        width, height = image.size
+        if _orientation(image, str(path))[0] in _TRANSPOSING_ORIENTATIONS:
+            width, height = height, width
+    return height, width
 
 
-def _open_file(path: Path) -> Image.Image:
+def _check_file(path: Path) -> None:
+    if path.is_dir():
+        raise DataError(f"{path} is a folder, not an image file.")
     if not path.is_file():
         raise DataError(f"Image file {path} does not exist (or is not a file).")
     if path.stat().st_size == 0:
         raise DataError(f"Image file {path} is empty (0 bytes).")
+
+
+def _open(file: Path | io.BytesIO, name: str) -> Image.Image:
+    """Open (read the header of) an image file; DataError for anything Pillow cannot identify."""
     try:
-        image = Image.open(path)
-        image.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise DataError(
-            f"Image file {path} cannot be decoded ({error}); it is corrupt, truncated or not an image."
-        ) from error
-    return image
+        return Image.open(file)
+    except UnidentifiedImageError as error:
+        raise DataError(f"Image {name} is not in a format Pillow reads (png, jpg, bmp, tif, webp, ...).") from error
+    except Image.DecompressionBombError as error:  # beyond twice Pillow's own limit, which Pillow checks first
+        raise DataError(f"Image {name} is refused before decoding: {error} {_RAISE_THE_LIMIT}") from error
+    except MemoryError:
+        raise
+    except Exception as error:  # Pillow's format plugins raise many types for a damaged header
+        raise _undecodable(name, error) from error
 
 
-def _pil_to_float(image: Image.Image, name: str) -> np.ndarray:
-    image = ImageOps.exif_transpose(image) or image
+def _undecodable(name: str, error: Exception) -> DataError:
+    return DataError(f"Image {name} cannot be decoded ({error}); it is corrupt, truncated or not an image.")
+
+
+def _decode(file: Path | io.BytesIO, name: str, limit: int, suffix: str) -> LoadedImage:
+    with _open(file, name) as image:
+        width, height = image.size
+        if width * height > limit:
+            raise DataError(
+                f"Image {name} is refused before decoding: it is {width} x {height} = {width * height:,} pixels, more "
+                f"than the limit of {limit:,} (a decompression bomb, or a larger image than expected). "
+                + _RAISE_THE_LIMIT
+            )
+        try:
+            image.load()
+        except MemoryError:
+            raise
+        except Exception as error:  # Pillow's decoders raise OSError, SyntaxError, ValueError, EOFError, ...
+            raise _undecodable(name, error) from error
+        loaded = _from_pil(image, name)
+        notes = list(loaded.notes)
+        frames = getattr(image, "n_frames", 1)
+        if frames > 1:
+            notes.insert(0, f"first of {frames} frames")
+        if suffix and image.format in _SUFFIXES_OF_FORMAT and suffix not in _SUFFIXES_OF_FORMAT[image.format]:
+            notes.insert(0, f"{image.format} file named {suffix}")
+        return LoadedImage(loaded.pixels, tuple(notes), image.format)
+
+
+def _orientation(image: Image.Image, name: str) -> tuple[int, Image.Image]:
+    """The EXIF orientation of ``image`` and the image turned upright by it."""
+    try:
+        orientation = int(image.getexif().get(_ORIENTATION_TAG, 1))
+        upright = ImageOps.exif_transpose(image) if orientation != 1 else image
+    except MemoryError:
+        raise
+    except Exception as error:  # a damaged EXIF block
+        raise DataError(f"Image {name} has an EXIF block that cannot be read ({error}).") from error
+    return orientation, upright or image
+
+
+def _from_pil(image: Image.Image, name: str) -> LoadedImage:
+    orientation, image = _orientation(image, name)
+    notes = [f"EXIF orientation {orientation} applied"] if orientation in range(2, 9) else []
     if image.width == 0 or image.height == 0:
         raise DataError(f"Image {name} has zero size ({image.width}x{image.height}).")
     mode = image.mode
     if mode in _SIXTEEN_BIT_MODES:
-        array = np.asarray(image, dtype=np.float32) / 65535.0
-        return np.clip(array, 0.0, 1.0)[..., None]
+        array = np.asarray(image).astype(np.float32) / 65535.0
+        return LoadedImage(np.clip(array, 0.0, 1.0)[..., None], tuple(notes))
+    if mode == "I":
+        return LoadedImage(_integer_to_float(np.asarray(image), name), tuple(notes))
     if mode == "F":
-        return _array_to_float(np.asarray(image, dtype=np.float32), name)
-    if mode in ("1", "L", "LA"):
-        return _array_to_float(np.asarray(image.convert("L")), name)
-    return _array_to_float(np.asarray(image.convert("RGB")), name)
+        return LoadedImage(_array_to_float(np.asarray(image, dtype=np.float32), name), tuple(notes))
+    if mode in _ALPHA_MODES or (mode == "P" and "transparency" in image.info):
+        notes.append("alpha channel dropped")
+    if mode in _COLOUR_SPACES:
+        notes.append(f"{mode} converted to RGB")
+    if mode in ("1", "L", "LA", "La"):
+        return LoadedImage(_array_to_float(np.asarray(image.convert("L")), name), tuple(notes))
+    return LoadedImage(_array_to_float(np.asarray(image.convert("RGB")), name), tuple(notes))
+
+
+def _integer_to_float(array: np.ndarray, name: str) -> np.ndarray:
+    """32-bit integer pixels (Pillow's mode "I", e.g. some 16-bit PNG and TIFF files): read as 16 bit."""
+    low, high = int(array.min()), int(array.max())
+    if low < 0 or high > 65535:
+        raise DataError(
+            f"Image {name} has 32-bit integer pixels from {low} to {high}; flawscope reads integer images of up "
+            "to 16 bit (0 to 65535). Save it as 16-bit, or as float in [0, 1]."
+        )
+    return (array.astype(np.float32) / 65535.0)[..., None]
 
 
 def _array_to_float(array: np.ndarray, name: str) -> np.ndarray:
@@ -129,8 +282,8 @@ def _array_to_float(array: np.ndarray, name: str) -> np.ndarray:
         array = array.astype(np.float32)
         if not np.isfinite(array).all() or array.min() < 0.0 or array.max() > 1.0:
             raise DataError(
-                f"Image {name} is a float array with values outside [0, 1] (or NaN); scale it to [0, 1] "
-                "or pass uint8/uint16."
+                f"Image {name} is a float image with values outside [0, 1] (or NaN / inf); scale it to [0, 1] "
+                "or give uint8/uint16 pixels."
             )
         return np.ascontiguousarray(array)
     raise DataError(f"Image {name} has dtype {array.dtype}; expected uint8, uint16, bool or float in [0, 1].")

@@ -20,17 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from flawscope.data.io import read_image
+from flawscope.data.io import DEFAULT_MAX_PIXELS, load_image, read_image
 from flawscope.errors import ConfigError, DataError, ModelFileError
 from flawscope.models.base import Detector
 from flawscope.models.registry import UPDATABLE
 from flawscope.service.batching import Batcher
 from flawscope.service.log import Inspection, InspectionLog, ServedModel
 from flawscope.service.store import ContentStore
-
-DEFAULT_MAX_PIXELS = 50_000_000
 
 _SUFFIXES = {"JPEG": "jpg", "TIFF": "tif", "PNG": "png", "BMP": "bmp", "WEBP": "webp", "PPM": "ppm", "GIF": "gif"}
 
@@ -117,27 +115,8 @@ def load_models(
 def decode_image(data: bytes, max_pixels: int) -> tuple[np.ndarray, str]:
     """``(pixels as read_image returns them, file suffix)``; DataError for anything that is not an image, and for
     an image of more than ``max_pixels`` pixels (checked from the header, before decoding)."""
-    if not data:
-        raise DataError("The uploaded file is empty (0 bytes).")
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            pixels = image.width * image.height
-            if pixels > max_pixels:
-                raise DataError(
-                    f"The image is {image.width} x {image.height} = {pixels:,} pixels; this station takes at most "
-                    f"{max_pixels:,} (--max-pixels)."
-                )
-            image.load()
-            suffix = _SUFFIXES.get(image.format or "", (image.format or "img").lower())
-            return read_image(image), suffix
-    except DataError:
-        raise
-    except UnidentifiedImageError as error:
-        raise DataError(
-            "The uploaded file is not in an image format this station reads (png, jpg, bmp, tif, ...)."
-        ) from error
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise DataError(f"The uploaded file cannot be decoded as an image ({error}).") from error
+    loaded = load_image(data, name="the uploaded file", limit=max_pixels)
+    return loaded.pixels, _SUFFIXES.get(loaded.format or "", (loaded.format or "img").lower())
 
 
 class Station:
