@@ -7,6 +7,7 @@ that model is shared, read-only, by the checks that only score; the checks about
 import copy
 import importlib.util
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -220,3 +221,14 @@ def test_an_export_scores_as_the_detector_does(name, fitted, texture_test, tmp_p
         parity = check_parity(fitted, directory, parity_images(texture_test), graph_format)
         assert parity["passed"], parity
         assert parity["n_images"] == 10
+
+
+def test_eight_threads_score_exactly_as_one(fitted, prediction, texture_test):
+    """One loaded detector shared by 8 threads (as the service shares it) gives the scores and maps of sequential
+    use: scoring keeps no state on the detector that another thread could change under it."""
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda _: fitted.predict(texture_test, progress=False), range(8)))
+    for result in results:
+        np.testing.assert_array_equal(result.scores, prediction.scores)
+        for anomaly_map, sequential in zip(result.anomaly_maps, prediction.anomaly_maps):
+            np.testing.assert_array_equal(anomaly_map, sequential)
