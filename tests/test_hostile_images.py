@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import io
 import resource
+import shutil
 import struct
 import time
 import zlib
@@ -33,7 +34,13 @@ FORMATS = {
     ".gif": ("GIF", "P"),
     ".ppm": ("PPM", "RGB"),
 }
-HOSTILE = settings(max_examples=60, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+HOSTILE = settings(
+    max_examples=60,
+    deadline=2000,  # ms: a hang is a failure
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 
 
 def encoded(suffix: str, size: tuple[int, int] = (24, 16), seed: int = 0) -> bytes:
@@ -295,3 +302,29 @@ def test_predict_scores_what_it_can_and_names_the_rest(fitted_patchcore, tmp_pat
     ):
         assert not rows[name]["score"] and reason in rows[name]["error"] and name in rows[name]["error"]
     assert written.n_scored == 2 and len(written.failed) == 4
+
+
+@settings(HOSTILE, max_examples=12, deadline=None)
+@given(
+    files=st.lists(
+        st.tuples(st.sampled_from(sorted(FORMATS)), st.binary(max_size=600), st.floats(0.0, 1.0)), max_size=4
+    )
+)
+def test_predict_over_hostile_files_writes_a_row_for_each_and_never_raises(fitted_patchcore, tmp_path, files):
+    """A folder of one good image and damaged ones (a valid file's head, then random bytes): predict writes one row
+    per file -- a score, or the reason it could not read it -- and scores the good image as it scores it alone."""
+    folder = tmp_path / "line"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    good = encoded(".png", (96, 96))
+    (folder / "good.png").write_bytes(good)
+    for index, (suffix, tail, keep) in enumerate(files):
+        head = encoded(suffix)
+        (folder / f"hostile_{index}{suffix}").write_bytes(head[: int(len(head) * keep)] + tail)
+    written = predict_to_folder(fitted_patchcore, [folder], tmp_path / "out", progress=False)
+    with open(written.csv_path, newline="") as handle:
+        rows = {Path(row["path"]).name: row for row in csv.DictReader(handle)}
+    assert len(rows) == 1 + len(files)
+    assert all(bool(row["score"]) != bool(row["error"]) for row in rows.values())
+    alone = fitted_patchcore.predict([folder / "good.png"], progress=False).scores[0]
+    assert float(rows["good.png"]["score"]) == pytest.approx(alone, rel=1e-5)

@@ -283,6 +283,21 @@ def test_log_export_csv(client, station, tmp_path, part_images):
         station.log.export(tmp_path / "log.xlsx")
 
 
+def test_log_export_parquet_holds_what_the_csv_holds(client, station, tmp_path, part_images):
+    pq = pytest.importorskip("pyarrow.parquet")
+    empty = pq.read_table(station.log.export(tmp_path / "empty.parquet"))
+    assert empty.num_rows == 0 and "verdict" in empty.column_names
+    ids = [inspect(client, data).json()["id"] for data in part_images[1][:3]]
+    client.post(f"/v1/inspections/{ids[0]}/verdict", json={"verdict": "ok", "note": "dust"}, headers=AUTH)
+    table = pq.read_table(station.log.export(tmp_path / "log.parquet")).to_pylist()
+    rows = list(csv.DictReader(station.log.export(tmp_path / "log.csv").open()))
+    assert [row["id"] for row in table] == ids == [int(row["id"]) for row in rows]
+    assert table[0]["verdict"] == "ok" and table[1]["verdict"] is None
+    for parquet_row, csv_row in zip(table, rows):
+        assert parquet_row["score"] == pytest.approx(float(csv_row["score"]))
+        assert parquet_row["label"] == csv_row["label"] and parquet_row["boxes"] == csv_row["boxes"]
+
+
 def test_log_commands(client, station, tmp_path, part_images):
     from typer.testing import CliRunner
 

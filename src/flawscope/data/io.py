@@ -28,7 +28,7 @@ from flawscope.errors import ConfigError, DataError
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".gif"})
 
 DEFAULT_MAX_PIXELS = 50_000_000
 """The largest image (width x height) read unless :func:`set_max_pixels` says otherwise: 50 megapixels, e.g.

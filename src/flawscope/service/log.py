@@ -364,7 +364,7 @@ class InspectionLog:
                 import pyarrow.parquet as pq
             except ImportError as error:
                 raise DataError("Parquet export needs pyarrow: pip install pyarrow (or export to .csv).") from error
-            pq.write_table(pa.Table.from_pylist(rows), out)
+            pq.write_table(pa.table({column: [row[column] for row in rows] for column in columns}), out)
             return out
         if out.suffix != ".csv":
             raise DataError(f"Export writes .csv or .parquet files. Got {out.name!r} instead.")
