@@ -202,13 +202,13 @@ def _decode(file: Path | io.BytesIO, name: str, limit: int, suffix: str) -> Load
             )
         try:
             image.load()
-        except MemoryError:
+            loaded = _from_pil(image, name)
+            frames = getattr(image, "n_frames", 1)  # counting them reads the file to its end: may meet damage too
+        except (DataError, MemoryError):
             raise
         except Exception as error:  # Pillow's decoders raise OSError, SyntaxError, ValueError, EOFError, ...
             raise _undecodable(name, error) from error
-        loaded = _from_pil(image, name)
         notes = list(loaded.notes)
-        frames = getattr(image, "n_frames", 1)
         if frames > 1:
             notes.insert(0, f"first of {frames} frames")
         if suffix and image.format in _SUFFIXES_OF_FORMAT and suffix not in _SUFFIXES_OF_FORMAT[image.format]:
