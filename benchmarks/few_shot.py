@@ -10,6 +10,8 @@ judged on the fold's test images (parts never seen). Variants (``--variants``):
 * ``augmented``: ``full-bank`` trained on the images and 4 views of each: ``hflip``, ``vflip`` -- the views a
   solar cell and a magnetic tile keep their meaning under (``flawscope.datasets.augment``).
 
+``--methods padim`` runs PaDiM the same way (its defaults; the variants' parameters are PatchCore's).
+
 With 2 or more images the threshold is also set the few-shot way -- on the training images' out-of-fold
 scores (``fit_out_of_fold``: leave-one-out, no image held back from the fit; PatchCore with every patch does it
 exactly, without refitting) -- and the false-alarm rate and recall it gives on the test images are reported
@@ -49,7 +51,12 @@ VARIANTS = {
     "augmented": ({"coreset_ratio": 1.0}, ("hflip", "vflip")),
 }
 VIEWS = 4
-COLOURS = {"default": "tab:orange", "full-bank": "tab:green", "augmented": "tab:blue"}
+COLOURS = {
+    "patchcore default": "tab:orange",
+    "patchcore full-bank": "tab:green",
+    "patchcore augmented": "tab:blue",
+    "padim default": "tab:purple",
+}
 
 
 def first_fold(data: str, magnetic_tile: Path | None) -> tuple[ImageDataset, ImageDataset]:
@@ -139,7 +146,7 @@ def plot(out: Path) -> None:
         for label, points in sorted(curves.items()):
             points.sort()
             ks, means, stds = (np.array(column) for column in zip(*points))
-            colour = COLOURS[label.split(" ")[1]]
+            colour = COLOURS[label]
             axis.errorbar(ks, means, yerr=stds, marker="o", capsize=3, label=label, color=colour)
         axis.axhline(full[1], color="grey", linestyle=":", linewidth=1)
         axis.set_xscale("log", base=2)
