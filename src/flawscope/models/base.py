@@ -402,6 +402,11 @@ class Detector(Scorer):
         """What holds while the scoring graph is traced (e.g. a graph-friendly nearest-neighbour search)."""
         return contextlib.nullcontext()
 
+    def _probe_size(self) -> tuple[int, int]:
+        """``(height, width)`` of the grey image a load scores to check the saved model (the model's input)."""
+        height, width = self._export_input()["size"]
+        return height, width
+
     def _export_input(self) -> dict[str, Any]:
         """The graph's input ``size`` ``[H, W]``, and ``aspect_short_side`` for a model that keeps each image's
         aspect ratio (:func:`flawscope.data.sizes.aspect_size`; its graph takes images of the training images'

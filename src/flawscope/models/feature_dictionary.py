@@ -219,6 +219,9 @@ class FeatureDictionary(BackboneDetector):
             scores.append(patch_scores.max())
         return torch.stack(scores), maps
 
+    def _probe_size(self) -> tuple[int, int]:
+        return self.patch_size, self.patch_size  # images are scored at their own size: the smallest it takes
+
     def _export_refusal(self, graph_format: str) -> str | None:
         return (
             "it scores every image at its own size, one patch grid per image (a Python loop over images and "
