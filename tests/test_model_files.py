@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 import flawscope as fs
 from flawscope.data.synthetic import make_texture_set
-from flawscope.errors import FlawscopeError, ModelFileError
+from flawscope.errors import FlawscopeError, ModelFileError, WeightsError
 from flawscope.serialization import content_hash
 
 FUZZ = settings(
@@ -84,11 +84,11 @@ def edited(config, path, value, delete):
 
 
 def assert_refused_or_sound(directory: Path, probe) -> None:
-    """Loading ``directory`` raises ModelFileError naming it, or gives a model that scores finitely (or refuses
-    to score with a flawscope error) -- never another exception."""
+    """Loading ``directory`` raises ModelFileError (or WeightsError, for an edited backbone fingerprint) naming it,
+    or gives a model that scores finitely (or refuses to score with a flawscope error) -- never another exception."""
     try:
         model = fs.load(directory)
-    except ModelFileError as error:
+    except (ModelFileError, WeightsError) as error:
         assert str(directory) in str(error)
         return
     try:

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from flawscope import __version__
 from flawscope.devices import resolve_device
-from flawscope.errors import ConfigError, FlawscopeError, ModelFileError
+from flawscope.errors import ConfigError, FlawscopeError, ModelFileError, WeightsError
 from flawscope.models.base import Detector
 from flawscope.models.registry import create
 from flawscope.runtime.metadata import is_exported, read_json_file
@@ -206,8 +206,10 @@ def load_detector(path: str | Path, device: str | None = None) -> Detector:
             f"{path} is incomplete: a {detector.name} needs {error.args[0]!r}, which neither {CONFIG_FILE} "
             f"nor {TENSOR_FILE} holds."
         ) from None
+    except WeightsError as error:  # the backbone weights found now are not those the model was fitted with
+        raise WeightsError(f"{path}: {error}") from None
     except FlawscopeError:
-        raise  # e.g. WeightsError: the backbone weights found now are not those the model was fitted with
+        raise
     except (TypeError, ValueError, AttributeError, IndexError, RuntimeError) as error:  # an edited meta value
         raise ModelFileError(f"{config_path} holds a value a {detector.name} cannot use ({error}).") from None
     _score_a_probe(detector, path)
@@ -222,6 +224,8 @@ def _score_a_probe(detector: Detector, path: Path) -> None:
     height, width = detector._probe_size()
     try:
         [(score, anomaly_map)] = detector._score_pixels([np.full((height, width, 3), 0.5, np.float32)])
+    except WeightsError as error:
+        raise WeightsError(f"{path}: {error}") from None
     except FlawscopeError:
         raise
     except (RuntimeError, ValueError, TypeError, IndexError, KeyError, AttributeError) as error:
