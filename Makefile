@@ -22,7 +22,7 @@ lint: install
 	$(BIN)/ruff format --check src tests tests_runtime benchmarks
 	$(BIN)/mypy
 
-# The default suite (about 9 minutes of tests on 2 cores, 4.5 of them the export parity checks), after lint and type checks.
+# The default suite (about 7 minutes of tests on 2 cores), after lint and type checks.
 test: lint
 	$(BIN)/python -m pytest -q
 
