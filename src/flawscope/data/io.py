@@ -159,7 +159,7 @@ def image_size(source: ImageInput) -> tuple[int, int]:
     _check_file(path)
     with _open(path, str(path)) as image:
         width, height = image.size
-        if _orientation(image, str(path))[0] in _TRANSPOSING_ORIENTATIONS:
+        if _exif_orientation(image, str(path)) in _TRANSPOSING_ORIENTATIONS:
             width, height = height, width
     return height, width
 
@@ -216,20 +216,35 @@ def _decode(file: Path | io.BytesIO, name: str, limit: int, suffix: str) -> Load
         return LoadedImage(loaded.pixels, tuple(notes), image.format)
 
 
-def _orientation(image: Image.Image, name: str) -> tuple[int, Image.Image]:
-    """The EXIF orientation of ``image`` and the image turned upright by it."""
+def _exif_orientation(image: Image.Image, name: str) -> int:
+    """The EXIF orientation tag of ``image`` (1 = upright), read from its header without decoding pixels."""
     try:
-        orientation = int(image.getexif().get(_ORIENTATION_TAG, 1))
-        upright = ImageOps.exif_transpose(image) if orientation != 1 else image
+        return int(image.getexif().get(_ORIENTATION_TAG, 1))
     except MemoryError:
         raise
     except Exception as error:  # a damaged EXIF block
-        raise DataError(f"Image {name} has an EXIF block that cannot be read ({error}).") from error
-    return orientation, upright or image
+        raise _unreadable_exif(name, error) from error
+
+
+def _upright(image: Image.Image, name: str) -> tuple[int, Image.Image]:
+    """The EXIF orientation of ``image`` and the (decoded) image turned upright by it."""
+    orientation = _exif_orientation(image, name)
+    if orientation == 1:
+        return orientation, image
+    try:
+        return orientation, ImageOps.exif_transpose(image) or image
+    except MemoryError:
+        raise
+    except Exception as error:
+        raise _unreadable_exif(name, error) from error
+
+
+def _unreadable_exif(name: str, error: Exception) -> DataError:
+    return DataError(f"Image {name} has an EXIF block that cannot be read ({error}).")
 
 
 def _from_pil(image: Image.Image, name: str) -> LoadedImage:
-    orientation, image = _orientation(image, name)
+    orientation, image = _upright(image, name)
     notes = [f"EXIF orientation {orientation} applied"] if orientation in range(2, 9) else []
     if image.width == 0 or image.height == 0:
         raise DataError(f"Image {name} has zero size ({image.width}x{image.height}).")
