@@ -19,7 +19,7 @@ from flawscope.data.transforms import resize_image as torch_resize_image
 from flawscope.errors import ConfigError, DataError, ModelFileError, NotFittedError
 from flawscope.export import check_parity
 from flawscope.maps import upsample_maps
-from flawscope.runtime.resize import resize_image, resize_map
+from flawscope.resize import resize_image, resize_map
 
 runner = CliRunner()
 

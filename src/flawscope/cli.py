@@ -33,6 +33,26 @@ MAX_PIXELS = typer.Option(
 )
 
 
+TILE = typer.Option(
+    None,
+    help="Learn from and score SIZE px square tiles of each image at native resolution (or --tile-scale), blended "
+    "back into one map: for images far larger than the model's input. Saved in the model; predict, evaluate, "
+    "serve and an export tile as it was fitted.",
+)
+OVERLAP = typer.Option(0, help="With --tile: pixels by which neighbouring tiles overlap (at most half a tile).")
+TILE_SCALE = typer.Option(1.0, help="With --tile: resize each image by this factor before cutting it into tiles.")
+
+
+def _tiling_params(tile: int | None, overlap: int, tile_scale: float) -> dict[str, Any]:
+    """The tiling parameters the options give (none without --tile)."""
+    return {} if tile is None else {"tile": tile, "overlap": overlap, "tile_scale": tile_scale}
+
+
+def _tiling_note(model: Any) -> str:
+    """', in 512 px tiles, ...' for a tiled model, '' otherwise."""
+    return "" if model.tiling is None else f", in {model.tiling.describe()}"
+
+
 def _fail(error: Exception) -> NoReturn:
     errors.print(f"[red]error:[/red] {escape(str(error))}")
     raise typer.Exit(code=2)
@@ -144,6 +164,9 @@ def fit(
         help="held-out: calibrate on --val-fraction of the good images; out-of-fold: fit on every good image and "
         "calibrate on their out-of-fold scores (for a few good images; at least 2, or 2 --groups).",
     ),
+    tile: int | None = TILE,
+    overlap: int = OVERLAP,
+    tile_scale: float = TILE_SCALE,
     max_pixels: int = MAX_PIXELS,
     quiet: bool = typer.Option(False, help="No progress bars or messages."),
 ) -> None:
@@ -162,6 +185,7 @@ def fit(
         params = {"device": device, "seed": seed, **parse_params(param)}
         named = {"backbone": backbone, "weights": weights, "recipe": recipe}
         params |= {name: value for name, value in named.items() if value is not None}
+        params |= _tiling_params(tile, overlap, tile_scale)
         fitted = fit_and_calibrate(
             model,
             data,
@@ -179,6 +203,7 @@ def fit(
         _fail(error)
     n_train, held_out = len(fitted.data.train), fitted.data.calibration
     views = f" (and {augment_copies} augmented views of each)" if augment else ""
+    views += _tiling_note(fitted.model)
     if fitted.model.calibration_.get("scores_from", "").startswith("out of fold"):
         console.print(
             f"fitted {model} on {n_train} images{views} in {fitted.fit_seconds:.1f} s; threshold "
@@ -244,7 +269,10 @@ def predict(
     for reason in written.failed.values():
         errors.print(f"[yellow]skipped[/yellow] {escape(reason)}")
     resumed = f", {written.n_resumed} of them in an earlier run" if written.n_resumed else ""
-    console.print(f"scored {written.n_scored} images{resumed} ({len(written.failed)} unreadable) -> {written.csv_path}")
+    console.print(
+        f"scored {written.n_scored} images{resumed}{_tiling_note(model)} ({len(written.failed)} unreadable) -> "
+        f"{written.csv_path}"
+    )
     if not model.is_calibrated:
         errors.print("[yellow]note:[/yellow] the model is not calibrated, so no labels or masks were written.")
 
@@ -423,7 +451,7 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     report.write_json(out / "metrics.json")
     report.write_html(out / "report.html", title=f"{detector.name} on {data}")
-    _print_report(report, f"{detector.name} on {data}")
+    _print_report(report, f"{detector.name} on {data}{_tiling_note(detector)}")
     console.print(f"metrics: {out / 'metrics.json'}\nreport:  {out / 'report.html'}")
 
 
@@ -435,6 +463,9 @@ def benchmark(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     param: list[str] = typer.Option([], help="Method parameter as KEY=VALUE, repeatable."),
     groups: str | None = typer.Option(None, help=GROUPS_HELP),
+    tile: int | None = TILE,
+    overlap: int = OVERLAP,
+    tile_scale: float = TILE_SCALE,
     quiet: bool = typer.Option(True, help="No progress bars (they cost time)."),
 ) -> None:
     """Measure fit seconds, predict images/s, peak RSS and metrics in one process; write JSON."""
@@ -443,9 +474,8 @@ def benchmark(
 
     _show_library_messages(quiet)
     try:
-        result = run_benchmark(
-            model, data, {"device": device, **parse_params(param)}, groups=groups, progress=not quiet
-        )
+        params = {"device": device, **parse_params(param), **_tiling_params(tile, overlap, tile_scale)}
+        result = run_benchmark(model, data, params, groups=groups, progress=not quiet)
     except fs.FlawscopeError as error:
         _fail(error)
     text = json.dumps(result.to_json(), indent=2)
@@ -688,7 +718,11 @@ def serve(
     from flawscope.service.app import create_app
 
     api = create_app(station, token=token, max_upload_bytes=int(max_upload_mb * 1024 * 1024))
-    console.print(f"serving {', '.join(station.models)} on http://{host}:{port}/ (log: {db})")
+    served = [
+        name if model.detector.tiling is None else f"{name} ({model.detector.tiling.describe()})"
+        for name, model in station.models.items()
+    ]
+    console.print(f"serving {', '.join(served)} on http://{host}:{port}/ (log: {db})")
     if host not in ("127.0.0.1", "localhost", "::1") and token is None:
         errors.print("[yellow]warning:[/yellow] reachable from other machines and no --token: anyone can write.")
     uvicorn.run(api, host=host, port=port, log_level="warning")

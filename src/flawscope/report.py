@@ -19,14 +19,22 @@ if TYPE_CHECKING:
 def heatmap_overlay(
     image: np.ndarray, anomaly_map: np.ndarray, vmax: float, vmin: float = 0.0, alpha: float = 0.45
 ) -> np.ndarray:
-    """Blend a ``jet`` colouring of ``anomaly_map`` (clipped to [vmin, vmax]) over ``image``; uint8 ``H x W x 3``."""
-    scaled = np.clip((anomaly_map - vmin) / max(vmax - vmin, 1e-12), 0.0, 1.0)
-    heat = _jet_table()[np.minimum((scaled * _JET_LEVELS).astype(np.intp), _JET_LEVELS - 1)]
-    base = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
-    return np.round(255 * ((1 - alpha) * base + alpha * heat)).astype(np.uint8)
+    """Blend a ``jet`` colouring of ``anomaly_map`` (clipped to [vmin, vmax]) over ``image``; uint8 ``H x W x 3``.
+
+    Drawn ``_OVERLAY_ROWS`` rows at a time, so that a large (tiled) image needs a few bands of float temporaries
+    beside its overlay rather than several copies of itself."""
+    overlay = np.empty((*anomaly_map.shape, 3), dtype=np.uint8)
+    for top in range(0, anomaly_map.shape[0], _OVERLAY_ROWS):
+        rows = slice(top, top + _OVERLAY_ROWS)
+        scaled = np.clip((anomaly_map[rows] - vmin) / max(vmax - vmin, 1e-12), 0.0, 1.0)
+        heat = _jet_table()[np.minimum((scaled * _JET_LEVELS).astype(np.intp), _JET_LEVELS - 1)]
+        base = np.repeat(image[rows], 3, axis=2) if image.shape[2] == 1 else image[rows]
+        overlay[rows] = np.round(255 * ((1 - alpha) * base + alpha * heat))
+    return overlay
 
 
 _JET_LEVELS = 256
+_OVERLAY_ROWS = 256
 
 
 # matplotlib's ``jet`` (its ``_jet_data``): per channel, the colour at each point of [0, 1], linear in between

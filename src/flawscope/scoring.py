@@ -30,6 +30,7 @@ from flawscope.postprocess import (
     unsupported_rule,
 )
 from flawscope.results import Prediction, ScoredImage
+from flawscope.tiling import Tiling, score_in_tiles
 
 ScorerT = TypeVar("ScorerT", bound="Scorer")
 
@@ -63,6 +64,21 @@ class Scorer:
 
     def _check_image(self, image: np.ndarray) -> None:
         """DataError for an image, as read, this scorer cannot score (handled like an unreadable one)."""
+
+    def _tiling(self) -> Tiling | None:
+        return None
+
+    @property
+    def tiling(self) -> Tiling | None:
+        """How this scorer cuts images into tiles (:mod:`flawscope.tiling`); None when it scores them whole."""
+        return self._tiling()
+
+    def _score_readable(self, pixels: list[np.ndarray], tile_batch: int) -> list[tuple[float, np.ndarray]]:
+        """:meth:`_score_pixels` of whole images, or of each image's tiles, ``tile_batch`` at a time, blended."""
+        tiling = self._tiling()
+        if tiling is None:
+            return self._score_pixels(pixels)
+        return [score_in_tiles(self._score_pixels, image, tiling, tile_batch) for image in pixels]
 
     @property
     def is_calibrated(self) -> bool:
@@ -183,25 +199,32 @@ class Scorer:
         """Score images one batch at a time, yielding one :class:`ScoredImage` per input, in order.
 
         Memory stays bounded by one batch. With ``on_error="skip"`` an unreadable image yields a
-        result with ``error`` set instead of stopping the run.
+        result with ``error`` set instead of stopping the run. A tiled scorer reads one image at a time and
+        scores ``batch_size`` of its tiles per pass.
         """
         self._check_fitted()
         if on_error not in ("raise", "skip"):
             raise ConfigError(f"on_error must be 'raise' or 'skip'. Got {on_error!r} instead.")
         dataset = as_dataset(images, split="test")
+        tiling = self._tiling()
         size = batch_size or self.batch_size
+        images_per_pass = 1 if tiling is not None else size
         with progress_bar(description, len(dataset), progress) as bar:
-            for start in range(0, len(dataset), size):
-                chunk = dataset.samples[start : start + size]
-                yield from self._predict_chunk(chunk, on_error)
+            for start in range(0, len(dataset), images_per_pass):
+                chunk = dataset.samples[start : start + images_per_pass]
+                yield from self._predict_chunk(chunk, on_error, tiling, size)
                 bar.advance(len(chunk))
 
-    def _predict_chunk(self, chunk: list[Sample], on_error: str) -> Iterator[ScoredImage]:
+    def _predict_chunk(
+        self, chunk: list[Sample], on_error: str, tiling: Tiling | None, tile_batch: int
+    ) -> Iterator[ScoredImage]:
         results: list[ScoredImage | None] = [None] * len(chunk)
         pixels, readable, conversions = [], [], []
         for position, sample in enumerate(chunk):
             try:
                 loaded = load_image(sample.image)
+                if tiling is not None:
+                    tiling.check(*loaded.pixels.shape[:2], sample.name)
                 self._check_image(loaded.pixels)
                 pixels.append(loaded.pixels)
                 conversions.append(loaded.conversion)
@@ -211,7 +234,7 @@ class Scorer:
                     raise
                 results[position] = ScoredImage(sample, error=str(error))
         if pixels:
-            scored = zip(readable, pixels, conversions, self._score_pixels(pixels))
+            scored = zip(readable, pixels, conversions, self._score_readable(pixels, tile_batch))
             for position, image, conversion, (score, anomaly_map) in scored:
                 results[position] = ScoredImage(chunk[position], score, anomaly_map, image=image, conversion=conversion)
         yield from (result for result in results if result is not None)

@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import io
 import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from flawscope.errors import ConfigError, DataError
-
-ImageInput = str | os.PathLike | Image.Image | np.ndarray
+from flawscope.resize import resize_pixels
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".gif"})
 
@@ -66,6 +66,47 @@ class LoadedImage:
         return "; ".join(self.notes)
 
 
+class TileCache:
+    """The image a run of :class:`ImageTile` reads was last cut from, decoded and scaled: one image, so that reading
+    an image's tiles in turn decodes it once and memory holds one image, however many there are."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._source: object = None
+        self._scale = 0.0
+        self._loaded: LoadedImage | None = None
+
+    def load(self, source: ImageInput, scale: float, limit: int | None) -> LoadedImage:
+        """``source`` as read, resized by ``scale``."""
+        with self._lock:
+            if self._loaded is None or self._source is not source or self._scale != scale:
+                self._loaded = None  # the previous image is let go before the next one is decoded
+                loaded = load_image(source, limit=limit)
+                if scale != 1.0:
+                    height, width = loaded.pixels.shape[:2]
+                    scaled_size = (max(1, round(height * scale)), max(1, round(width * scale)))
+                    loaded = LoadedImage(resize_pixels(loaded.pixels, scaled_size), loaded.notes, loaded.format)
+                self._source, self._scale, self._loaded = source, scale, loaded
+            return self._loaded
+
+
+@dataclass(frozen=True)
+class ImageTile:
+    """The ``size`` x ``size`` square at ``(top, left)`` of image ``source`` resized by ``scale``, read when it is
+    needed: how a tiled model's training images reach it (:mod:`flawscope.tiling`). Tiles of one image share a
+    :class:`TileCache`, so that reading them one after another decodes the image once."""
+
+    source: str | os.PathLike | Image.Image | np.ndarray
+    top: int
+    left: int
+    size: int
+    scale: float = 1.0
+    cache: TileCache = field(default_factory=TileCache, compare=False, repr=False)
+
+
+ImageInput = str | os.PathLike | Image.Image | np.ndarray | ImageTile
+
+
 def set_max_pixels(limit: int) -> None:
     """Refuse images of more than ``limit`` pixels (width x height) from now on, in this process.
 
@@ -94,6 +135,8 @@ def describe(source: ImageInput | bytes) -> str:
         return f"<array shape={source.shape} dtype={source.dtype}>"
     if isinstance(source, bytes):
         return f"<{len(source):,} bytes>"
+    if isinstance(source, ImageTile):
+        return f"{describe(source.source)} [tile at {source.top},{source.left}]"
     return f"<{type(source).__name__}>"
 
 
@@ -113,6 +156,8 @@ def load_image(source: ImageInput | bytes, *, name: str | None = None, limit: in
     """Read one image and say how it was converted; ``name`` names it in messages (default: the path),
     ``limit`` overrides the pixel limit of :func:`set_max_pixels` for this image."""
     name = name or describe(source)
+    if isinstance(source, ImageTile):
+        return _cut(source, limit)
     if isinstance(source, np.ndarray):
         return LoadedImage(_array_to_float(source, name))
     if isinstance(source, Image.Image):
@@ -152,6 +197,8 @@ def read_mask(path: str | os.PathLike, expected_size: tuple[int, int] | None = N
 def image_size(source: ImageInput) -> tuple[int, int]:
     """``(height, width)`` of an image as :func:`read_image` returns it (EXIF orientation applied), without
     decoding its pixels when it is a file."""
+    if isinstance(source, ImageTile):
+        return source.size, source.size
     if not isinstance(source, (str, os.PathLike)):
         pixels = read_image(source)
         return pixels.shape[0], pixels.shape[1]
@@ -162,6 +209,19 @@ def image_size(source: ImageInput) -> tuple[int, int]:
         if _exif_orientation(image, str(path)) in _TRANSPOSING_ORIENTATIONS:
             width, height = height, width
     return height, width
+
+
+def _cut(tile: ImageTile, limit: int | None) -> LoadedImage:
+    """The pixels of ``tile``; DataError when its square does not lie inside its (scaled) image."""
+    whole = tile.cache.load(tile.source, tile.scale, limit)
+    height, width = whole.pixels.shape[:2]
+    if tile.top < 0 or tile.left < 0 or tile.top + tile.size > height or tile.left + tile.size > width:
+        raise DataError(
+            f"{describe(tile)}: a {tile.size} px tile at {tile.top},{tile.left} does not lie inside the image, "
+            f"{width} x {height} px at scale {tile.scale}."
+        )
+    square = whole.pixels[tile.top : tile.top + tile.size, tile.left : tile.left + tile.size]
+    return LoadedImage(np.ascontiguousarray(square), whole.notes, whole.format)
 
 
 def _check_file(path: Path) -> None:
@@ -260,9 +320,10 @@ def _from_pil(image: Image.Image, name: str) -> LoadedImage:
         notes.append("alpha channel dropped")
     if mode in _COLOUR_SPACES:
         notes.append(f"{mode} converted to RGB")
-    if mode in ("1", "L", "LA", "La"):
-        return LoadedImage(_array_to_float(np.asarray(image.convert("L")), name), tuple(notes))
-    return LoadedImage(_array_to_float(np.asarray(image.convert("RGB")), name), tuple(notes))
+    grey = mode in ("1", "L", "LA", "La")
+    target = "L" if grey else "RGB"
+    converted = image if mode == target else image.convert(target)  # no copy of an image already in its mode
+    return LoadedImage(_array_to_float(np.asarray(converted), name), tuple(notes))
 
 
 def _integer_to_float(array: np.ndarray, name: str) -> np.ndarray:
@@ -289,10 +350,10 @@ def _array_to_float(array: np.ndarray, name: str) -> np.ndarray:
     array = array[..., :channels]
     if array.dtype == np.bool_:
         return array.astype(np.float32)
-    if array.dtype == np.uint8:
-        return array.astype(np.float32) / 255.0
-    if array.dtype == np.uint16:
-        return array.astype(np.float32) / 65535.0
+    if array.dtype in (np.uint8, np.uint16):
+        pixels = array.astype(np.float32)
+        pixels /= 255.0 if array.dtype == np.uint8 else 65535.0  # in place: a large image is not held twice
+        return pixels
     if np.issubdtype(array.dtype, np.floating):
         array = array.astype(np.float32)
         if not np.isfinite(array).all() or array.min() < 0.0 or array.max() > 1.0:

@@ -42,6 +42,7 @@ from flawscope.maps import upsample_maps
 from flawscope.models.registry import SUPERVISED, UPDATABLE, list_models
 from flawscope.postprocess import ThresholdRule
 from flawscope.scoring import Scorer
+from flawscope.tiling import TILING_DEFAULTS, Tiling, tile_dataset
 
 DetectorT = TypeVar("DetectorT", bound="Detector")
 
@@ -54,6 +55,13 @@ RUN_CONSTRAINTS: Constraints = {
     "seed": [Interval(int, 0, None)],
 }
 BACKBONE_CONSTRAINTS: Constraints = {"backbone": [STRING], "layers": [int_sequence(0)], "weights": [NONE, STRING]}
+# every method's tiling parameters (:mod:`flawscope.tiling`), kept by the base class rather than each constructor;
+# how they relate (an overlap of at most half the tile) is checked by :class:`Tiling`
+TILING_CONSTRAINTS: Constraints = {
+    "tile": [NONE, Interval(int, 1, None)],
+    "overlap": [Interval(int, 0, None)],
+    "tile_scale": [Interval(float, 0.0, None, "neither")],
+}
 
 
 class Detector(Scorer):
@@ -68,6 +76,10 @@ class Detector(Scorer):
     batch_size: int
     device: str
     seed: int
+    # tiling (flawscope.tiling): parameters of every method, set through the registry, set_params or the CLI
+    tile: int | None = TILING_DEFAULTS["tile"]
+    overlap: int = TILING_DEFAULTS["overlap"]
+    tile_scale: float = TILING_DEFAULTS["tile_scale"]
     device_: torch.device
     # the fit and every update or recalibration since (see ``update``), and the content hash of the directory the
     # model was last saved to or loaded from (None when it changed since)
@@ -93,8 +105,17 @@ class Detector(Scorer):
 
     @classmethod
     def param_names(cls) -> list[str]:
-        """Names of the constructor parameters."""
-        return list(cls._init_parameters())
+        """Names of the parameters: the constructor's, then the tiling ones every method has (``tile``,
+        ``overlap``, ``tile_scale``; :mod:`flawscope.tiling`)."""
+        return [*cls._init_parameters(), *TILING_DEFAULTS]
+
+    @classmethod
+    def from_params(cls: type[DetectorT], params: dict[str, Any]) -> DetectorT:
+        """An unfitted detector with these parameters (constructor and tiling ones alike)."""
+        constructor = cls._init_parameters()
+        detector = cls(**{name: value for name, value in params.items() if name in constructor})
+        detector.set_params(**{name: value for name, value in params.items() if name not in constructor})
+        return detector
 
     @property
     def supervised(self) -> bool:
@@ -116,15 +137,32 @@ class Detector(Scorer):
 
     def clone(self) -> Detector:
         """An unfitted detector with the same parameters."""
-        return type(self)(**self.get_params())
+        return type(self).from_params(self.get_params())
 
     def __repr__(self) -> str:
-        defaults = {name: p.default for name, p in self._init_parameters().items()}
+        defaults = {**{name: p.default for name, p in self._init_parameters().items()}, **TILING_DEFAULTS}
         changed = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items() if v != defaults.get(k))
         return f"{type(self).__name__}({changed})"
 
     def _validate(self) -> None:
-        validate_params(type(self).__name__, self.get_params(), self._parameter_constraints)
+        owner = type(self).__name__
+        validate_params(owner, self.get_params(), {**self._parameter_constraints, **TILING_CONSTRAINTS})
+        if self._tiling() is not None:
+            refusal = self._tiling_refusal()
+            if refusal is not None:
+                raise ConfigError(f"{owner} cannot be tiled: {refusal}")
+
+    def _tiling(self) -> Tiling | None:
+        return Tiling.from_params(self.get_params())
+
+    def _tiling_refusal(self) -> str | None:
+        """Why this method cannot learn from and score tiles (``tile`` set), or None when it can."""
+        if self.supervised:
+            return (
+                "it learns from labelled whole images, and a tile of a defective image may show no defect. "
+                "Fit it on crops of the size its images are scored at instead."
+            )
+        return None
 
     # ------------------------------------------------------------------ fitting
     def fit(self, images: ImageDataset | Sequence | str, *, progress: bool = True) -> Detector:
@@ -142,17 +180,28 @@ class Detector(Scorer):
             _check_labelled(dataset, type(self).__name__)
         else:
             self._check_good(dataset, "fit")
+        training = self._training_set(dataset)
         before = self._learned_state()
         self._set_learned_state({})
         try:
             self.device_ = resolve_device(self.device)
             self._forget_calibration()
-            self._fit(dataset, progress)
+            self._fit(training, progress)
         except BaseException:
             self._set_learned_state(before)
             raise
-        self.lineage_ = [{"event": "fit", "images": len(dataset)}]
+        self.lineage_ = [{"event": "fit", **self._counted(dataset, training)}]
         return self
+
+    def _training_set(self, dataset: ImageDataset) -> ImageDataset:
+        """What ``_fit`` / ``_update`` learn from: the images, or their tiles for a tiled model."""
+        tiling = self._tiling()
+        return dataset if tiling is None else tile_dataset(dataset, tiling)
+
+    @staticmethod
+    def _counted(dataset: ImageDataset, training: ImageDataset) -> dict[str, int]:
+        """How many images (and, when tiled, tiles) a fit or an update learned from, for ``lineage_``."""
+        return {"images": len(dataset), **({"tiles": len(training)} if training is not dataset else {})}
 
     def _check_good(self, dataset: ImageDataset, action: str) -> None:
         """DataError unless ``dataset`` holds at least one image and no image labelled defective."""
@@ -186,9 +235,11 @@ class Detector(Scorer):
         started = time.perf_counter()
         updated = copy.copy(self)
         updated.calibration_ = copy.deepcopy(self.calibration_)
-        changes = updated._update(dataset, progress)
+        training = self._training_set(dataset)
+        changes = updated._update(training, progress)
         seconds = round(time.perf_counter() - started, 3)
-        updated._record({"event": "update", "images": len(dataset), **changes, "seconds": seconds}, self.version_)
+        event = {"event": "update", **self._counted(dataset, training), **changes, "seconds": seconds}
+        updated._record(event, self.version_)
         return updated
 
     def _record(self, event: dict[str, Any], parent: str | None) -> None:

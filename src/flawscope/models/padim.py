@@ -250,6 +250,15 @@ class PaDiM(BackboneDetector):
         maps = gaussian_blur(upsample_maps(distances, (batch.shape[2], batch.shape[3])), self.smoothing_sigma)
         return maps.flatten(1).max(dim=1).values, maps
 
+    def _tiling_refusal(self) -> str | None:
+        return (
+            "its Gaussians are per position of the model's input, so it learns where things are in an image. One "
+            "PaDiM shared by all tiles would learn at each position a mixture of what every tile holds there (and "
+            "find little unusual); one per tile position would need parts aligned to the pixel in images of one "
+            "size, and a model per tile (each tens to hundreds of MB). Tile a position-free method instead: "
+            "PatchCore, DFR, SimpleNet, EfficientAD, the autoencoders, the Feature Dictionary or the GMM."
+        )
+
     def _state_tensors(self) -> dict[str, torch.Tensor]:
         if self.covariance_ is None:  # loaded from flawscope 0.1
             return {"mean": self.mean_, "precision": self.precision_, "channels": self.channels_}

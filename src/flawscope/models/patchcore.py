@@ -342,7 +342,7 @@ class PatchCore(BackboneDetector):
         space, so the group scores as if it had holes around it (measured on ELPV mono: thresholds far
         above those of modules never seen) -- and the folds are fitted again instead.
         """
-        if self.coreset_ratio < 1.0:
+        if self.coreset_ratio < 1.0 or self.tile is not None:  # a tiled bank's rows come from tiles, not images
             return super()._out_of_fold_scores(dataset, groups, n_folds, progress)
         sources = getattr(self, "_bank_sources", None)
         if sources is None or sources.shape[0] != self.memory_bank_.shape[0] or int(sources.max()) >= len(dataset):

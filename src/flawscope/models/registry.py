@@ -110,4 +110,4 @@ def create(name: str, **params: Any) -> Detector:
     unknown = sorted(set(params) - known)
     if unknown:
         raise ConfigError(f"{detector.__name__} has no parameter(s) {unknown}. Its parameters: {sorted(known)}.")
-    return detector(**params)
+    return detector.from_params(params)

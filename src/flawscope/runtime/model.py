@@ -10,10 +10,11 @@ import numpy as np
 from flawscope.data.sizes import aspect_size
 from flawscope.errors import ConfigError, DataError
 from flawscope.postprocess import ThresholdRule
+from flawscope.resize import resize_image, resize_map
 from flawscope.runtime.graphs import Graph, open_graph
 from flawscope.runtime.metadata import read_metadata
-from flawscope.runtime.resize import resize_image, resize_map
 from flawscope.scoring import Scorer
+from flawscope.tiling import Tiling
 
 
 class ExportedModel(Scorer):
@@ -42,6 +43,7 @@ class ExportedModel(Scorer):
         self.default_threshold = ThresholdRule(**postprocess.get("default_threshold", {}))
         self._size = metadata["input"]["size"]
         self._short_side = metadata["input"]["aspect_short_side"]
+        self._tiles = Tiling.from_params(metadata["model"]["params"])
 
     def __repr__(self) -> str:
         return f"ExportedModel({self.name!r}, {str(self.directory)!r}, {self.graph_format!r})"
@@ -59,10 +61,13 @@ class ExportedModel(Scorer):
         """The graph's input size: every image is resized to it."""
         return int(self._size[0]), int(self._size[1])
 
+    def _tiling(self) -> Tiling | None:
+        return self._tiles
+
     def _check_image(self, image: np.ndarray) -> None:
         """DataError for an image a model that keeps the aspect ratio would score at another size than its graph
-        takes (with ``on_error="skip"`` the rest of the batch is scored)."""
-        height, width = image.shape[:2]
+        takes (with ``on_error="skip"`` the rest of the batch is scored); a tiled model's graph takes its tiles."""
+        height, width = (self._tiles.size, self._tiles.size) if self._tiles is not None else image.shape[:2]
         if self._short_side is None:
             return
         needed = aspect_size(height, width, int(self._short_side))

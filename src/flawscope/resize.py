@@ -6,6 +6,8 @@ non-zero taps per output pixel.
 * :func:`resize_image` -- what :func:`flawscope.data.transforms.resize_image` does to model input:
   antialiased bilinear (``antialias=True``; the triangle filter stretched by the scale when shrinking,
   as in Pillow and torch's ``_upsample_bilinear2d_aa``), grey repeated to three channels, clipped to [0, 1].
+* :func:`resize_pixels` -- the same antialiased resize of an image, channels kept (a tiled model's
+  ``tile_scale``, :mod:`flawscope.tiling`).
 * :func:`resize_map` -- what :func:`flawscope.maps.upsample_maps` does to anomaly maps: plain bilinear.
 """
 
@@ -85,6 +87,15 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.clip(channels, 0.0, 1.0).astype(np.float32, copy=False)
 
 
+def resize_pixels(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """One float ``H x W x C`` image -> ``size[0] x size[1] x C`` float32, antialiased bilinear (channels kept)."""
+    if tuple(image.shape[:2]) == tuple(size):
+        return image.astype(np.float32, copy=False)
+    channels = np.moveaxis(np.asarray(image, dtype=np.float32), 2, 0)
+    resized = _resize_axis(_resize_axis(channels, "antialiased", size[1], 2), "antialiased", size[0], 1)
+    return np.ascontiguousarray(np.moveaxis(np.clip(resized, 0.0, 1.0), 0, 2))
+
+
 def resize_map(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """One ``h x w`` float map -> ``size[0] x size[1]`` float32, bilinear."""
     if tuple(anomaly_map.shape) == tuple(size):
@@ -93,4 +104,4 @@ def resize_map(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return _resize_axis(rows, "bilinear", size[0], 1)[0]
 
 
-__all__ = ["antialiased_weights", "bilinear_weights", "resize_image", "resize_map"]
+__all__ = ["antialiased_weights", "bilinear_weights", "resize_image", "resize_map", "resize_pixels"]

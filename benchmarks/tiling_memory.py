@@ -1,0 +1,116 @@
+"""Peak memory and time of scoring one very large image with a tiled PatchCore: an 8,192 x 8,192 RGB image
+(67 megapixels, 805 MB as float32), through the library and through ``flawscope predict`` (which also draws the
+overlay and the mask).
+
+A tiled PatchCore (``--tile`` px tiles, ``--overlap`` px overlap, defaults otherwise) is fitted on two 1,024 px
+textures, calibrated, saved; each measurement then runs in a fresh process, which reports its own peak RSS
+(``ru_maxrss``). Writes ``benchmarks/results/tiling_memory.json``.
+
+    .venv/bin/python benchmarks/tiling_memory.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+SIDE = 8192
+LIBRARY_RUN = """
+import json, resource, sys, time
+import flawscope as fs
+fs.set_max_pixels({side} * {side})
+model = fs.load(sys.argv[1])
+started = time.perf_counter()
+prediction = model.predict([sys.argv[2]], progress=False)
+seconds = time.perf_counter() - started
+print(json.dumps({{"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                   "map_shape": list(prediction.anomaly_maps[0].shape), "label": bool(prediction.labels[0])}}))
+"""
+
+
+def large_image(path: Path, side: int, seed: int) -> None:
+    """A ``side`` x ``side`` RGB texture (smooth noise plus grain), written uncompressed (BMP)."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.random((side // 64, side // 64, 3), dtype=np.float32)
+    smooth = np.asarray(Image.fromarray((coarse * 255).astype(np.uint8)).resize((side, side), Image.BILINEAR))
+    grain = rng.integers(0, 32, size=(side, side, 1), dtype=np.uint8)
+    Image.fromarray(np.minimum(smooth // 2 + 64 + grain, 255).astype(np.uint8)).save(path)
+
+
+def fitted_model(folder: Path, tile: int, overlap: int) -> Path:
+    import flawscope as fs
+
+    images = []
+    for seed in range(4):
+        path = folder / f"train_{seed}.bmp"
+        large_image(path, 1024, seed)
+        images.append(str(path))
+    model = fs.create("patchcore", tile=tile, overlap=overlap, device="cpu").fit(images[:2], progress=False)
+    model.calibrate(images[2:], rule="sigma", progress=False)
+    return model.save(folder / "model")
+
+
+def peak_of_cli(model: Path, image: Path, out: Path) -> dict[str, float]:
+    """Seconds and peak RSS of ``flawscope predict`` on the one image (the child's ru_maxrss)."""
+    command = [
+        sys.executable, "-c",
+        "import resource, sys; from flawscope.cli import app; sys.argv = ['flawscope'] + sys.argv[1:]\n"
+        "try:\n    app()\nfinally:\n"
+        "    print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, file=sys.stderr)",
+        "predict", str(model), str(image), "--out", str(out), "--max-pixels", str(SIDE * SIDE), "--quiet",
+    ]  # fmt: skip
+    started = time.perf_counter()
+    run = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    peak = [line for line in run.stderr.splitlines() if line.startswith("PEAK")]
+    if run.returncode != 0 or not peak:
+        raise SystemExit(run.stdout + run.stderr)
+    return {"seconds": round(seconds, 1), "peak_rss_mb": round(float(peak[0].split()[1]))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tile", type=int, default=512)
+    parser.add_argument("--overlap", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "tiling_memory.json")
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="flawscope-large-"))
+    model = fitted_model(folder, args.tile, args.overlap)
+    image = folder / "large.bmp"
+    large_image(image, SIDE, seed=9)
+    run = subprocess.run(
+        [sys.executable, "-c", LIBRARY_RUN.format(side=SIDE), str(model), str(image)], capture_output=True, text=True
+    )
+    if run.returncode != 0:
+        raise SystemExit(run.stderr)
+    library = json.loads(run.stdout.strip().splitlines()[-1])
+    megapixels = SIDE * SIDE / 1e6
+    results = {
+        "image": f"{SIDE} x {SIDE} RGB ({megapixels:.1f} MP; {SIDE * SIDE * 3 * 4 / 2**20:.0f} MiB as float32)",
+        "model": f"patchcore, {args.tile} px tiles, {args.overlap} px overlap, defaults otherwise",
+        "library_predict": {
+            "seconds": round(library["seconds"], 1),
+            "seconds_per_megapixel": round(library["seconds"] / megapixels, 3),
+            "peak_rss_mb": round(library["peak_rss_mb"]),
+            "map_shape": library["map_shape"],
+        },
+        "cli_predict_with_overlay_and_mask": peak_of_cli(model, image, folder / "out"),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
