@@ -4,6 +4,7 @@ import torch
 
 import flawscope as fs
 from flawscope.data.synthetic import make_texture_set
+from flawscope.features.coreset import projection_matrix
 from flawscope.features.neighbours import TorchSearch
 from flawscope.metrics import auroc, pixel_metrics
 from flawscope.models.patchcore import reweighted_scores
@@ -106,3 +107,43 @@ def test_input_shape_keeps_the_aspect_ratio_of_long_parts(texture_train):
     assert square_images.fit(texture_train, progress=False).input_shape_ == "square"  # "auto" keeps squares square
     with pytest.raises(fs.ConfigError, match="needs training images of one size"):
         fs.create("patchcore", image_size=64, input_shape="aspect").fit(wide + long_images, progress=False)
+
+
+def _projection(model) -> torch.Tensor:
+    """The random projection a PatchCore fit selected its coreset in."""
+    return projection_matrix(model.memory_bank_.shape[1], model.projection_dim, model._generator())
+
+
+def test_a_streamed_coreset_covers_every_training_patch_within_its_radius(texture_train):
+    params = {"image_size": 64, "coreset_ratio": 0.1, "seed": 0, "batch_size": 4}
+    streamed = fs.create("patchcore", **params, coreset_chunk=200).fit(texture_train, progress=False)
+    whole = fs.create("patchcore", **params).fit(texture_train, progress=False)
+    with torch.inference_mode():
+        chunks = list(streamed._feature_chunks(texture_train, len(texture_train), False))
+    patches = chunks[0][2] @ _projection(streamed)
+    assert streamed._chunk_rows(patches.shape[1]) == 200  # several chunks of 4 images (64 patches each)
+    assert abs(streamed.memory_bank_.shape[0] - whole.memory_bank_.shape[0]) <= len(texture_train) // 4
+    nearest = torch.cdist(patches, streamed.memory_bank_ @ _projection(streamed)).min(dim=1).values
+    assert float(nearest.max()) <= streamed.coverage_radius_ * (1 + 1e-4) + 1e-5
+    assert float(nearest.max()) > 0.5 * streamed.coverage_radius_  # the radius is attained, not a loose bound
+
+
+def test_a_streamed_full_bank_keeps_every_patch_of_every_image(texture_train):
+    params = {"image_size": 64, "coreset_ratio": 1.0, "seed": 0, "batch_size": 4}
+    streamed = fs.create("patchcore", **params, coreset_chunk=100).fit(texture_train, progress=False)
+    whole = fs.create("patchcore", **params).fit(texture_train, progress=False)
+    assert torch.equal(streamed.memory_bank_, whole.memory_bank_)
+    assert torch.equal(streamed._bank_sources, torch.arange(len(texture_train)).repeat_interleave(64))
+
+
+def test_the_fit_says_its_memory_and_refuses_one_that_cannot_fit_before_extracting(texture_train, monkeypatch, capsys):
+    import flawscope.models.patchcore as patchcore
+
+    fs.create("patchcore", image_size=64).fit(texture_train[:4], progress=True)
+    assert "4 images x 64 patches -> memory bank of about 26 x 152" in capsys.readouterr().err
+    monkeypatch.setattr(patchcore, "available_mib", lambda: 100.0)
+    monkeypatch.setattr(patchcore.PatchCore, "_feature_chunks", lambda *_: pytest.fail("features were extracted"))
+    with pytest.raises(
+        fs.ConfigError, match=r"would need about .* MiB .* but 100 MiB are available\. Lower coreset_ratio"
+    ):
+        fs.create("patchcore", image_size=64).fit(texture_train, progress=False)

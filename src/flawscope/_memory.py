@@ -1,4 +1,4 @@
-"""Process memory: hand freed heap memory back to the system (glibc), and the peak resident size.
+"""Process memory: hand freed heap memory back to the system (glibc), the peak resident size, the memory available.
 
 glibc's malloc raises its mmap threshold after large blocks are freed, so later large tensors come
 from the heap, and heap memory freed between differently sized images is kept rather than
@@ -18,6 +18,7 @@ import ctypes.util
 import sys
 from collections.abc import Callable
 from functools import cache
+from pathlib import Path
 
 
 @cache
@@ -36,6 +37,38 @@ def release_freed_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+def available_mib() -> float | None:
+    """Memory this process can take now without swapping, in MiB: the system's ``MemAvailable``, or less where a
+    cgroup (a container's limit) leaves less; None where ``/proc/meminfo`` does not say."""
+    system = _meminfo_available_kib()
+    if system is None:
+        return None
+    limit = _cgroup_room_kib()
+    return (system if limit is None else min(system, limit)) / 1024
+
+
+def _meminfo_available_kib() -> int | None:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _cgroup_room_kib() -> int | None:
+    """What the cgroup (v2) memory limit leaves: ``memory.max - memory.current``; None without a limit."""
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        return (int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text())) // 1024
+    except (OSError, ValueError):
+        return None
 
 
 def peak_rss_mib() -> float | None:

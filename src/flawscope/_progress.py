@@ -88,6 +88,12 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
         yield _Bar(progress, progress.add_task(description, total=total))
 
 
+def notice(message: str, enabled: bool = True) -> None:
+    """Say ``message`` on standard error, beside the progress bars (nothing when they are disabled)."""
+    if enabled:
+        print(message, file=sys.stderr, flush=True)
+
+
 def tracked(items: Sequence[Item], description: str, enabled: bool = True) -> Iterator[Item]:
     """Yield ``items`` one by one, advancing a progress bar (as :func:`progress_bar`) after each."""
     with progress_bar(description, len(items), enabled) as bar:

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from flawscope._memory import available_mib
+from flawscope._progress import notice
 from flawscope._validation import BOOLEAN, Interval, Options
 from flawscope.data.datasets import ImageDataset
 from flawscope.data.io import image_size
@@ -32,6 +34,8 @@ from flawscope.models.base import BACKBONE_CONSTRAINTS, RUN_CONSTRAINTS, Backbon
 from flawscope.models.registry import UPDATABLE, register_detector
 from flawscope.state import checked_tensor
 
+CHUNK_BYTES = 256 * 2**20  # the most full-dimension patch features held for one coreset selection
+BACKBONE_MIB = 400  # what the process holds beside the features (torch, the backbone), for the memory estimate
 OUT_OF_GROUP_NEIGHBOURS = 16  # nearest bank rows searched for one outside the query's own group
 OUT_OF_GROUP_CHUNK = 256  # queries searched at once over the whole bank when none of those is outside it
 
@@ -83,6 +87,12 @@ class PatchCore(BackboneDetector):
         keeping their aspect ratio, to a short side of ``image_size``.
     coreset_ratio : float in (0, 1]
         Fraction of training patches kept in the memory bank (paper: 0.1, 0.01 or 0.25).
+    coreset_chunk : int
+        Training patches per coreset selection: the patches of the training images stream through the selection
+        in chunks of about this many (whole images; fewer where their features would exceed 256 MiB), and the
+        memory bank is the union of each chunk's ``coreset_ratio``. Fit time then grows linearly with the number
+        of images and memory is bounded by one chunk and the bank. A training set of fewer patches gets one
+        selection over all of them, as in the paper.
     projection_dim : int
         Dimension of the random projection used only while selecting the coreset (paper: 128).
     reweight : bool
@@ -120,6 +130,7 @@ class PatchCore(BackboneDetector):
         **BACKBONE_CONSTRAINTS,
         "image_size": [Interval(int, 32, 4096)],
         "coreset_ratio": [Interval(float, 0.0, 1.0, "right")],
+        "coreset_chunk": [Interval(int, 1, None)],
         "projection_dim": [Interval(int, 1, None)],
         "reweight": [BOOLEAN],
         "reweight_neighbours": [Interval(int, 1, None)],
@@ -139,6 +150,7 @@ class PatchCore(BackboneDetector):
         weights: str | None = None,
         image_size: int = 224,
         coreset_ratio: float = 0.1,
+        coreset_chunk: int = 16_384,
         projection_dim: int = 128,
         reweight: bool = False,
         reweight_neighbours: int = 9,
@@ -156,6 +168,7 @@ class PatchCore(BackboneDetector):
         self.weights = weights
         self.image_size = image_size
         self.coreset_ratio = coreset_ratio
+        self.coreset_chunk = coreset_chunk
         self.projection_dim = projection_dim
         self.reweight = reweight
         self.reweight_neighbours = reweight_neighbours
@@ -200,11 +213,15 @@ class PatchCore(BackboneDetector):
 
     # ------------------------------------------------------------------ fit
     def _fit(self, dataset: ImageDataset, progress: bool) -> None:
-        """Extract features, select the coreset on their projection, keep the selected patches.
+        """Stream the training patches through the coreset selection, one chunk of images at a time.
 
-        Only the projected features of all training patches are held at once (the paper's 128-d
-        projection); when a projection is used, the selected patches are read back in full
-        dimension by a second pass of the backbone, so peak memory stays near ``N x 128`` floats.
+        The patch features of up to ``coreset_chunk`` patches of whole images (fewer where their full-dimension
+        features would take more than ``CHUNK_BYTES``) are extracted, projected, and reduced to ``coreset_ratio``
+        of themselves by greedy k-center selection; the memory bank is the union of the chunks' selections -- a
+        composable coreset (Indyk et al., PODS 2014): every training patch lies within the largest of the chunks'
+        coverage radii of the bank. Each selection is quadratic in its chunk only, so the fit's time grows
+        linearly with the number of images, and memory holds one chunk and the bank. Training images that fit in
+        one chunk get the paper's single selection.
         """
         self.input_shape_ = self._resolve_input_shape(dataset)
         first = image_size(dataset.samples[0].image)
@@ -212,20 +229,71 @@ class PatchCore(BackboneDetector):
         self.input_size_ = list(self._input_size(*first)) if self.input_shape_ == "aspect" else None
         self._build_extractor()
         generator = self._generator()
-        matrix = projection_matrix(sum(self.extractor_.channels), self.projection_dim, generator)
-        projected = self._training_features(dataset, matrix, progress, description="features")
-        projected_rows = projected.shape[0]
-        selected, self.coverage_radius_ = coreset_with_radius(projected, self.coreset_ratio, generator, progress)
-        if matrix is None:
-            bank = projected[selected]
-        else:
-            del projected
-            bank = self._training_features(dataset, None, progress, rows=selected, description="memory bank")
-        self.memory_bank_ = bank.contiguous()
-        patches_per_image = projected_rows // len(dataset)
+        dim = sum(self.extractor_.channels)
+        matrix = projection_matrix(dim, self.projection_dim, generator)
+        per_image = self._patches_per_image(*self._input_size(*first))
+        chunk_images = max(1, self._chunk_rows(dim) // per_image)
+        self._check_memory(len(dataset), per_image, chunk_images, dim, progress)
+        bank, sources, radius = [], [], 0.0
+        with torch.inference_mode():
+            for first_image, n_images, features in self._feature_chunks(dataset, chunk_images, progress):
+                projected = features if matrix is None else features @ matrix.to(features.device)
+                selected, chunk_radius = coreset_with_radius(projected, self.coreset_ratio, generator)
+                bank.append(features[selected.to(features.device)])
+                sources.append(first_image + selected.cpu() // (features.shape[0] // n_images))
+                radius = max(radius, chunk_radius)
+        self.memory_bank_ = torch.cat(bank).contiguous()
+        del bank
+        self.coverage_radius_ = radius
         # the training image of each bank row, for out-of-fold scores right after the fit (not saved)
-        self._bank_sources = (selected // patches_per_image).to(torch.int64).cpu()
+        self._bank_sources = torch.cat(sources).to(torch.int64)
         self.search_index_ = make_search(self.search, self.device_).fit(self.memory_bank_)
+
+    def _chunk_rows(self, dim: int) -> int:
+        """Patches per coreset selection: ``coreset_chunk``, fewer where their features would exceed ``CHUNK_BYTES``."""
+        return min(self.coreset_chunk, max(1, CHUNK_BYTES // (4 * dim)))
+
+    def _patches_per_image(self, height: int, width: int) -> int:
+        """Patches of an input of this size: positions of the finest feature map used."""
+        stride = self.extractor_.reductions[0]
+        return -(-height // stride) * -(-width // stride)
+
+    def _check_memory(self, n_images: int, per_image: int, chunk_images: int, dim: int, progress: bool) -> None:
+        """Say what the fit will hold in memory; ConfigError, before any feature is extracted, when more than
+        the memory available (:func:`flawscope._memory.available_mib`)."""
+        bank_rows = max(1, round(self.coreset_ratio * n_images * per_image))
+        bank_mib = bank_rows * dim * 4 / 2**20
+        chunk_mib = min(chunk_images, n_images) * per_image * dim * 4 * 2 / 2**20  # its batches and their concatenation
+        needed_mib = 2 * bank_mib + chunk_mib + BACKBONE_MIB  # the bank and its search index
+        notice(
+            f"PatchCore: {n_images} images x {per_image} patches -> memory bank of about {bank_rows:,} x {dim} "
+            f"({bank_mib:,.0f} MiB); peak memory about {needed_mib:,.0f} MiB",
+            progress,
+        )
+        available = available_mib()
+        if available is not None and needed_mib > available:
+            raise ConfigError(
+                f"PatchCore would need about {needed_mib:,.0f} MiB to fit on {n_images} images (a memory bank of "
+                f"{bank_rows:,} patches x {dim} features, its search index, and chunks of {chunk_images} images), but "
+                f"{available:,.0f} MiB are available. Lower coreset_ratio (now {self.coreset_ratio}), image_size "
+                f"(now {self.image_size}) or coreset_chunk (now {self.coreset_chunk}), or fit on fewer images."
+            )
+
+    def _feature_chunks(
+        self, dataset: ImageDataset, chunk_images: int, progress: bool
+    ) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """``(index of its first image, its number of images, patch features (rows x D))`` of chunks of at least
+        ``chunk_images`` whole images (whole batches), in order."""
+        pending: list[torch.Tensor] = []
+        first = count = 0
+        for batch in self._training_batches(dataset, "memory bank", progress):
+            pending.append(patch_rows(self._patch_features(batch)))
+            count += batch.shape[0]
+            if count >= chunk_images:
+                yield first, count, torch.cat(pending)
+                pending, first, count = [], first + count, 0
+        if pending:
+            yield first, count, torch.cat(pending)
 
     def _update(self, dataset: ImageDataset, progress: bool) -> dict[str, Any]:
         """Add the new images' patches that the memory bank covers worst.
@@ -240,7 +308,8 @@ class PatchCore(BackboneDetector):
         before the radius was kept adds ``coreset_ratio`` of the new patches, farthest first.
         """
         matrix = projection_matrix(self.memory_bank_.shape[1], self.projection_dim, self._generator())
-        new_patches = self._training_features(dataset, None, progress, description="features")
+        with torch.inference_mode():
+            new_patches = torch.cat([rows for _, _, rows in self._feature_chunks(dataset, len(dataset), progress)])
         projection = None if matrix is None else matrix.to(self.device_)
         projected_bank = self.memory_bank_ if projection is None else self.memory_bank_ @ projection
         projected_new = new_patches if projection is None else new_patches @ projection
@@ -254,48 +323,6 @@ class PatchCore(BackboneDetector):
         self.search_index_ = make_search(self.search, self.device_).fit(self.memory_bank_)
         self._bank_sources = None
         return {"bank_rows_added": int(added.numel()), "bank_rows": int(self.memory_bank_.shape[0])}
-
-    def _training_features(
-        self,
-        dataset: ImageDataset,
-        matrix: torch.Tensor | None,
-        progress: bool,
-        rows: torch.Tensor | None = None,
-        description: str = "features",
-    ) -> torch.Tensor:
-        """Patch features of every training image as one ``(N * h * w) x D`` tensor, filled batch by batch.
-
-        ``matrix`` (``D x d``) projects each batch before it is stored. With ``rows``, only those
-        global patch indices are kept, in the order given.
-        """
-        matrix = None if matrix is None else matrix.to(self.device_)
-        features: torch.Tensor | None = None
-        order = None if rows is None else torch.argsort(rows)
-        wanted = None if rows is None else rows[order].to(self.device_)
-        kept = first_row = 0
-        with torch.inference_mode():
-            for batch in self._training_batches(dataset, description, progress):
-                patches = self._patch_features(batch)
-                per_image = patches.shape[2] * patches.shape[3]
-                batch_rows = patch_rows(patches)
-                if matrix is not None:
-                    batch_rows = batch_rows @ matrix
-                end_row = first_row + batch_rows.shape[0]
-                if wanted is not None:
-                    inside = wanted[(wanted >= first_row) & (wanted < end_row)]
-                    batch_rows = batch_rows[inside - first_row]
-                if features is None:
-                    total = len(dataset) * per_image if wanted is None else wanted.numel()
-                    features = torch.empty(total, batch_rows.shape[1], device=self.device_)
-                features[kept : kept + batch_rows.shape[0]] = batch_rows
-                kept += batch_rows.shape[0]
-                first_row = end_row
-        assert features is not None  # fit has at least one image
-        if order is None:
-            return features
-        restored = torch.empty_like(features)
-        restored[order.to(self.device_)] = features  # back to the selection order of ``rows``
-        return restored
 
     # ------------------------------------------------------------------ predict
     def _score_batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
