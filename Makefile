@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 $(BIN)/flawscope: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[demo,serve,export,openvino,test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[demo,serve,export,openvino,ray,test]'
 	touch $@
 
 install: $(BIN)/flawscope

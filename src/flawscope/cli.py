@@ -246,9 +246,18 @@ def predict(
     max_pixels: int = MAX_PIXELS,
     resume: bool = typer.Option(
         False,
-        help="Go on with an interrupted run: images that have a score in OUT/predictions.csv are not "
-        "scored again (unreadable ones are tried again).",
+        help="Go on with an interrupted run: images that have a score in OUT/predictions.csv (with --ray: in "
+        "OUT/parts/) are not scored again (unreadable ones are tried again).",
     ),
+    images: bool = typer.Option(True, help="Write overlays and masks (--no-images: predictions.csv only)."),
+    ray: str | None = typer.Option(
+        None,
+        "--ray",
+        metavar="ADDRESS",
+        help="Score on a Ray cluster through Ray Data ('local' starts Ray on this machine; 'auto' or "
+        "'ray://HOST:PORT' joins a running one); also writes OUT/predictions.parquet. OUT must be shared storage.",
+    ),
+    workers: int | None = typer.Option(None, min=1, help="With --ray: scoring actors (default: one per CPU)."),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Score images; write per image a heat-map overlay, a defect mask and a row of predictions.csv."""
@@ -258,12 +267,17 @@ def predict(
 
     set_max_pixels(max_pixels)
     try:
-        model = (
-            _exported_model(model_dir, device, graph_format)
-            if is_exported(model_dir)
-            else _fitted_model(model_dir, device)
-        )
-        written = predict_to_folder(model, inputs, out, opening=opening, progress=not quiet, resume=resume)
+        if ray is not None:
+            model, written = _predict_on_ray(model_dir, inputs, out, ray, workers, opening, images, resume, quiet)
+        else:
+            model = (
+                _exported_model(model_dir, device, graph_format)
+                if is_exported(model_dir)
+                else _fitted_model(model_dir, device)
+            )
+            written = predict_to_folder(
+                model, inputs, out, opening=opening, progress=not quiet, resume=resume, images=images
+            )
     except FlawscopeError as error:
         _fail(error)
     for reason in written.failed.values():
@@ -275,6 +289,35 @@ def predict(
     )
     if not model.is_calibrated:
         errors.print("[yellow]note:[/yellow] the model is not calibrated, so no labels or masks were written.")
+
+
+def _predict_on_ray(
+    model_dir: Path,
+    inputs: list[Path],
+    out: Path,
+    address: str,
+    workers: int | None,
+    opening: int | None,
+    images: bool,
+    resume: bool,
+    quiet: bool,
+) -> tuple[Any, Any]:
+    """``predict --ray``: the model (loaded here to report on it) and what the run wrote."""
+    _require_extra("predict --ray", ("ray",), extra="ray")
+    from flawscope.fleet import load_scorer, predict_on_ray
+
+    written = predict_on_ray(
+        model_dir,
+        inputs,
+        out,
+        address=None if address == "local" else address,
+        workers=workers,
+        opening=opening,
+        images=images,
+        resume=resume,
+        progress=not quiet,
+    )
+    return load_scorer(model_dir), written
 
 
 def _fitted_model(model_dir: Path, device: str | None) -> Any:
@@ -630,16 +673,16 @@ def quantize(
     console.print(f"quantized {model_dir} to int8; {threshold}; saved to {out}")
 
 
-def _require_serve_extra(command: str, modules: tuple[str, ...]) -> None:
-    """Fail with the install line, before any model is loaded, when the 'serve' extra is missing."""
+def _require_extra(command: str, modules: tuple[str, ...], extra: str = "serve") -> None:
+    """Fail with the install line, before any model is loaded, when an extra (default 'serve') is missing."""
     from importlib.util import find_spec
 
     missing = [module for module in modules if find_spec(module) is None]
     if missing:
         _fail(
             ImportError(
-                f"flawscope {command} needs the 'serve' extra (missing: {', '.join(missing)}): "
-                "pip install 'flawscope[serve]'"
+                f"flawscope {command} needs the '{extra}' extra (missing: {', '.join(missing)}): "
+                f"pip install 'flawscope[{extra}]'"
             )
         )
 
@@ -711,7 +754,7 @@ def serve(
     Operators teach a PatchCore or PaDiM model from the review page: 'False alarm - teach as good' queues the image,
     'Update model' makes and serves a new version, 'Recalibrate' sets the threshold from the verdicts in the log,
     'Roll back' serves the previous version."""
-    _require_serve_extra("serve", ("fastapi", "uvicorn", "multipart", "prometheus_client"))
+    _require_extra("serve", ("fastapi", "uvicorn", "multipart", "prometheus_client"))
     station = _station(model_dirs, db, store, store_images, max_pixels, device, max_batch, resume)
     import uvicorn
 
@@ -745,7 +788,7 @@ def watch(
 ) -> None:
     """Inspect every image written into IN_DIR once, when complete; log it to the same database as serve."""
     _show_library_messages(quiet)
-    _require_serve_extra("watch", ("watchfiles",))
+    _require_extra("watch", ("watchfiles",))
     station = _station([model_dir], db, store, store_images, max_pixels, device)
     from flawscope.service.watch import FolderWatcher
 

@@ -43,9 +43,11 @@ def predict_to_folder(
     opening: int | None = None,
     progress: bool = True,
     resume: bool = False,
+    images: bool = True,
 ) -> FolderPrediction:
     """Score image files and folders of images; write per image a heat-map overlay, a defect mask (calibrated
-    models) and a row of ``out/predictions.csv``. Unreadable files get a row with the reason and the rest go on.
+    models; neither with ``images=False``) and a row of ``out/predictions.csv``. Unreadable files get a row with
+    the reason and the rest go on.
 
     Each row is flushed as soon as its image is scored, so an interrupted run keeps every row it wrote. With
     ``resume`` the images that already have a score in ``out/predictions.csv`` are not scored again: the run
@@ -67,30 +69,34 @@ def predict_to_folder(
     with open(csv_path, "a", newline="") as handle:
         writer = csv.writer(handle)
         for result in detector.iter_predict(dataset, on_error="skip", progress=progress) if todo else ():
-            if result.anomaly_map is None or result.image is None:
+            scored = result.anomaly_map is not None
+            if not scored:
                 failed[result.sample.name] = str(result.error)
-                writer.writerow([result.sample.name, "", "", "", "", "", result.error, ""])
-            else:
-                writer.writerow(_write_outputs(detector, result, out, _unique_stem(result.sample.name, used), opening))
+            stem = _unique_stem(result.sample.name, used) if scored else ""
+            writer.writerow(result_row(detector, result, out if images else None, stem, opening))
             handle.flush()
     return FolderPrediction(csv_path, len(paths) - len(failed), failed, n_resumed=len(done))
 
 
-def _write_outputs(detector: Scorer, result: ScoredImage, out: Path, stem: str, opening: int | None) -> list[str]:
-    """Write one scored image's overlay (and mask, once calibrated); its row of ``predictions.csv``."""
-    assert result.anomaly_map is not None and result.image is not None
-    overlay_path = out / f"{stem}_overlay.png"
-    low, high = overlay_scale(detector, result.anomaly_map)
-    Image.fromarray(heatmap_overlay(result.image, result.anomaly_map, vmax=high, vmin=low)).save(overlay_path)
-    label, boxes, mask_name = "", "", ""
+def result_row(detector: Scorer, result: ScoredImage, out: Path | None, stem: str, opening: int | None) -> list[str]:
+    """The ``predictions.csv`` row (:data:`COLUMNS`) of one result; with ``out``, its overlay and (calibrated
+    models) its mask are written there as ``<stem>_overlay.png`` and ``<stem>_mask.png``."""
+    if result.anomaly_map is None or result.image is None:
+        return [result.sample.name, "", "", "", "", "", str(result.error), ""]
+    overlay_name = mask_name = ""
+    if out is not None:
+        overlay_name = f"{stem}_overlay.png"
+        low, high = overlay_scale(detector, result.anomaly_map)
+        Image.fromarray(heatmap_overlay(result.image, result.anomaly_map, vmax=high, vmin=low)).save(out / overlay_name)
+    label, boxes = "", ""
     if detector.is_calibrated:
         not_ok, mask, found = detector.decide(result.score, result.anomaly_map, opening)
         label = "NOT OK" if not_ok else "OK"
         boxes = json.dumps([[int(v) for v in box[:4]] + [round(box[4], 4)] for box in found])
-        mask_name = f"{stem}_mask.png"
-        Image.fromarray((mask * 255).astype(np.uint8)).save(out / mask_name)
-    score = f"{result.score:.6f}"
-    return [result.sample.name, score, label, boxes, overlay_path.name, mask_name, "", result.conversion]
+        if out is not None:
+            mask_name = f"{stem}_mask.png"
+            Image.fromarray((mask * 255).astype(np.uint8)).save(out / mask_name)
+    return [result.sample.name, f"{result.score:.6f}", label, boxes, overlay_name, mask_name, "", result.conversion]
 
 
 def _scored_rows(csv_path: Path) -> dict[str, list[str]]:
@@ -134,4 +140,4 @@ def _unique_stem(path_name: str, used: set[str]) -> str:
     return candidate
 
 
-__all__ = ["FolderPrediction", "image_paths", "predict_to_folder"]
+__all__ = ["COLUMNS", "FolderPrediction", "image_paths", "predict_to_folder", "result_row"]
