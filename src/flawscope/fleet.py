@@ -42,11 +42,12 @@ def load_scorer(model_dir: str | os.PathLike, threads: int = 0) -> Scorer:
     from flawscope.runtime import is_exported
     from flawscope.runtime import load as load_export
 
-    if is_exported(model_dir):
-        return load_export(model_dir, threads=threads)
+    directory = Path(model_dir)
+    if is_exported(directory):
+        return load_export(directory, threads=threads)
     from flawscope.serialization import load_detector
 
-    return load_detector(model_dir)
+    return load_detector(directory)
 
 
 class BatchScorer:

@@ -224,7 +224,7 @@ class Scorer:
             try:
                 loaded = load_image(sample.image)
                 if tiling is not None:
-                    tiling.check(*loaded.pixels.shape[:2], sample.name)
+                    tiling.check(loaded.pixels.shape[0], loaded.pixels.shape[1], sample.name)
                 self._check_image(loaded.pixels)
                 pixels.append(loaded.pixels)
                 conversions.append(loaded.conversion)

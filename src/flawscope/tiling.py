@@ -157,7 +157,8 @@ def score_in_tiles(
     rows, columns = tiling.starts(scaled.shape[0]), tiling.starts(scaled.shape[1])
     window = tiling.window()
     tile_weights = np.outer(window, window)
-    blended = np.zeros(scaled.shape[:2], dtype=np.float32)
+    scaled_height, scaled_width = scaled.shape[0], scaled.shape[1]
+    blended = np.zeros((scaled_height, scaled_width), dtype=np.float32)
     corners = [(top, left) for top in rows for left in columns]
     size = tiling.size
     for first in range(0, len(corners), batch_size):
@@ -166,8 +167,8 @@ def score_in_tiles(
         for (top, left), (_, tile_map) in zip(batch, scored):
             blended[top : top + size, left : left + size] += tile_map * tile_weights
     del scaled
-    blended /= tiling.coverage(rows, blended.shape[0])[:, None]
-    blended /= tiling.coverage(columns, blended.shape[1])[None, :]
+    blended /= tiling.coverage(rows, scaled_height)[:, None]
+    blended /= tiling.coverage(columns, scaled_width)[None, :]
     anomaly_map = resize_map(blended, (height, width))
     return float(anomaly_map.max()), anomaly_map
 

@@ -96,7 +96,7 @@ class ImageTile:
     needed: how a tiled model's training images reach it (:mod:`flawscope.tiling`). Tiles of one image share a
     :class:`TileCache`, so that reading them one after another decodes the image once."""
 
-    source: str | os.PathLike | Image.Image | np.ndarray
+    source: ImageInput
     top: int
     left: int
     size: int
