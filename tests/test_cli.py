@@ -72,6 +72,15 @@ def test_predict_writes_overlays_masks_and_csv_and_survives_bad_files(model_dir,
     labels = {Path(row["path"]).name: row["label"] for row in scored}
     assert any(labels[path.name] == "NOT OK" for path in defective), "a defective image is flagged"
     assert all(json.loads(row["boxes"]) for row in scored if row["label"] == "NOT OK" and "defect" in row["path"])
+    bare = tmp_path / "bare"
+    result = runner.invoke(app, ["predict", str(model_dir), str(inputs), "--out", str(bare), "--no-images", "--quiet"])
+    assert result.exit_code == 0, result.output
+    with open(bare / "predictions.csv") as handle:
+        bare_rows = list(csv.DictReader(handle))
+    assert sorted(path.name for path in bare.iterdir()) == ["predictions.csv"]
+    assert [(r["path"], r["score"], r["label"], r["boxes"], r["overlay"]) for r in bare_rows] == [
+        (r["path"], r["score"], r["label"], r["boxes"], "") for r in rows
+    ]
 
 
 def test_evaluate_without_masks_gives_image_metrics_and_a_note(model_dir, category, tmp_path):
