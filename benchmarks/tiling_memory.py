@@ -1,6 +1,6 @@
-"""Peak memory and time of scoring one very large image with a tiled PatchCore: an 8,192 x 8,192 RGB image
-(67 megapixels, 805 MB as float32), through the library and through ``flawscope predict`` (which also draws the
-overlay and the mask).
+"""Peak memory and time of scoring one very large image with a tiled PatchCore: an 8,192 x 8,192 image
+(67 megapixels; 805 MB as float32 RGB, 268 MB grey), colour and grey, through the library and through
+``flawscope predict`` (which also draws the overlay and the mask).
 
 A tiled PatchCore (``--tile`` px tiles, ``--overlap`` px overlap, defaults otherwise) is fitted on two 1,024 px
 textures, calibrated, saved; each measurement then runs in a fresh process, which reports its own peak RSS
@@ -39,13 +39,30 @@ print(json.dumps({{"seconds": seconds, "peak_rss_mb": resource.getrusage(resourc
 """
 
 
-def large_image(path: Path, side: int, seed: int) -> None:
-    """A ``side`` x ``side`` RGB texture (smooth noise plus grain), written uncompressed (BMP)."""
+def large_image(path: Path, side: int, seed: int, colour: bool = True) -> None:
+    """A ``side`` x ``side`` RGB (or grey) texture (smooth noise plus grain), written uncompressed (BMP)."""
     rng = np.random.default_rng(seed)
     coarse = rng.random((side // 64, side // 64, 3), dtype=np.float32)
     smooth = np.asarray(Image.fromarray((coarse * 255).astype(np.uint8)).resize((side, side), Image.BILINEAR))
     grain = rng.integers(0, 32, size=(side, side, 1), dtype=np.uint8)
-    Image.fromarray(np.minimum(smooth // 2 + 64 + grain, 255).astype(np.uint8)).save(path)
+    pixels = np.minimum(smooth // 2 + 64 + grain, 255).astype(np.uint8)
+    Image.fromarray(pixels if colour else np.ascontiguousarray(pixels[..., 0])).save(path)
+
+
+def library_run(model: Path, image: Path) -> dict[str, object]:
+    """Seconds, peak RSS and map shape of ``model.predict([image])`` in a fresh process."""
+    run = subprocess.run(
+        [sys.executable, "-c", LIBRARY_RUN.format(side=SIDE), str(model), str(image)], capture_output=True, text=True
+    )
+    if run.returncode != 0:
+        raise SystemExit(run.stderr)
+    measured = json.loads(run.stdout.strip().splitlines()[-1])
+    return {
+        "seconds": round(measured["seconds"], 1),
+        "seconds_per_megapixel": round(measured["seconds"] / (SIDE * SIDE / 1e6), 3),
+        "peak_rss_mib": round(measured["peak_rss_mb"]),
+        "map_shape": measured["map_shape"],
+    }
 
 
 def fitted_model(folder: Path, tile: int, overlap: int) -> Path:
@@ -59,6 +76,14 @@ def fitted_model(folder: Path, tile: int, overlap: int) -> Path:
     model = fs.create("patchcore", tile=tile, overlap=overlap, device="cpu").fit(images[:2], progress=False)
     model.calibrate(images[2:], rule="sigma", progress=False)
     return model.save(folder / "model")
+
+
+def baseline_rss(model: Path) -> float:
+    """Peak RSS of a process that only loads the model (torch, the backbone, the bank): what every run starts from."""
+    code = "import resource, sys, flawscope as fs; fs.load(sys.argv[1]); "
+    code += "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    run = subprocess.run([sys.executable, "-c", code, str(model)], capture_output=True, text=True, check=True)
+    return float(run.stdout.strip().splitlines()[-1])
 
 
 def peak_of_cli(model: Path, image: Path, out: Path) -> dict[str, float]:
@@ -76,7 +101,7 @@ def peak_of_cli(model: Path, image: Path, out: Path) -> dict[str, float]:
     peak = [line for line in run.stderr.splitlines() if line.startswith("PEAK")]
     if run.returncode != 0 or not peak:
         raise SystemExit(run.stdout + run.stderr)
-    return {"seconds": round(seconds, 1), "peak_rss_mb": round(float(peak[0].split()[1]))}
+    return {"seconds": round(seconds, 1), "peak_rss_mib": round(float(peak[0].split()[1]))}
 
 
 def main() -> None:
@@ -87,26 +112,19 @@ def main() -> None:
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="flawscope-large-"))
     model = fitted_model(folder, args.tile, args.overlap)
-    image = folder / "large.bmp"
-    large_image(image, SIDE, seed=9)
-    run = subprocess.run(
-        [sys.executable, "-c", LIBRARY_RUN.format(side=SIDE), str(model), str(image)], capture_output=True, text=True
-    )
-    if run.returncode != 0:
-        raise SystemExit(run.stderr)
-    library = json.loads(run.stdout.strip().splitlines()[-1])
-    megapixels = SIDE * SIDE / 1e6
-    results = {
-        "image": f"{SIDE} x {SIDE} RGB ({megapixels:.1f} MP; {SIDE * SIDE * 3 * 4 / 2**20:.0f} MiB as float32)",
-        "model": f"patchcore, {args.tile} px tiles, {args.overlap} px overlap, defaults otherwise",
-        "library_predict": {
-            "seconds": round(library["seconds"], 1),
-            "seconds_per_megapixel": round(library["seconds"] / megapixels, 3),
-            "peak_rss_mb": round(library["peak_rss_mb"]),
-            "map_shape": library["map_shape"],
-        },
-        "cli_predict_with_overlay_and_mask": peak_of_cli(model, image, folder / "out"),
+    results: dict[str, object] = {
+        "image": f"{SIDE} x {SIDE} ({SIDE * SIDE / 1e6:.1f} MP)",
+        "model": f"patchcore, {args.tile} px tiles, {args.overlap} px overlap, calibrated, defaults otherwise",
+        "baseline_peak_rss_mib": round(baseline_rss(model)),
     }
+    for kind, colour in (("rgb", True), ("grey", False)):
+        image = folder / f"large_{kind}.bmp"
+        large_image(image, SIDE, seed=9, colour=colour)
+        results[kind] = {
+            "library_predict": library_run(model, image),
+            "cli_predict_with_overlay_and_mask": peak_of_cli(model, image, folder / f"out_{kind}"),
+        }
+        print(kind, results[kind], flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))

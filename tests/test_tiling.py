@@ -4,6 +4,8 @@ small defects a whole-image resize loses, the tiling saved with the model and ho
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from flawscope.data.datasets import ImageDataset, InMemoryDataset, Sample
 from flawscope.data.io import ImageTile, read_image
 from flawscope.data.synthetic import make_texture_set, texture
 from flawscope.metrics import auroc
+from flawscope.models.registry import model_entry
 from flawscope.tiling import Tiling, score_in_tiles, tile_dataset
 
 FAST_PATCHCORE = {"image_size": 64, "coreset_ratio": 0.25, "seed": 0}
@@ -141,6 +144,20 @@ def test_a_tiled_model_finds_small_defects_that_resizing_the_whole_image_loses()
         assert abs(top - rows.mean()) < 12 and abs(left - columns.mean()) < 12  # the peak is at the spot
 
 
+TILEABLE = [name for name in fs.list_models() if name not in ("padim", "cam_classifier")]
+
+
+@pytest.mark.parametrize("name", TILEABLE)
+def test_every_position_free_method_learns_and_scores_in_tiles(name):
+    params = {**model_entry(name).test_params, "tile": 96, "overlap": 16}
+    model = fs.create(name, **params).fit(_panels(1, False, seed=1), progress=False)
+    assert model.lineage_[0]["tiles"] == 3 * 8
+    prediction = model.predict(_panels(2, True, seed=3), progress=False)
+    assert [anomaly_map.shape for anomaly_map in prediction.anomaly_maps] == [(192, 576)] * 2
+    assert np.isfinite(prediction.scores).all()
+    assert prediction.scores.tolist() == [float(anomaly_map.max()) for anomaly_map in prediction.anomaly_maps]
+
+
 def test_a_tiled_model_saves_loads_and_predicts_alike_with_tiles_in_its_lineage(tmp_path):
     train = _panels(2, False, seed=1)
     model = fs.create("patchcore", **FAST_PATCHCORE, tile=96, overlap=24).fit(train, progress=False)
@@ -212,3 +229,35 @@ def test_the_cli_fits_in_tiles_and_predict_says_so(tmp_path):
         app, ["fit", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "p"), "--model", "padim", *fit_options]
     )
     assert refused.exit_code != 0 and "PaDiM cannot be tiled" in " ".join(refused.output.split())
+
+
+LARGE_SIDE = 8192
+PREDICT_LARGE = f"""
+import json, resource, sys
+import flawscope as fs
+fs.set_max_pixels({LARGE_SIDE} * {LARGE_SIDE})
+prediction = fs.load(sys.argv[1]).predict([sys.argv[2]], progress=False)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({{"peak_mib": peak, "shape": list(prediction.anomaly_maps[0].shape), "masks": len(prediction.masks)}}))
+"""
+
+
+@pytest.mark.slow
+def test_an_8192_px_colour_image_scores_in_tiles_within_2_gib(tmp_path):
+    """Memory is bounded by one image (805 MB as float32 RGB), its map and a batch of tiles, not by its 324 tiles."""
+    rng = np.random.default_rng(0)
+    train = [np.round(texture(rng, (1024, 1024)) * 255).astype(np.uint8) for _ in range(3)]
+    model = fs.create("patchcore", tile=512, overlap=64, device="cpu").fit(train[:2], progress=False)
+    model.calibrate(train[1:], rule="sigma", progress=False)
+    model.save(tmp_path / "model")
+    grain = rng.integers(0, 256, size=(LARGE_SIDE // 8, LARGE_SIDE, 3), dtype=np.uint8)
+    Image.fromarray(np.tile(grain, (8, 1, 1))).save(tmp_path / "large.bmp")
+    run = subprocess.run(
+        [sys.executable, "-c", PREDICT_LARGE, str(tmp_path / "model"), str(tmp_path / "large.bmp")],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    measured = json.loads(run.stdout.strip().splitlines()[-1])
+    assert measured["shape"] == [LARGE_SIDE, LARGE_SIDE] and measured["masks"] == 1
+    assert measured["peak_mib"] < 2048, measured

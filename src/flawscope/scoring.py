@@ -253,16 +253,9 @@ class Scorer:
         ``opening`` is the size of the structuring element (``opening_shape``) that opens the
         thresholded map; ``None`` = the method's ``default_opening``, 0 = none.
         """
-        names, scores, maps, errors, conversions = [], [], [], {}, {}
-        for result in self.iter_predict(images, batch_size=batch_size, on_error=on_error, progress=progress):
-            if result.anomaly_map is None:
-                errors[result.sample.name] = str(result.error)
-                continue
-            if result.conversion:
-                conversions[result.sample.name] = result.conversion
-            names.append(result.sample.name)
-            scores.append(result.score)
-            maps.append(result.anomaly_map)
+        names, scores, maps, errors, conversions = self._collect(
+            self.iter_predict(images, batch_size=batch_size, on_error=on_error, progress=progress)
+        )
         score_array = np.asarray(scores, dtype=np.float64)
         if not self.is_calibrated:
             return Prediction(names, score_array, maps, errors=errors, conversions=conversions)
@@ -271,6 +264,24 @@ class Scorer:
         masks = [mask for _, mask, _ in decisions]
         boxes = [box for _, _, box in decisions]
         return Prediction(names, score_array, maps, labels, masks, boxes, self.threshold_, errors, conversions)
+
+    @staticmethod
+    def _collect(
+        results: Iterator[ScoredImage],
+    ) -> tuple[list[str], list[float], list[np.ndarray], dict[str, str], dict[str, str]]:
+        """Names, scores and maps of the scored results, and the errors and conversions by name -- in a frame of its
+        own, so that no result (and the image it holds: 800 MB for a large colour one) outlives the loop."""
+        names, scores, maps, errors, conversions = [], [], [], {}, {}
+        for result in results:
+            if result.anomaly_map is None:
+                errors[result.sample.name] = str(result.error)
+                continue
+            if result.conversion:
+                conversions[result.sample.name] = result.conversion
+            names.append(result.sample.name)
+            scores.append(float(result.score))
+            maps.append(result.anomaly_map)
+        return names, scores, maps, errors, conversions
 
     def decide(
         self, score: float, anomaly_map: np.ndarray, opening: int | None = None

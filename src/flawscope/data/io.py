@@ -46,6 +46,7 @@ _SUFFIXES_OF_FORMAT = {
     "PPM": {".pgm", ".ppm", ".pbm", ".pnm"},
     "GIF": {".gif"},
 }
+_BAND_ROWS = 512  # rows of a large 8-bit image converted to float at a time
 _ORIENTATION_TAG = 0x0112
 _TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 _limit = {"max_pixels": DEFAULT_MAX_PIXELS}
@@ -323,7 +324,21 @@ def _from_pil(image: Image.Image, name: str) -> LoadedImage:
     grey = mode in ("1", "L", "LA", "La")
     target = "L" if grey else "RGB"
     converted = image if mode == target else image.convert(target)  # no copy of an image already in its mode
-    return LoadedImage(_array_to_float(np.asarray(converted), name), tuple(notes))
+    return LoadedImage(_eight_bit_to_float(converted), tuple(notes))
+
+
+def _eight_bit_to_float(image: Image.Image) -> np.ndarray:
+    """An "L" or "RGB" image as float32 ``H x W x C`` in [0, 1], converted ``_BAND_ROWS`` rows at a time: a large
+    image is held as Pillow's bytes and the floats, never also as a whole uint8 array."""
+    channels = 1 if image.mode == "L" else 3
+    pixels = np.empty((image.height, image.width, channels), dtype=np.float32)
+    for top in range(0, image.height, _BAND_ROWS):
+        bottom = min(top + _BAND_ROWS, image.height)
+        band = image if image.height <= _BAND_ROWS else image.crop((0, top, image.width, bottom))
+        rows = pixels[top:bottom]
+        rows[...] = np.asarray(band).reshape(rows.shape)
+        rows /= 255.0
+    return pixels
 
 
 def _integer_to_float(array: np.ndarray, name: str) -> np.ndarray:
