@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -144,7 +145,10 @@ def test_a_run_killed_midway_resumes_scoring_only_the_rest(archive, tmp_path, tw
     again = _start_cli(model_dir, images, out, two_node_cluster, "--resume")
     stdout, stderr = again.communicate(timeout=300)
     assert again.returncode == 0, stderr
-    assert f"{len(scored_before)} of them in an earlier run" in " ".join(stdout.split())
+    resumed = re.search(r"(\d+) of them in an earlier run", " ".join(stdout.split()))
+    assert resumed is not None, stdout
+    # at least what the killed run had written (its actors may finish a batch before the cluster stops them)
+    assert len(scored_before) <= int(resumed.group(1)) < 47
     rows = rows_of(out / "predictions.csv")
     assert len({row[0] for row in rows}) == len(rows) == 48
     np.testing.assert_array_equal(sorted(row[0] for row in rows if row[1]), sorted(

@@ -35,7 +35,7 @@ from flawscope.models.registry import UPDATABLE, register_detector
 from flawscope.state import checked_tensor
 
 CHUNK_BYTES = 256 * 2**20  # the most full-dimension patch features held for one coreset selection
-BACKBONE_MIB = 400  # what the process holds beside the features (torch, the backbone), for the memory estimate
+FIT_BASELINE_MIB = 900  # what a fitting process holds beside the features (torch, the backbone, a batch): measured
 OUT_OF_GROUP_NEIGHBOURS = 16  # nearest bank rows searched for one outside the query's own group
 OUT_OF_GROUP_CHUNK = 256  # queries searched at once over the whole bank when none of those is outside it
 
@@ -264,7 +264,7 @@ class PatchCore(BackboneDetector):
         bank_rows = max(1, round(self.coreset_ratio * n_images * per_image))
         bank_mib = bank_rows * dim * 4 / 2**20
         chunk_mib = min(chunk_images, n_images) * per_image * dim * 4 * 2 / 2**20  # its batches and their concatenation
-        needed_mib = 2 * bank_mib + chunk_mib + BACKBONE_MIB  # the bank and its search index
+        needed_mib = 3 * bank_mib + chunk_mib + FIT_BASELINE_MIB  # the bank, its parts while joined, its search index
         notice(
             f"PatchCore: {n_images} images x {per_image} patches -> memory bank of about {bank_rows:,} x {dim} "
             f"({bank_mib:,.0f} MiB); peak memory about {needed_mib:,.0f} MiB",
