@@ -232,7 +232,7 @@ class EfficientAD(Detector):
             )
         _require_cpu_for_int8(self.device_, "Load it with device='cpu' first.")
         train, validation = self._split(as_dataset(images, split="train"))
-        quantized = type(self)(**{**self.get_params(), "precision": "int8"})
+        quantized = type(self).from_params({**self.get_params(), "precision": "int8"})
         quantized._set_learned_state(self._learned_state())  # the float networks, shared: both only score
         quantized._forget_calibration()
         calibration = train.subset(range(min(INT8_CALIBRATION_IMAGES, len(train))), "int8 calibration")
