@@ -28,14 +28,17 @@ pyarrow_parquet = pytest.importorskip("pyarrow.parquet")
 
 from flawscope.fleet import predict_on_ray, read_parts  # noqa: E402
 
+N_IMAGES = 160
+
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory) -> tuple[Path, Path]:
-    """A calibrated PatchCore and a folder of 48 images (a few defective, one unreadable)."""
+    """A calibrated PatchCore and a folder of N_IMAGES images (a few defective, one unreadable): 10 batches of 16,
+    so that a run killed after its first parts has most of its work left."""
     root = tmp_path_factory.mktemp("archive")
     images = root / "images"
     images.mkdir()
-    for sample in make_texture_set(40, 7, size=(96, 96), seed=3):
+    for sample in make_texture_set(N_IMAGES - 10, 9, size=(96, 96), seed=3):
         Image.fromarray(sample.image).save(images / f"{sample.name}.png")
     (images / "broken.png").write_bytes(b"not a png")
     model = fs.create("patchcore", image_size=64, coreset_ratio=0.25, device="cpu")
@@ -63,9 +66,9 @@ def test_ray_writes_the_rows_a_plain_predict_writes_and_typed_parquet(archive, t
             assert [box[:4] for box in our_boxes] == [box[:4] for box in their_boxes]
             assert [box[4] for box in our_boxes] == pytest.approx([box[4] for box in their_boxes], rel=1e-4)
             assert (tmp_path / "ray" / ours[4]).is_file() and (tmp_path / "ray" / ours[5]).is_file()
-    assert written.n_scored == 47 and list(written.failed) == [str(images / "broken.png")]
+    assert written.n_scored == N_IMAGES - 1 and list(written.failed) == [str(images / "broken.png")]
     table = pyarrow_parquet.read_table(tmp_path / "ray" / "predictions.parquet")
-    assert str(table.schema.field("score").type) == "double" and table.num_rows == 48
+    assert str(table.schema.field("score").type) == "double" and table.num_rows == N_IMAGES
     assert table.column("score").null_count == 1
 
 
@@ -128,8 +131,8 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(archive, tmp_path,
     assert run.returncode == 0, stderr
     rows = rows_of(out / "predictions.csv")
     assert sorted(row[0] for row in rows) == sorted(str(path) for path in images.iterdir())
-    assert len({row[0] for row in rows}) == len(rows) == 48
-    assert sum(1 for row in rows if row[1]) == 47
+    assert len({row[0] for row in rows}) == len(rows) == N_IMAGES
+    assert sum(1 for row in rows if row[1]) == N_IMAGES - 1
 
 
 @pytest.mark.slow
@@ -141,15 +144,15 @@ def test_a_run_killed_midway_resumes_scoring_only_the_rest(archive, tmp_path, tw
     first.send_signal(signal.SIGKILL)
     first.wait()
     scored_before = {path for path, row in read_parts(out / "parts").items() if row["score"] is not None}
-    assert 0 < len(scored_before) < 47
+    assert 0 < len(scored_before) < N_IMAGES - 1
     again = _start_cli(model_dir, images, out, two_node_cluster, "--resume")
     stdout, stderr = again.communicate(timeout=300)
     assert again.returncode == 0, stderr
     resumed = re.search(r"(\d+) of them in an earlier run", " ".join(stdout.split()))
     assert resumed is not None, stdout
     # at least what the killed run had written (its actors may finish a batch before the cluster stops them)
-    assert len(scored_before) <= int(resumed.group(1)) < 47
+    assert len(scored_before) <= int(resumed.group(1)) < N_IMAGES - 1
     rows = rows_of(out / "predictions.csv")
-    assert len({row[0] for row in rows}) == len(rows) == 48
+    assert len({row[0] for row in rows}) == len(rows) == N_IMAGES
     np.testing.assert_array_equal(sorted(row[0] for row in rows if row[1]), sorted(
         str(path) for path in images.iterdir() if path.name != "broken.png"))  # fmt: skip
