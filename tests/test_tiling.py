@@ -3,6 +3,7 @@ small defects a whole-image resize loses, the tiling saved with the model and ho
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -261,3 +262,23 @@ def test_an_8192_px_colour_image_scores_in_tiles_within_2_gib(tmp_path):
     measured = json.loads(run.stdout.strip().splitlines()[-1])
     assert measured["shape"] == [LARGE_SIDE, LARGE_SIDE] and measured["masks"] == 1
     assert measured["peak_mib"] < 2048, measured
+
+
+def test_the_station_inspects_in_the_tiles_the_model_was_fitted_with(tmp_path):
+    pytest.importorskip("fastapi", reason="the 'serve' extra is not installed")
+    from fastapi.testclient import TestClient
+
+    from flawscope.service import open_station
+    from flawscope.service.app import create_app
+
+    model = fs.create("patchcore", **FAST_PATCHCORE, tile=96, overlap=16).fit(_panels(2, False, seed=1), progress=False)
+    model.calibrate(_panels(3, False, seed=4), rule="sigma", progress=False)
+    model.save(tmp_path / "tiled")
+    part = _panels(1, True, seed=3).samples[0].image
+    client = TestClient(create_app(open_station([tmp_path / "tiled"], tmp_path / "log.sqlite", tmp_path / "store")))
+    buffer = io.BytesIO()
+    Image.fromarray(part).save(buffer, format="PNG")
+    answer = client.post("/v1/inspect", files={"image": ("part.png", buffer.getvalue(), "image/png")}).json()
+    expected = model.predict([part], progress=False)
+    assert answer["score"] == pytest.approx(float(expected.scores[0]), rel=1e-5)
+    assert answer["label"] == ("NOT OK" if expected.labels[0] else "OK")
