@@ -87,6 +87,13 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.clip(channels, 0.0, 1.0).astype(np.float32, copy=False)
 
 
+def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """``(height, width)`` of an image of this size resized by ``scale``: rounded, at least 1 px."""
+    if scale == 1.0:
+        return height, width
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
 def resize_pixels(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """One float ``H x W x C`` image -> ``size[0] x size[1] x C`` float32, antialiased bilinear (channels kept)."""
     if tuple(image.shape[:2]) == tuple(size):
@@ -104,4 +111,4 @@ def resize_map(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return _resize_axis(rows, "bilinear", size[0], 1)[0]
 
 
-__all__ = ["antialiased_weights", "bilinear_weights", "resize_image", "resize_map", "resize_pixels"]
+__all__ = ["antialiased_weights", "bilinear_weights", "resize_image", "resize_map", "resize_pixels", "scaled_size"]

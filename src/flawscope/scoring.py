@@ -73,9 +73,10 @@ class Scorer:
         """How this scorer cuts images into tiles (:mod:`flawscope.tiling`); None when it scores them whole."""
         return self._tiling()
 
-    def _score_readable(self, pixels: list[np.ndarray], tile_batch: int) -> list[tuple[float, np.ndarray]]:
+    def _score_readable(
+        self, pixels: list[np.ndarray], tiling: Tiling | None, tile_batch: int
+    ) -> list[tuple[float, np.ndarray]]:
         """:meth:`_score_pixels` of whole images, or of each image's tiles, ``tile_batch`` at a time, blended."""
-        tiling = self._tiling()
         if tiling is None:
             return self._score_pixels(pixels)
         return [score_in_tiles(self._score_pixels, image, tiling, tile_batch) for image in pixels]
@@ -234,7 +235,7 @@ class Scorer:
                     raise
                 results[position] = ScoredImage(sample, error=str(error))
         if pixels:
-            scored = zip(readable, pixels, conversions, self._score_readable(pixels, tile_batch))
+            scored = zip(readable, pixels, conversions, self._score_readable(pixels, tiling, tile_batch))
             for position, image, conversion, (score, anomaly_map) in scored:
                 results[position] = ScoredImage(chunk[position], score, anomaly_map, image=image, conversion=conversion)
         yield from (result for result in results if result is not None)

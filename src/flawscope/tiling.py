@@ -31,7 +31,7 @@ import numpy as np
 from flawscope.data.datasets import ImageDataset
 from flawscope.data.io import ImageTile, TileCache, describe, image_size
 from flawscope.errors import ConfigError, DataError
-from flawscope.resize import resize_map, resize_pixels
+from flawscope.resize import resize_map, resize_pixels, scaled_size
 
 MIN_TILE = 16
 MAX_TILE_SCALE = 4.0
@@ -81,9 +81,7 @@ class Tiling:
 
     def scaled_size(self, height: int, width: int) -> tuple[int, int]:
         """``(height, width)`` of an image of this size once resized by ``scale``."""
-        if self.scale == 1.0:
-            return height, width
-        return max(1, round(height * self.scale)), max(1, round(width * self.scale))
+        return scaled_size(height, width, self.scale)
 
     def check(self, height: int, width: int, name: str) -> None:
         """DataError for an image too small to hold one tile (at ``scale``)."""
@@ -154,10 +152,10 @@ def score_in_tiles(
     """
     height, width = image.shape[:2]
     scaled = resize_pixels(image, tiling.scaled_size(height, width))
-    rows, columns = tiling.starts(scaled.shape[0]), tiling.starts(scaled.shape[1])
+    scaled_height, scaled_width = scaled.shape[0], scaled.shape[1]
+    rows, columns = tiling.starts(scaled_height), tiling.starts(scaled_width)
     window = tiling.window()
     tile_weights = np.outer(window, window)
-    scaled_height, scaled_width = scaled.shape[0], scaled.shape[1]
     blended = np.zeros((scaled_height, scaled_width), dtype=np.float32)
     corners = [(top, left) for top in rows for left in columns]
     size = tiling.size

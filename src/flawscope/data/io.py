@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from flawscope.errors import ConfigError, DataError
-from flawscope.resize import resize_pixels
+from flawscope.resize import resize_pixels, scaled_size
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".gif"})
 
@@ -84,9 +84,8 @@ class TileCache:
                 self._loaded = None  # the previous image is let go before the next one is decoded
                 loaded = load_image(source, limit=limit)
                 if scale != 1.0:
-                    height, width = loaded.pixels.shape[:2]
-                    scaled_size = (max(1, round(height * scale)), max(1, round(width * scale)))
-                    loaded = LoadedImage(resize_pixels(loaded.pixels, scaled_size), loaded.notes, loaded.format)
+                    size = scaled_size(loaded.pixels.shape[0], loaded.pixels.shape[1], scale)
+                    loaded = LoadedImage(resize_pixels(loaded.pixels, size), loaded.notes, loaded.format)
                 self._source, self._scale, self._loaded = source, scale, loaded
             return self._loaded
 

@@ -153,7 +153,7 @@ class Detector(Scorer):
                 raise ConfigError(f"{owner} cannot be tiled: {refusal}")
 
     def _tiling(self) -> Tiling | None:
-        return Tiling.from_params(self.get_params())
+        return Tiling.from_params({name: getattr(self, name) for name in TILING_DEFAULTS})
 
     def _tiling_refusal(self) -> str | None:
         """Why this method cannot learn from and score tiles (``tile`` set), or None when it can."""
