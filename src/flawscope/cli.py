@@ -262,19 +262,16 @@ def predict(
 ) -> None:
     """Score images; write per image a heat-map overlay, a defect mask and a row of predictions.csv."""
     from flawscope.errors import FlawscopeError
-    from flawscope.folders import predict_to_folder
-    from flawscope.runtime import is_exported
+    from flawscope.folders import load_scorer, predict_to_folder
 
     set_max_pixels(max_pixels)
     try:
         if ray is not None:
-            model, written = _predict_on_ray(model_dir, inputs, out, ray, workers, opening, images, resume, quiet)
+            _require_extra("predict --ray", ("ray",), extra="ray")
+        model = load_scorer(model_dir, device=device, graph_format=graph_format)
+        if ray is not None:
+            written = _predict_on_ray(model, model_dir, inputs, out, ray, workers, opening, images, resume, quiet)
         else:
-            model = (
-                _exported_model(model_dir, device, graph_format)
-                if is_exported(model_dir)
-                else _fitted_model(model_dir, device)
-            )
             written = predict_to_folder(
                 model, inputs, out, opening=opening, progress=not quiet, resume=resume, images=images
             )
@@ -292,6 +289,7 @@ def predict(
 
 
 def _predict_on_ray(
+    model: Any,
     model_dir: Path,
     inputs: list[Path],
     out: Path,
@@ -301,12 +299,11 @@ def _predict_on_ray(
     images: bool,
     resume: bool,
     quiet: bool,
-) -> tuple[Any, Any]:
-    """``predict --ray``: the model (loaded here to report on it) and what the run wrote."""
-    _require_extra("predict --ray", ("ray",), extra="ray")
-    from flawscope.fleet import load_scorer, predict_on_ray
+) -> Any:
+    """``predict --ray``: what the run wrote (``model``, loaded from ``model_dir`` already, is not loaded again)."""
+    from flawscope.fleet import predict_on_ray
 
-    written = predict_on_ray(
+    return predict_on_ray(
         model_dir,
         inputs,
         out,
@@ -316,23 +313,8 @@ def _predict_on_ray(
         images=images,
         resume=resume,
         progress=not quiet,
+        model=model,
     )
-    return load_scorer(model_dir), written
-
-
-def _fitted_model(model_dir: Path, device: str | None) -> Any:
-    import flawscope as fs
-
-    return fs.load(model_dir, device=device)
-
-
-def _exported_model(model_dir: Path, device: str | None, graph_format: str | None) -> Any:
-    from flawscope import runtime
-    from flawscope.errors import ConfigError
-
-    if device is not None:
-        raise ConfigError(f"{model_dir} is an exported model; it runs on the CPU and takes no --device.")
-    return runtime.load(model_dir, graph_format)
 
 
 @app.command()

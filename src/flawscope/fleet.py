@@ -29,7 +29,7 @@ from typing import Any
 from flawscope._progress import progress_bar
 from flawscope.data.datasets import ImageDataset, Sample
 from flawscope.errors import ConfigError, DataError
-from flawscope.folders import COLUMNS, FolderPrediction, image_paths, result_row
+from flawscope.folders import COLUMNS, FolderPrediction, image_paths, load_scorer, result_row
 from flawscope.scoring import Scorer
 
 PARTS = "parts"
@@ -37,24 +37,11 @@ PARTS = "parts"
 FLOAT_COLUMNS = frozenset({"score"})
 
 
-def load_scorer(model_dir: str | os.PathLike, threads: int = 0) -> Scorer:
-    """The model in ``model_dir``: an export (:mod:`flawscope.runtime`, no torch) or a fitted detector."""
-    from flawscope.runtime import is_exported
-    from flawscope.runtime import load as load_export
-
-    directory = Path(model_dir)
-    if is_exported(directory):
-        return load_export(directory, threads=threads)
-    from flawscope.serialization import load_detector
-
-    return load_detector(directory)
-
-
 class BatchScorer:
     """A Ray Data actor: loads the model once, scores a batch of paths, writes the batch's part file."""
 
     def __init__(self, model_dir: str, out: str, opening: int | None, images: bool, threads: int) -> None:
-        self.model = load_scorer(model_dir, threads)
+        self.model = load_scorer(model_dir, threads=threads)
         self.out = Path(out)
         self.opening = opening
         self.images = images
@@ -127,13 +114,16 @@ def predict_on_ray(
     images: bool = True,
     resume: bool = False,
     progress: bool = True,
+    model: Scorer | None = None,
 ) -> FolderPrediction:
     """Score images on Ray; write ``out/predictions.parquet``, ``out/predictions.csv`` (and overlays and masks).
 
     ``address``: None starts Ray on this machine (``workers`` CPUs, default all), ``"auto"`` or
     ``"ray://host:port"`` joins a running cluster. ``workers`` actors (default: one per CPU of the cluster) score
     ``batch_size`` images at a time with one thread each. With ``resume``, images some earlier run's part files
-    hold a score for are not scored again; without it, earlier parts are removed first.
+    hold a score for are not scored again; without it, earlier parts are removed first. ``model`` is the model in
+    ``model_dir`` when the caller has loaded it already; otherwise it is loaded here, so that one that does not
+    load fails once, not in every actor.
     """
     import ray
 
@@ -142,7 +132,8 @@ def predict_on_ray(
         raise DataError(f"No images found in {', '.join(map(str, inputs))}.")
     if batch_size < 1 or (workers is not None and workers < 1):
         raise ConfigError(f"batch_size and workers must be at least 1. Got {batch_size} and {workers}.")
-    load_scorer(model_dir)  # a model that does not load fails here, once, not in every actor
+    if model is None:
+        load_scorer(model_dir)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     parts = out / PARTS
@@ -230,4 +221,4 @@ def _csv_row(row: dict[str, Any]) -> list[str]:
     ]
 
 
-__all__ = ["BatchScorer", "load_scorer", "predict_on_ray", "read_parts", "write_part"]
+__all__ = ["BatchScorer", "predict_on_ray", "read_parts", "write_part"]

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from flawscope.data.datasets import ImageDataset, Sample, list_images
-from flawscope.errors import DataError
+from flawscope.errors import ConfigError, DataError
 from flawscope.report import heatmap_overlay, overlay_scale
 from flawscope.results import ScoredImage
 from flawscope.scoring import Scorer
@@ -33,6 +33,25 @@ class FolderPrediction:
 
 
 COLUMNS = ["path", "score", "label", "boxes", "overlay", "mask", "error", "conversion"]
+
+
+def load_scorer(
+    model_dir: str | os.PathLike, *, device: str | None = None, graph_format: str | None = None, threads: int = 0
+) -> Scorer:
+    """The model in ``model_dir``, whichever kind it is: an export, run by :mod:`flawscope.runtime` without torch
+    (its ``graph_format`` and engine ``threads``; on the CPU, so a ``device`` is refused), or a fitted detector
+    (``device`` overrides the saved one)."""
+    from flawscope.runtime import is_exported
+    from flawscope.runtime import load as load_export
+
+    directory = Path(model_dir)
+    if is_exported(directory):
+        if device is not None:
+            raise ConfigError(f"{model_dir} is an exported model; it runs on the CPU and takes no --device.")
+        return load_export(directory, graph_format, threads=threads)
+    from flawscope.serialization import load_detector
+
+    return load_detector(directory, device)
 
 
 def predict_to_folder(
@@ -140,4 +159,4 @@ def _unique_stem(path_name: str, used: set[str]) -> str:
     return candidate
 
 
-__all__ = ["COLUMNS", "FolderPrediction", "image_paths", "predict_to_folder", "result_row"]
+__all__ = ["COLUMNS", "FolderPrediction", "image_paths", "load_scorer", "predict_to_folder", "result_row"]
