@@ -1,5 +1,5 @@
 """Peak memory and time of scoring one very large image with a tiled PatchCore: an 8,192 x 8,192 image
-(67 megapixels; 805 MB as float32 RGB, 268 MB grey), colour and grey, through the library and through
+(67 megapixels; 201 MB as uint8 RGB, 805 MB as float32), colour and grey, through the library and through
 ``flawscope predict`` (which also draws the overlay and the mask).
 
 A tiled PatchCore (``--tile`` px tiles, ``--overlap`` px overlap, defaults otherwise) is fitted on two 1,024 px

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flawscope.data.io import read_image, read_mask
+from flawscope.data.io import as_float, load_image, read_image, read_mask
 from flawscope.errors import DataError
 
 
@@ -15,6 +15,21 @@ def test_grey_8bit_round_trip(tmp_path, suffix):
     assert image.shape == (48, 32, 1) and image.dtype == np.float32
     tolerance = 6 / 255 if suffix == ".jpg" else 1e-6
     np.testing.assert_allclose(image[..., 0], pixels / 255.0, atol=tolerance)
+
+
+def test_eight_bit_images_can_be_kept_as_uint8_and_others_stay_floats(tmp_path):
+    """``eight_bit=True`` (how a tiled model holds a large image) keeps 8-bit pixels as uint8 -- the same image
+    once :func:`as_float` converts it -- and reads any other image as floats all the same."""
+    rgba = np.random.default_rng(0).integers(0, 256, size=(6, 9, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    kept = load_image(tmp_path / "rgba.png", eight_bit=True)
+    assert kept.pixels.dtype == np.uint8 and kept.pixels.shape == (6, 9, 3) and kept.notes == ("alpha channel dropped",)
+    np.testing.assert_array_equal(as_float(kept.pixels), read_image(tmp_path / "rgba.png"))
+    assert load_image(rgba[..., 0], eight_bit=True).pixels.shape == (6, 9, 1)
+    Image.fromarray(np.array([[0, 40000]], dtype=np.uint16)).save(tmp_path / "deep.png")
+    assert load_image(tmp_path / "deep.png", eight_bit=True).pixels.dtype == np.float32
+    with pytest.raises(DataError, match="shape"):
+        load_image(np.zeros((4, 4, 5), np.uint8), eight_bit=True)
 
 
 def test_16bit_png_keeps_precision(tmp_path):

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 import flawscope as fs
 from flawscope.cli import app
 from flawscope.data.datasets import ImageDataset, InMemoryDataset, Sample
-from flawscope.data.io import ImageTile, read_image
+from flawscope.data.io import ImageTile, load_image, read_image
 from flawscope.data.synthetic import make_texture_set, texture
 from flawscope.metrics import auroc
 from flawscope.models.registry import model_entry
@@ -54,6 +54,28 @@ def test_blending_tile_maps_of_one_image_gives_that_image_back_without_seams():
         score, anomaly_map = score_in_tiles(tiles_as_maps, image, tiling, batch)
         np.testing.assert_allclose(anomaly_map, image[..., 0], atol=1e-6)
         assert score == pytest.approx(float(image.max()))
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_an_eight_bit_image_held_as_uint8_is_tiled_as_its_floats_are(tmp_path, scale):
+    """A tiled model keeps an 8-bit image as uint8 (a quarter of the floats) and converts a batch of tiles at a
+    time: the tiles, the map and the score are those of the image read as floats."""
+    pixels = np.random.default_rng(1).integers(0, 256, size=(230, 310, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "part.png")
+    compact = load_image(tmp_path / "part.png", eight_bit=True).pixels
+    assert compact.dtype == np.uint8 and compact.shape == (230, 310, 3)
+    seen: list[np.ndarray] = []
+
+    def tiles_as_maps(tiles: list[np.ndarray]) -> list[tuple[float, np.ndarray]]:
+        seen.extend(tile.dtype for tile in tiles)
+        return [(0.0, tile.mean(axis=2)) for tile in tiles]
+
+    tiling = Tiling(64, 16, scale)
+    score, anomaly_map = score_in_tiles(tiles_as_maps, compact, tiling, 4)
+    expected_score, expected_map = score_in_tiles(tiles_as_maps, read_image(tmp_path / "part.png"), tiling, 4)
+    assert set(seen) == {np.dtype(np.float32)}
+    np.testing.assert_allclose(anomaly_map, expected_map, atol=1e-6)
+    assert score == pytest.approx(expected_score, abs=1e-6)
 
 
 def test_at_a_scale_the_map_comes_back_at_the_image_size():
@@ -245,7 +267,8 @@ print(json.dumps({{"peak_mib": peak, "shape": list(prediction.anomaly_maps[0].sh
 
 @pytest.mark.slow
 def test_an_8192_px_colour_image_scores_in_tiles_within_2_gib(tmp_path):
-    """Memory is bounded by one image (805 MB as float32 RGB), its map and a batch of tiles, not by its 324 tiles."""
+    """Memory is bounded by one image (201 MB as uint8 RGB, 805 MB as floats), its map and a batch of tiles, not
+    by its 324 tiles."""
     rng = np.random.default_rng(0)
     train = [np.round(texture(rng, (1024, 1024)) * 255).astype(np.uint8) for _ in range(3)]
     model = fs.create("patchcore", tile=512, overlap=64, device="cpu").fit(train[:2], progress=False)

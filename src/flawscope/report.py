@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from flawscope.data.io import as_float
+
 if TYPE_CHECKING:
     from flawscope.evaluation import Report
     from flawscope.scoring import Scorer
@@ -19,7 +21,8 @@ if TYPE_CHECKING:
 def heatmap_overlay(
     image: np.ndarray, anomaly_map: np.ndarray, vmax: float, vmin: float = 0.0, alpha: float = 0.45
 ) -> np.ndarray:
-    """Blend a ``jet`` colouring of ``anomaly_map`` (clipped to [vmin, vmax]) over ``image``; uint8 ``H x W x 3``.
+    """Blend a ``jet`` colouring of ``anomaly_map`` (clipped to [vmin, vmax]) over ``image`` (pixels as read: float
+    in [0, 1] or uint8); uint8 ``H x W x 3``.
 
     Drawn ``_OVERLAY_ROWS`` rows at a time, so that a large (tiled) image needs a few bands of float temporaries
     beside its overlay rather than several copies of itself."""
@@ -28,7 +31,8 @@ def heatmap_overlay(
         rows = slice(top, top + _OVERLAY_ROWS)
         scaled = np.clip((anomaly_map[rows] - vmin) / max(vmax - vmin, 1e-12), 0.0, 1.0)
         heat = _jet_table()[np.minimum((scaled * _JET_LEVELS).astype(np.intp), _JET_LEVELS - 1)]
-        base = np.repeat(image[rows], 3, axis=2) if image.shape[2] == 1 else image[rows]
+        band = as_float(image[rows])
+        base = np.repeat(band, 3, axis=2) if image.shape[2] == 1 else band
         overlay[rows] = np.round(255 * ((1 - alpha) * base + alpha * heat))
     return overlay
 
@@ -169,7 +173,8 @@ def _case_figures(report: Report) -> list[tuple[str, str]]:
     vmax = max((float(case.anomaly_map.max()) for case in report.cases), default=1.0)
     for case in report.cases:
         figure, axes = _subplots(1, 2, figsize=(6, 3))
-        shown = case.image[..., 0] if case.image.shape[2] == 1 else case.image
+        pixels = as_float(case.image)
+        shown = pixels[..., 0] if pixels.shape[2] == 1 else pixels
         axes[0].imshow(shown, cmap="gray", vmin=0, vmax=1)
         axes[1].imshow(heatmap_overlay(case.image, case.anomaly_map, vmax))
         for axis in axes:

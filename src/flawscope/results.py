@@ -54,7 +54,8 @@ class Prediction:
 class ScoredImage:
     """One image's result from :meth:`Detector.iter_predict` (``error`` set when it could not be read).
 
-    ``image`` holds the pixels as read (float ``H x W x C``), so a consumer that draws overlays
+    ``image`` holds the pixels as read (float ``H x W x C`` in [0, 1]; uint8 for an 8-bit image a tiled model
+    scored, :func:`flawscope.data.io.as_float` turns either into floats), so a consumer that draws overlays
     does not decode the file a second time; ``conversion`` says what the reader did to them beyond
     decoding (:attr:`flawscope.data.io.LoadedImage.notes`; "" for none).
     """

@@ -223,7 +223,7 @@ class Scorer:
         pixels, readable, conversions = [], [], []
         for position, sample in enumerate(chunk):
             try:
-                loaded = load_image(sample.image)
+                loaded = load_image(sample.image, eight_bit=tiling is not None)  # tiles convert to floats in turn
                 if tiling is not None:
                     tiling.check(loaded.pixels.shape[0], loaded.pixels.shape[1], sample.name)
                 self._check_image(loaded.pixels)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from flawscope.data.datasets import ImageDataset
-from flawscope.data.io import ImageTile, TileCache, describe, image_size
+from flawscope.data.io import ImageTile, TileCache, as_float, describe, image_size
 from flawscope.errors import ConfigError, DataError
 from flawscope.resize import resize_map, resize_pixels, scaled_size
 
@@ -146,13 +146,18 @@ def score_in_tiles(
 ) -> tuple[float, np.ndarray]:
     """``(score, anomaly map at the image's size)`` of one image scored tile by tile.
 
-    ``score_pixels`` scores a list of tiles (``size x size x C``) into ``(score, map at the tile's size)`` each;
-    ``batch_size`` tiles go to it at a time. The tile maps are blended with :meth:`Tiling.window` weights; the
-    score is the map's largest value.
+    ``image`` is float in [0, 1] or uint8 (an 8-bit image read with ``eight_bit=True``, converted to floats a
+    batch of tiles at a time). ``score_pixels`` scores a list of float tiles (``size x size x C``) into
+    ``(score, map at the tile's size)`` each; ``batch_size`` tiles go to it at a time. The tile maps are blended
+    with :meth:`Tiling.window` weights; the score is the map's largest value.
     """
     height, width = image.shape[:2]
-    scaled = resize_pixels(image, tiling.scaled_size(height, width))
-    scaled_height, scaled_width = scaled.shape[0], scaled.shape[1]
+    scaled_height, scaled_width = tiling.scaled_size(height, width)
+    scaled = (
+        image
+        if (scaled_height, scaled_width) == (height, width)
+        else resize_pixels(as_float(image), (scaled_height, scaled_width))
+    )
     rows, columns = tiling.starts(scaled_height), tiling.starts(scaled_width)
     window = tiling.window()
     tile_weights = np.outer(window, window)
@@ -161,7 +166,7 @@ def score_in_tiles(
     size = tiling.size
     for first in range(0, len(corners), batch_size):
         batch = corners[first : first + batch_size]
-        scored = score_pixels([scaled[top : top + size, left : left + size] for top, left in batch])
+        scored = score_pixels([as_float(scaled[top : top + size, left : left + size]) for top, left in batch])
         for (top, left), (_, tile_map) in zip(batch, scored):
             blended[top : top + size, left : left + size] += tile_map * tile_weights
     del scaled

@@ -55,7 +55,9 @@ _RAISE_THE_LIMIT = "Raise the limit with --max-pixels (flawscope.set_max_pixels)
 
 @dataclass(frozen=True)
 class LoadedImage:
-    """An image as read: float32 ``H x W x C`` pixels in ``[0, 1]``, how they were converted, the file format."""
+    """An image as read: float32 ``H x W x C`` pixels in ``[0, 1]`` (uint8 ``0..255`` where an 8-bit image was
+    read with ``eight_bit=True``: :func:`as_float` turns either into floats), how they were converted, the file
+    format."""
 
     pixels: np.ndarray
     notes: tuple[str, ...] = ()
@@ -78,14 +80,14 @@ class TileCache:
         self._loaded: LoadedImage | None = None
 
     def load(self, source: ImageInput, scale: float, limit: int | None) -> LoadedImage:
-        """``source`` as read, resized by ``scale``."""
+        """``source`` as read (8-bit pixels kept as uint8: a quarter of the floats), resized by ``scale``."""
         with self._lock:
             if self._loaded is None or self._source is not source or self._scale != scale:
                 self._loaded = None  # the previous image is let go before the next one is decoded
-                loaded = load_image(source, limit=limit)
+                loaded = load_image(source, limit=limit, eight_bit=True)
                 if scale != 1.0:
                     size = scaled_size(loaded.pixels.shape[0], loaded.pixels.shape[1], scale)
-                    loaded = LoadedImage(resize_pixels(loaded.pixels, size), loaded.notes, loaded.format)
+                    loaded = LoadedImage(resize_pixels(as_float(loaded.pixels), size), loaded.notes, loaded.format)
                 self._source, self._scale, self._loaded = source, scale, loaded
             return self._loaded
 
@@ -152,24 +154,30 @@ def read_image(source: ImageInput) -> np.ndarray:
     return load_image(source).pixels
 
 
-def load_image(source: ImageInput | bytes, *, name: str | None = None, limit: int | None = None) -> LoadedImage:
+def load_image(
+    source: ImageInput | bytes, *, name: str | None = None, limit: int | None = None, eight_bit: bool = False
+) -> LoadedImage:
     """Read one image and say how it was converted; ``name`` names it in messages (default: the path),
-    ``limit`` overrides the pixel limit of :func:`set_max_pixels` for this image."""
+    ``limit`` overrides the pixel limit of :func:`set_max_pixels` for this image. With ``eight_bit`` an 8-bit
+    image (file or uint8 array) keeps uint8 pixels -- how a tiled model holds a large image, converting a tile at
+    a time; any other image is read as floats all the same."""
     name = name or describe(source)
     if isinstance(source, ImageTile):
         return _cut(source, limit)
     if isinstance(source, np.ndarray):
+        if eight_bit and source.dtype == np.uint8:
+            return LoadedImage(_image_channels(source, name))
         return LoadedImage(_array_to_float(source, name))
     if isinstance(source, Image.Image):
-        return _from_pil(source, name)
+        return _from_pil(source, name, eight_bit)
     if isinstance(source, bytes):
         if not source:
             raise DataError(f"Image {name} is empty (0 bytes).")
-        return _decode(io.BytesIO(source), name, limit or max_pixels(), suffix="")
+        return _decode(io.BytesIO(source), name, limit or max_pixels(), "", eight_bit)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         _check_file(path)
-        return _decode(path, name, limit or max_pixels(), suffix=path.suffix.lower())
+        return _decode(path, name, limit or max_pixels(), path.suffix.lower(), eight_bit)
     raise DataError(
         f"Cannot read an image from a {type(source).__name__}; expected a path, bytes, a PIL image or a numpy array."
     )
@@ -221,7 +229,7 @@ def _cut(tile: ImageTile, limit: int | None) -> LoadedImage:
             f"{width} x {height} px at scale {tile.scale}."
         )
     square = whole.pixels[tile.top : tile.top + tile.size, tile.left : tile.left + tile.size]
-    return LoadedImage(np.ascontiguousarray(square), whole.notes, whole.format)
+    return LoadedImage(np.ascontiguousarray(as_float(square)), whole.notes, whole.format)
 
 
 def _check_file(path: Path) -> None:
@@ -251,7 +259,7 @@ def _undecodable(name: str, error: Exception) -> DataError:
     return DataError(f"Image {name} cannot be decoded ({error}); it is corrupt, truncated or not an image.")
 
 
-def _decode(file: Path | io.BytesIO, name: str, limit: int, suffix: str) -> LoadedImage:
+def _decode(file: Path | io.BytesIO, name: str, limit: int, suffix: str, eight_bit: bool) -> LoadedImage:
     with _open(file, name) as image:
         width, height = image.size
         if width * height > limit:
@@ -262,7 +270,7 @@ def _decode(file: Path | io.BytesIO, name: str, limit: int, suffix: str) -> Load
             )
         try:
             image.load()
-            loaded = _from_pil(image, name)
+            loaded = _from_pil(image, name, eight_bit)
             frames = getattr(image, "n_frames", 1)  # counting them reads the file to its end: may meet damage too
         except (DataError, MemoryError):
             raise
@@ -303,7 +311,7 @@ def _unreadable_exif(name: str, error: Exception) -> DataError:
     return DataError(f"Image {name} has an EXIF block that cannot be read ({error}).")
 
 
-def _from_pil(image: Image.Image, name: str) -> LoadedImage:
+def _from_pil(image: Image.Image, name: str, eight_bit: bool = False) -> LoadedImage:
     orientation, image = _upright(image, name)
     notes = [f"EXIF orientation {orientation} applied"] if orientation in range(2, 9) else []
     if image.width == 0 or image.height == 0:
@@ -323,7 +331,16 @@ def _from_pil(image: Image.Image, name: str) -> LoadedImage:
     grey = mode in ("1", "L", "LA", "La")
     target = "L" if grey else "RGB"
     converted = image if mode == target else image.convert(target)  # no copy of an image already in its mode
+    if eight_bit:
+        return LoadedImage(np.asarray(converted).reshape(converted.height, converted.width, -1), tuple(notes))
     return LoadedImage(_eight_bit_to_float(converted), tuple(notes))
+
+
+def as_float(pixels: np.ndarray) -> np.ndarray:
+    """Pixels as read, as float32 in [0, 1]: uint8 ones divided by 255, float ones as they are (no copy)."""
+    if pixels.dtype == np.uint8:
+        return pixels.astype(np.float32) / np.float32(255.0)
+    return pixels
 
 
 def _eight_bit_to_float(image: Image.Image) -> np.ndarray:
@@ -351,7 +368,8 @@ def _integer_to_float(array: np.ndarray, name: str) -> np.ndarray:
     return (array.astype(np.float32) / 65535.0)[..., None]
 
 
-def _array_to_float(array: np.ndarray, name: str) -> np.ndarray:
+def _image_channels(array: np.ndarray, name: str) -> np.ndarray:
+    """``array`` as ``H x W x C``, C in {1, 3}; DataError for a shape that is not an image."""
     if array.size == 0:
         raise DataError(f"Image {name} is empty (shape {array.shape}).")
     if array.ndim == 2:
@@ -360,8 +378,11 @@ def _array_to_float(array: np.ndarray, name: str) -> np.ndarray:
         raise DataError(
             f"Image {name} has shape {array.shape}; expected H x W, H x W x 1, H x W x 3 or H x W x 4 (channels last)."
         )
-    channels = {1: 1, 2: 1, 3: 3, 4: 3}[array.shape[2]]
-    array = array[..., :channels]
+    return array[..., : {1: 1, 2: 1, 3: 3, 4: 3}[array.shape[2]]]
+
+
+def _array_to_float(array: np.ndarray, name: str) -> np.ndarray:
+    array = _image_channels(array, name)
     if array.dtype == np.bool_:
         return array.astype(np.float32)
     if array.dtype in (np.uint8, np.uint16):
