@@ -46,6 +46,19 @@ def test_fit_writes_a_calibrated_model(model_dir):
     assert (model_dir / "model.safetensors").stat().st_size > 0
 
 
+def test_fit_takes_a_preset_which_params_override_and_names_the_presets_there_are(category, tmp_path):
+    pytest.importorskip("openvino", reason="the 'openvino' extra is not installed")
+    options = ["--preset", "fast", "--param", "image_size=64", "--param", "search_probes=3", "--val-fraction", "0.25"]
+    result = fit_cli(category, tmp_path / "fast", *options)
+    assert result.exit_code == 0, result.output
+    params = json.loads((tmp_path / "fast" / "config.json").read_text())["params"]
+    assert (params["search"], params["engine"], params["search_probes"]) == ("ivf", "openvino", 3)
+    refused = fit_cli(category, tmp_path / "no", "--preset", "fastest")
+    assert refused.exit_code == 2 and "patchcore has no preset 'fastest'; its presets: ['fast']" in refused.output
+    refused = fit_cli(category, tmp_path / "no", "--model", "padim", "--preset", "fast")
+    assert refused.exit_code == 2 and "padim has no preset 'fast'; it has none" in refused.output
+
+
 def test_predict_writes_overlays_masks_and_csv_and_survives_bad_files(model_dir, category, tmp_path):
     inputs = tmp_path / "inputs"
     inputs.mkdir()

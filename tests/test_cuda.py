@@ -79,3 +79,15 @@ def test_efficientad_int8_is_refused_on_cuda(texture_train):
         fs.create("efficientad", image_size=128, steps=1, precision="int8", device="cuda").fit(
             texture_train, progress=False
         )
+
+
+def test_the_ivf_search_runs_on_cuda_and_the_openvino_engine_is_refused_there(texture_train, texture_test):
+    model = fs.create("patchcore", image_size=64, coreset_ratio=0.25, search="ivf", search_probes=2, device="cuda")
+    cuda_scores = model.fit(texture_train, progress=False).predict(texture_test, progress=False).scores
+    assert model.search_index_.centroids.is_cuda
+    cpu = fs.create("patchcore", image_size=64, coreset_ratio=0.25, search="ivf", search_probes=2, device="cpu")
+    np.testing.assert_allclose(
+        cuda_scores, cpu.fit(texture_train, progress=False).predict(texture_test).scores, rtol=1e-3
+    )
+    with pytest.raises(ConfigError, match="runs the backbone on the CPU"):
+        fs.create("patchcore", image_size=64, engine="openvino", device="cuda").fit(texture_train, progress=False)

@@ -5,7 +5,7 @@ import torch
 import flawscope as fs
 from flawscope.data.synthetic import make_texture_set
 from flawscope.features.coreset import projection_matrix
-from flawscope.features.neighbours import TorchSearch
+from flawscope.features.neighbours import ClusteredSearch, TorchSearch
 from flawscope.metrics import auroc, pixel_metrics
 from flawscope.models.patchcore import reweighted_scores
 
@@ -55,6 +55,74 @@ def test_faiss_search_is_exact_and_restores_its_setting():
     expected = torch.cdist(queries, bank).topk(2, largest=False)
     torch.testing.assert_close(nearest, expected.indices)
     torch.testing.assert_close(distance, expected.values, rtol=1e-4, atol=1e-4)
+
+
+def _clustered_points(count: int, generator: torch.Generator, centres: torch.Tensor) -> torch.Tensor:
+    return centres[torch.randint(centres.shape[0], (count,), generator=generator)] + torch.randn(
+        count, centres.shape[1], generator=generator
+    )
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_the_inverted_file_finds_nearly_every_nearest_row_and_never_a_nearer_one_than_exists(k):
+    """Known answers: probing every cluster is the exact search; probing a few finds the exact nearest rows for
+    nearly every query, and a missed one is a farther row at its true distance (an upper bound)."""
+    generator = torch.Generator().manual_seed(0)
+    centres = 4 * torch.randn(40, 24, generator=generator)
+    bank, queries = _clustered_points(3000, generator, centres), _clustered_points(700, generator, centres)
+    expected = torch.cdist(queries, bank).topk(k, largest=False)
+    search = ClusteredSearch(probes=4, seed=0).fit(bank)
+    assert search.centroids.shape == (55, 24)  # about sqrt(3,000) clusters
+    distance, nearest = search.query(queries, k)
+    assert float((nearest[:, 0] == expected.indices[:, 0]).float().mean()) > 0.97
+    torch.testing.assert_close(distance, torch.cdist(queries, bank).gather(1, nearest), rtol=1e-4, atol=1e-4)
+    assert bool((distance >= expected.values - 1e-4).all())
+    everything = ClusteredSearch(probes=55, seed=0).fit(bank).query(queries, k)
+    torch.testing.assert_close(everything[1], expected.indices)
+    torch.testing.assert_close(everything[0], expected.values, rtol=1e-4, atol=1e-4)
+
+
+def test_the_inverted_file_searches_exactly_where_its_clusters_hold_fewer_than_k_rows():
+    generator = torch.Generator().manual_seed(1)
+    bank, queries = torch.randn(50, 8, generator=generator), torch.randn(20, 8, generator=generator)
+    distance, nearest = ClusteredSearch(probes=1, seed=0).fit(bank).query(queries, k=12)
+    expected = torch.cdist(queries, bank).topk(12, largest=False)
+    torch.testing.assert_close(nearest, expected.indices)
+    torch.testing.assert_close(distance, expected.values, rtol=1e-4, atol=1e-4)
+
+
+def test_an_ivf_patchcore_detects_like_the_exact_one_and_loads_its_clusters(texture_train, texture_test, tmp_path):
+    exact = fs.create("patchcore", image_size=64, coreset_ratio=0.25, device="cpu").fit(texture_train, progress=False)
+    model = fs.create("patchcore", image_size=64, coreset_ratio=0.25, search="ivf", search_probes=2, device="cpu")
+    model.fit(texture_train, progress=False)
+    found, expected = model.predict(texture_test, progress=False), exact.predict(texture_test, progress=False)
+    assert bool((found.scores >= expected.scores - 1e-4).all())
+    assert auroc(texture_test.labels, found.scores) >= auroc(texture_test.labels, expected.scores) - 0.02
+    model.save(tmp_path / "model")
+    loaded = fs.load(tmp_path / "model")
+    torch.testing.assert_close(loaded.search_index_.centroids, model.search_index_.centroids)
+    np.testing.assert_array_equal(loaded.predict(texture_test, progress=False).scores, found.scores)
+
+
+def test_the_openvino_engine_scores_as_torch_does_saves_loads_and_exports(texture_train, texture_test, tmp_path):
+    """OpenVINO runs the backbone (features within 1e-4 of torch's), the model saves and loads with it, and the
+    export traces the torch modules all the same."""
+    pytest.importorskip("openvino", reason="the 'openvino' extra is not installed")
+    params = {"image_size": 64, "coreset_ratio": 0.25, "device": "cpu"}
+    torch_run = fs.create("patchcore", **params).fit(texture_train, progress=False)
+    model = fs.create("patchcore", **params, engine="openvino").fit(texture_train, progress=False)
+    assert model.extractor_.engine == "openvino"
+    expected, found = torch_run.predict(texture_test, progress=False), model.predict(texture_test, progress=False)
+    np.testing.assert_allclose(found.scores, expected.scores, rtol=1e-3)
+    model.save(tmp_path / "model")
+    loaded = fs.load(tmp_path / "model")
+    assert loaded.engine == "openvino" and loaded.extractor_.engine == "openvino"
+    np.testing.assert_allclose(loaded.predict(texture_test, progress=False).scores, found.scores, rtol=1e-5)
+    model.export(tmp_path / "export")
+    assert model.extractor_.engine == "openvino"
+    np.testing.assert_allclose(model.predict(texture_test, progress=False).scores, found.scores, rtol=1e-5)
+    with pytest.raises(fs.ConfigError, match="engine must be one of"):
+        model.extractor_.use_engine("tensorrt")
 
 
 def test_reweighting_matches_equation_7():

@@ -40,12 +40,25 @@ TILE = typer.Option(
     "serve and an export tile as it was fitted.",
 )
 OVERLAP = typer.Option(0, help="With --tile: pixels by which neighbouring tiles overlap (at most half a tile).")
+PRESET = typer.Option(
+    None,
+    help="A named set of the method's parameters, which --param overrides: patchcore's fast (the inverted-file "
+    "search and the OpenVINO backbone: 2.5 to 4.5 times the images/s, AUROC within 0.002; needs the openvino "
+    "extra).",
+)
 TILE_SCALE = typer.Option(1.0, help="With --tile: resize each image by this factor before cutting it into tiles.")
 
 
 def _tiling_params(tile: int | None, overlap: int, tile_scale: float) -> dict[str, Any]:
     """The tiling parameters the options give (none without --tile)."""
     return {} if tile is None else {"tile": tile, "overlap": overlap, "tile_scale": tile_scale}
+
+
+def _preset(model: str, preset: str | None) -> dict[str, Any]:
+    """The parameters of ``--preset`` (none without it)."""
+    from flawscope.models.registry import preset_params
+
+    return {} if preset is None else preset_params(model, preset)
 
 
 def _tiling_note(model: Any) -> str:
@@ -134,6 +147,7 @@ def fit(
     model: str = typer.Option("patchcore", help="Method name; see 'flawscope list-models'."),
     backbone: str | None = typer.Option(None, help="timm backbone (default: the method's, tf_efficientnet_lite0)."),
     weights: str | None = typer.Option(None, help="Backbone weights file, or 'hub' to download (needs network)."),
+    preset: str | None = PRESET,
     recipe: str | None = typer.Option(
         None,
         help="Training schedule of the trained methods (autoencoders, EfficientAD, SimpleNet): fast (default; "
@@ -182,7 +196,7 @@ def fit(
     try:
         if calibration not in ("held-out", "out-of-fold"):
             raise fs.ConfigError(f"--calibration is held-out or out-of-fold. Got {calibration!r} instead.")
-        params = {"device": device, "seed": seed, **parse_params(param)}
+        params = {"device": device, "seed": seed, **_preset(model, preset), **parse_params(param)}
         named = {"backbone": backbone, "weights": weights, "recipe": recipe}
         params |= {name: value for name, value in named.items() if value is not None}
         params |= _tiling_params(tile, overlap, tile_scale)
@@ -487,6 +501,7 @@ def benchmark(
     out: Path | None = typer.Option(None, help="JSON file to write the results to."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     param: list[str] = typer.Option([], help="Method parameter as KEY=VALUE, repeatable."),
+    preset: str | None = PRESET,
     groups: str | None = typer.Option(None, help=GROUPS_HELP),
     tile: int | None = TILE,
     overlap: int = OVERLAP,
@@ -499,7 +514,8 @@ def benchmark(
 
     _show_library_messages(quiet)
     try:
-        params = {"device": device, **parse_params(param), **_tiling_params(tile, overlap, tile_scale)}
+        params = {"device": device, **_preset(model, preset), **parse_params(param)}
+        params |= _tiling_params(tile, overlap, tile_scale)
         result = run_benchmark(model, data, params, groups=groups, progress=not quiet)
     except fs.FlawscopeError as error:
         _fail(error)

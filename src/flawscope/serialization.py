@@ -185,7 +185,9 @@ def load_detector(path: str | Path, device: str | None = None) -> Detector:
     config = _read_config(path)
     config_path = path / CONFIG_FILE
     # JSON has no tuples: sequence parameters (layers, class_weights) come back as the tuples they default to
-    params = {key: tuple(value) if isinstance(value, list) else value for key, value in config["params"].items()}
+    params: dict[str, Any] = {
+        key: tuple(value) if isinstance(value, list) else value for key, value in config["params"].items()
+    }
     if device is not None:
         params["device"] = device
     try:

@@ -21,7 +21,7 @@ import contextlib
 import copy
 import inspect
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -71,6 +71,8 @@ class Detector(Scorer):
     name: ClassVar[str] = ""
     capabilities: ClassVar[frozenset[str]] = frozenset()
     _parameter_constraints: ClassVar[Constraints] = {}
+    # named sets of parameters a method offers (``flawscope fit --preset NAME``, ``create(name, preset=NAME)``)
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
 
     image_size: int
     batch_size: int
@@ -521,6 +523,18 @@ class BackboneDetector(Detector):
 
     def _build_extractor(self) -> None:
         self.extractor_ = FeatureExtractor(self.backbone, self.layers, self.weights).to(self.device_)
+        engine = self._backbone_engine()
+        if engine != "torch" and self.device_.type != "cpu":
+            raise ConfigError(
+                f"engine={engine!r} runs the backbone on the CPU, but this model is on {self.device_}: give "
+                "device='cpu', or engine='torch' to run it on the GPU."
+            )
+        self.extractor_.use_engine(engine)
+
+    def _backbone_engine(self) -> str:
+        """What runs the backbone (:data:`flawscope.features.extractor.ENGINES`): torch, unless a method lets the
+        user choose."""
+        return "torch"
 
     def _normalisation(self) -> tuple[Sequence[float], Sequence[float]]:
         return self.extractor_.cfg.mean, self.extractor_.cfg.std

@@ -103,9 +103,22 @@ def model_entry(name: str) -> ModelEntry:
     return _REGISTRY[name]
 
 
-def create(name: str, **params: Any) -> Detector:
-    """Create an unfitted detector by registry name, e.g. ``create("patchcore", coreset_ratio=0.1)``."""
+def preset_params(name: str, preset: str) -> dict[str, Any]:
+    """The parameters of method ``name``'s named preset (its ``presets``, e.g. PatchCore's ``fast``)."""
+    presets = model_entry(name).detector.presets
+    if preset not in presets:
+        offered = f"its presets: {sorted(presets)}" if presets else "it has none"
+        raise ConfigError(f"{name} has no preset {preset!r}; {offered}.")
+    return dict(presets[preset])
+
+
+def create(name: str, *, preset: str | None = None, **params: Any) -> Detector:
+    """Create an unfitted detector by registry name, e.g. ``create("patchcore", coreset_ratio=0.1)``; ``preset``
+    names a set of parameters the method offers (``create("patchcore", preset="fast")``), which ``params``
+    override."""
     detector = model_entry(name).detector
+    if preset is not None:
+        params = preset_params(name, preset) | params
     known = set(detector.param_names())
     unknown = sorted(set(params) - known)
     if unknown:

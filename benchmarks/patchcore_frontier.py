@@ -1,0 +1,119 @@
+"""PatchCore's speed / quality frontier on the 2-core CPU: predict images/s against image and pixel AUROC for the
+exact default and the faster settings (issue 21).
+
+Each setting is fitted and calibrated as ``flawscope benchmark`` does (ELPV mono: its module split; magnetic tile:
+its MVTec layout, 10 % of the good training images held out), in a fresh process of its own, nothing else
+running. The timed part is the whole predict loop over the test images -- read, resize, backbone, search, map
+at the image's size, threshold and boxes (``model.predict``) -- after one untimed image; the metrics are
+computed afterwards from the same maps. Settings:
+
+* ``exact``: the default (exact faiss search, torch backbone);
+* ``ivf``: the inverted-file search (``search=ivf``, 8 probes of about sqrt(bank rows) clusters);
+* ``openvino``: the backbone run by OpenVINO (``engine=openvino``);
+* ``fast``: both (``--preset fast``); ``fast, 4 probes``: fewer probes still;
+* ``1 % coreset``: the paper's smaller memory bank, exact search.
+
+    .venv/bin/python benchmarks/patchcore_frontier.py --magnetic-tile ../shared/datasets/magnetic_tile
+
+Writes ``benchmarks/results/patchcore_frontier.json`` (after every measurement) and the plot
+``docs/images/patchcore_frontier.png`` (``--plot-only`` redraws it from the JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "patchcore_frontier.json"
+PLOT = ROOT / "docs" / "images" / "patchcore_frontier.png"
+
+SETTINGS: dict[str, dict[str, object]] = {
+    "exact": {},
+    "ivf": {"search": "ivf"},
+    "openvino": {"engine": "openvino"},
+    "fast": {"search": "ivf", "engine": "openvino"},
+    "fast, 4 probes": {"search": "ivf", "engine": "openvino", "search_probes": 4},
+    "1 % coreset": {"coreset_ratio": 0.01},
+}
+RUN = """
+import json, sys, time
+import numpy as np
+from flawscope.metrics import auroc, pixel_metrics
+from flawscope.workflow import evaluation_data, fit_and_calibrate
+spec, params = sys.argv[1], json.loads(sys.argv[2])
+fitted = fit_and_calibrate("patchcore", spec, {"device": "cpu", **params})
+model, test = fitted.model, evaluation_data(sys.argv[1], supervised=False, seed=0)
+model.predict([test.samples[0].image], progress=False)
+started = time.perf_counter()
+prediction = model.predict(test, progress=False)
+seconds = time.perf_counter() - started
+labels = test.labels
+result = {"fit_seconds": round(fitted.fit_seconds, 1), "predict_seconds": round(seconds, 2),
+          "images_per_second": round(len(test) / seconds, 1), "n_test": len(test),
+          "bank_rows": int(model.memory_bank_.shape[0]),
+          "image_auroc": round(auroc(labels, prediction.scores), 4)}
+if all(sample.mask is not None or sample.label == 0 for sample in test.samples) and any(
+        sample.mask is not None for sample in test.samples):
+    masks = [sample.read_mask(anomaly_map.shape) for sample, anomaly_map in zip(test.samples, prediction.anomaly_maps)]
+    pixels = pixel_metrics(prediction.anomaly_maps, masks)
+    result |= {"pixel_auroc": round(pixels["pixel_auroc"], 4), "aupro": round(pixels["aupro"], 4)}
+print(json.dumps(result))
+"""
+
+
+def measure(spec: str, params: dict[str, object]) -> dict[str, object]:
+    """One setting fitted and timed in a fresh process."""
+    run = subprocess.run(
+        [sys.executable, "-c", RUN, spec, json.dumps(params)], capture_output=True, text=True, cwd=ROOT
+    )
+    if run.returncode != 0:
+        raise SystemExit(run.stderr)
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def plot(results: dict[str, dict[str, dict[str, object]]]) -> None:
+    """Images/s against image AUROC, one panel per data set, one point per setting."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(4.2 * len(results), 3.6))
+    axes = figure.subplots(1, len(results), squeeze=False)[0]
+    for axis, (data, settings) in zip(axes, results.items()):
+        for index, (name, row) in enumerate(settings.items()):
+            point = (row["images_per_second"], row["image_auroc"])
+            axis.scatter(*point)
+            offset = (4, 6 - 14 * (index % 3))  # neighbouring points' labels apart
+            axis.annotate(name, point, fontsize=8, textcoords="offset points", xytext=offset)
+        axis.set(xlabel="predict images/s (2-core CPU)", ylabel="image AUROC", title=data)
+    figure.tight_layout()
+    PLOT.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(PLOT, dpi=90)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--magnetic-tile", type=Path, help="Also run on this MVTec-layout category.")
+    parser.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--plot-only", action="store_true", help="Redraw the plot from the saved results.")
+    args = parser.parse_args()
+    if args.plot_only:
+        plot(json.loads(RESULTS.read_text()))
+        return
+    data = {"elpv-mono": "elpv:mono"}
+    if args.magnetic_tile:
+        data["magnetic_tile"] = str(args.magnetic_tile)
+    results: dict[str, dict[str, dict[str, object]]] = {}
+    for name, spec in data.items():
+        for setting in args.settings:
+            row = {"params": SETTINGS[setting], **measure(spec, SETTINGS[setting])}
+            results.setdefault(name, {})[setting] = row
+            print(name, setting, row, flush=True)
+            RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    plot(results)
+
+
+if __name__ == "__main__":
+    main()
