@@ -3,10 +3,13 @@ is in :mod:`flawscope.postprocess`)."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
+
+MATRIX_BLUR_SIDE = 512  # above, a dense smoothing matrix costs more than the convolution it replaces
 
 
 def gaussian_kernel1d(sigma: float) -> torch.Tensor:
@@ -18,16 +21,45 @@ def gaussian_kernel1d(sigma: float) -> torch.Tensor:
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian smoothing of ``N x H x W`` maps with reflected borders; ``sigma <= 0`` is a no-op."""
+    """Separable Gaussian smoothing of ``N x H x W`` maps with reflected borders; ``sigma <= 0`` is a no-op.
+
+    Maps of at most ``MATRIX_BLUR_SIDE`` pixels a side are smoothed as two matrix products with the banded
+    smoothing matrices (:func:`blur_matrix`, the borders folded in): on a 2-core CPU 5 to 7 times faster than the two
+    single-channel convolutions larger maps get (3.7 to 5.5 against 27 ms for 16 maps of 224 x 224), the same values to
+    float rounding.
+    """
     if sigma <= 0:
         return maps
     kernel = gaussian_kernel1d(sigma).to(maps.device, maps.dtype)
     radius = kernel.numel() // 2
-    out = maps[:, None]  # N x 1 x H x W
     pad_mode = "reflect" if min(maps.shape[-2:]) > radius else "replicate"
+    height, width = maps.shape[-2:]
+    if max(height, width) <= MATRIX_BLUR_SIDE:
+        rows = blur_matrix(height, sigma, pad_mode).to(maps.device, maps.dtype)
+        columns = blur_matrix(width, sigma, pad_mode).to(maps.device, maps.dtype)
+        return rows @ maps @ columns.T
+    out = maps[:, None]  # N x 1 x H x W
     out = F.conv2d(F.pad(out, (radius, radius, 0, 0), mode=pad_mode), kernel.view(1, 1, 1, -1))
     out = F.conv2d(F.pad(out, (0, 0, radius, radius), mode=pad_mode), kernel.view(1, 1, -1, 1))
     return out[:, 0]
+
+
+@functools.lru_cache(maxsize=32)
+def blur_matrix(size: int, sigma: float, pad_mode: str) -> torch.Tensor:
+    """``size x size`` matrix ``M`` with ``M @ x`` the Gaussian smoothing of ``x`` along its first axis, its borders
+    padded as ``F.pad`` pads them (``reflect``: mirrored without repeating the edge; ``replicate``: the edge)."""
+    kernel = gaussian_kernel1d(sigma)
+    radius = kernel.numel() // 2
+    matrix = torch.zeros(size, size)
+    rows = torch.arange(size)
+    for tap, weight in enumerate(kernel.tolist()):
+        source = rows + tap - radius
+        if pad_mode == "reflect":
+            source = torch.where(source < 0, -source, torch.where(source >= size, 2 * (size - 1) - source, source))
+        else:
+            source = source.clamp(0, size - 1)
+        matrix.index_put_((rows, source), torch.full((size,), weight), accumulate=True)
+    return matrix
 
 
 def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
