@@ -17,3 +17,10 @@ def resolve_device(device: str) -> torch.device:
         return torch.device(device)
     except RuntimeError as error:
         raise ConfigError(f"Unknown device {device!r}; use 'auto', 'cpu' or 'cuda[:N]'.") from error
+
+
+def native_bfloat16() -> bool:
+    """Whether this CPU computes in bfloat16 in hardware (AVX512-BF16 or AMX-BF16); elsewhere torch and OpenVINO
+    emulate it, slower than float32."""
+    capabilities = torch.cpu.get_capabilities()
+    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))

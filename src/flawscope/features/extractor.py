@@ -12,13 +12,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from flawscope.chunks import in_passes
+from flawscope.devices import native_bfloat16
 from flawscope.errors import ConfigError
 from flawscope.features.backbones import BackboneCfg, backbone_cfg, create_feature_backbone
 
 # What runs a frozen backbone on the CPU: torch itself, or OpenVINO's CPU runtime (the ``openvino`` extra), which
 # ran EfficientNet-Lite0's first four stages 2 to 3 times faster on a 2-core CPU (4.4 against 9 to 14 ms per 224 px
-# image) with feature maps within 1e-4 of torch's (benchmarks/patchcore_frontier.py).
-ENGINES = ("torch", "openvino")
+# image) with feature maps within 1e-4 of torch's; ``openvino-bf16`` computes in bfloat16 (CPUs with AVX512-BF16 or
+# AMX only), about twice as fast again, its features about 1 % off (benchmarks/patchcore_frontier.py).
+ENGINES = ("torch", "openvino", "openvino-bf16")
 
 
 class FeatureExtractor(nn.Module):
@@ -55,8 +57,13 @@ class FeatureExtractor(nn.Module):
         2 s) and runs on the CPU only."""
         if engine not in ENGINES:
             raise ConfigError(f"The backbone engine must be one of {ENGINES}. Got {engine!r} instead.")
+        if engine == "openvino-bf16" and not native_bfloat16():
+            raise ConfigError(
+                "engine='openvino-bf16' needs a CPU that computes in bfloat16 (AVX512-BF16 or AMX), which this one "
+                "does not: use engine='openvino'."
+            )
         self.engine = engine
-        self._compiled = _openvino_backbone(self.model) if engine == "openvino" else None
+        self._compiled = None if engine == "torch" else _openvino_backbone(self.model, engine == "openvino-bf16")
         return self
 
     @contextlib.contextmanager
@@ -80,9 +87,10 @@ class FeatureExtractor(nn.Module):
         return in_passes(self.model, images, self.cpu_micro_batch)
 
 
-def _openvino_backbone(model: nn.Module) -> Callable[[torch.Tensor], list[torch.Tensor]]:
+def _openvino_backbone(model: nn.Module, bfloat16: bool) -> Callable[[torch.Tensor], list[torch.Tensor]]:
     """``model`` converted to OpenVINO (any batch, height and width) and compiled for the CPU with torch's thread
-    count: a function of a CPU image batch giving its feature maps, one call at a time."""
+    count, computing in float32 or ``bfloat16``: a function of a CPU image batch giving its feature maps (float32),
+    one call at a time."""
     try:
         import openvino
     except ImportError as error:
@@ -90,7 +98,13 @@ def _openvino_backbone(model: nn.Module) -> Callable[[torch.Tensor], list[torch.
     example = torch.zeros(1, 3, 64, 64)
     with torch.no_grad():
         converted = openvino.convert_model(model.eval(), example_input=example, input=[-1, 3, -1, -1])
-    settings = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+    # float32 unless asked: on a CPU with AVX512-BF16 or AMX, OpenVINO would otherwise run in bfloat16 by itself,
+    # its features about 1 % off torch's (image scores up to 9 %, measured)
+    settings = {
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+        "INFERENCE_PRECISION_HINT": "bf16" if bfloat16 else "f32",
+    }
     compiled = openvino.Core().compile_model(converted, "CPU", settings)
     request = compiled.create_infer_request()
     one_at_a_time = threading.Lock()
