@@ -63,7 +63,10 @@ def test_ray_writes_the_rows_a_plain_predict_writes_and_typed_parquet(archive, t
         if theirs[1]:  # one thread against two: sums in another order, equal to float precision
             assert float(ours[1]) == pytest.approx(float(theirs[1]), rel=1e-4)
             our_boxes, their_boxes = json.loads(ours[3]), json.loads(theirs[3])
-            assert [box[:4] for box in our_boxes] == [box[:4] for box in their_boxes]
+            # a pixel that equals the threshold to float precision may fall either side: an edge moves by one
+            assert len(our_boxes) == len(their_boxes)
+            for our_box, their_box in zip(our_boxes, their_boxes):
+                assert np.abs(np.subtract(our_box[:4], their_box[:4])).max() <= 1, (our_box, their_box)
             assert [box[4] for box in our_boxes] == pytest.approx([box[4] for box in their_boxes], rel=1e-4)
             assert (tmp_path / "ray" / ours[4]).is_file() and (tmp_path / "ray" / ours[5]).is_file()
     assert written.n_scored == N_IMAGES - 1 and list(written.failed) == [str(images / "broken.png")]
