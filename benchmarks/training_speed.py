@@ -40,7 +40,7 @@ SCHEDULES: dict[str, dict[str, object]] = {
 }
 MODES = ("float32", "bfloat16", "channels_last", "bfloat16+channels_last")
 RUN = """
-import contextlib, json, sys, time
+import json, sys, time
 import torch
 import flawscope as fs
 from flawscope.devices import native_bfloat16
@@ -48,24 +48,25 @@ from flawscope.training import TrainingLoop
 from flawscope.workflow import evaluation_data
 
 method, mode, schedule = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-step_seconds, converted = [], set()
+step_seconds, prepared = [], set()
+timed_step = TrainingLoop._step
 
 def step(self, batch):
-    if "channels_last" in mode and id(self) not in converted:
-        for network in self.networks:
-            network.to(memory_format=torch.channels_last)
-        converted.add(id(self))
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if "bfloat16" in mode else contextlib.nullcontext()
+    if id(self) not in prepared:  # the loop's first step: apply the mode once
+        prepared.add(id(self))
+        if "channels_last" in mode:
+            for network in self.networks:
+                network.to(memory_format=torch.channels_last)
+        if "bfloat16" in mode:
+            loss_of = self.step_loss
+            def autocast_loss(batch):
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    return loss_of(batch)
+            self.step_loss = autocast_loss
     started = time.perf_counter()
-    with autocast:
-        loss = self.step_loss(batch)
-    self.optimiser.zero_grad(set_to_none=True)
-    loss.backward()
-    self.optimiser.step()
-    if self.scheduler is not None:
-        self.scheduler.step()
+    loss = timed_step(self, batch)
     step_seconds.append(time.perf_counter() - started)
-    return float(loss.detach())
+    return loss
 
 TrainingLoop._step = step
 cells = evaluation_data("elpv:mono", supervised=False, seed=0)
