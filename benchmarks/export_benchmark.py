@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 # Run in a fresh interpreter: import time of the scoring side, then load, score and report peak RSS.
 _PROCESS_SCRIPT = """
-import json, resource, statistics, sys, time
+import json, statistics, sys, time
 started = time.perf_counter()
 if sys.argv[1] == "torch":
     import flawscope as fs
@@ -53,7 +53,8 @@ for batch in (1, 8):
     seconds = statistics.median(times)
     measured[f"images_per_second_batch{batch}"] = len(images) / seconds
     measured[f"ms_per_image_batch{batch}"] = 1000 * seconds / len(images)
-measured["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from flawscope._memory import peak_rss_mib  # its own peak: ru_maxrss would carry the parent's into it
+measured["peak_rss_mib"] = peak_rss_mib()
 measured["torch_imported"] = "torch" in sys.modules
 print(json.dumps(measured))
 """

@@ -4,7 +4,7 @@ and what streaming the coreset in chunks does to the results.
 ``--curve``: training sets of 200, 1,000, 3,000 and 10,000 images -- ELPV's 1,508 good cells (mono and poly) in
 their eight turns and mirrors (the dihedral group of the square: a cell turned or mirrored is still a good cell),
 written once as PNG files and taken in a seeded order. Each fit runs in a fresh process, which reports its fit
-seconds, its peak RSS (``ru_maxrss``) and the memory bank's size. PaDiM runs on the same curve
+seconds, its peak RSS (its own ``VmHWM``) and the memory bank's size. PaDiM runs on the same curve
 (``--methods``).
 
 ``--quality``: PatchCore with one coreset selection over all training patches (``coreset_chunk`` above the
@@ -38,8 +38,9 @@ from PIL import Image  # noqa: E402
 SIZES = (200, 1000, 3000, 10000)
 GLOBAL = 10**9  # coreset_chunk above any number of patches: one selection
 FIT_RUN = """
-import json, resource, sys, time
+import json, sys, time
 import flawscope as fs
+from flawscope._memory import peak_rss_mib
 paths = json.loads(open(sys.argv[1]).read())[: int(sys.argv[2])]
 model = fs.create(sys.argv[3], device="cpu")
 started = time.perf_counter()
@@ -47,7 +48,7 @@ model.fit(paths, progress=False)
 seconds = time.perf_counter() - started
 state = {name: list(tensor.shape) for name, tensor in model._state_tensors().items()}
 print(json.dumps({"fit_seconds": round(seconds, 1), "state": state,
-                  "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
+                  "peak_rss_mib": round(peak_rss_mib())}))
 """
 
 

@@ -4,7 +4,8 @@
 
 A tiled PatchCore (``--tile`` px tiles, ``--overlap`` px overlap, defaults otherwise) is fitted on two 1,024 px
 textures, calibrated, saved; each measurement then runs in a fresh process, which reports its own peak RSS
-(``ru_maxrss``). Writes ``benchmarks/results/tiling_memory.json``.
+(``VmHWM``, :func:`flawscope._memory.peak_rss_mib`: a child's ``ru_maxrss`` would include this fitting process's
+peak). Writes ``benchmarks/results/tiling_memory.json``.
 
     .venv/bin/python benchmarks/tiling_memory.py
 """
@@ -27,14 +28,15 @@ from PIL import Image  # noqa: E402
 
 SIDE = 8192
 LIBRARY_RUN = """
-import json, resource, sys, time
+import json, sys, time
 import flawscope as fs
+from flawscope._memory import peak_rss_mib
 fs.set_max_pixels({side} * {side})
 model = fs.load(sys.argv[1])
 started = time.perf_counter()
 prediction = model.predict([sys.argv[2]], progress=False)
 seconds = time.perf_counter() - started
-print(json.dumps({{"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+print(json.dumps({{"seconds": seconds, "peak_rss_mb": peak_rss_mib(),
                    "map_shape": list(prediction.anomaly_maps[0].shape), "label": bool(prediction.labels[0])}}))
 """
 
@@ -80,19 +82,20 @@ def fitted_model(folder: Path, tile: int, overlap: int) -> Path:
 
 def baseline_rss(model: Path) -> float:
     """Peak RSS of a process that only loads the model (torch, the backbone, the bank): what every run starts from."""
-    code = "import resource, sys, flawscope as fs; fs.load(sys.argv[1]); "
-    code += "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    code = "import sys, flawscope as fs; from flawscope._memory import peak_rss_mib; fs.load(sys.argv[1]); "
+    code += "print(peak_rss_mib())"
     run = subprocess.run([sys.executable, "-c", code, str(model)], capture_output=True, text=True, check=True)
     return float(run.stdout.strip().splitlines()[-1])
 
 
 def peak_of_cli(model: Path, image: Path, out: Path) -> dict[str, float]:
-    """Seconds and peak RSS of ``flawscope predict`` on the one image (the child's ru_maxrss)."""
+    """Seconds and peak RSS of ``flawscope predict`` on the one image (the child's own)."""
     command = [
         sys.executable, "-c",
-        "import resource, sys; from flawscope.cli import app; sys.argv = ['flawscope'] + sys.argv[1:]\n"
+        "import sys; from flawscope._memory import peak_rss_mib; from flawscope.cli import app\n"
+        "sys.argv = ['flawscope'] + sys.argv[1:]\n"
         "try:\n    app()\nfinally:\n"
-        "    print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, file=sys.stderr)",
+        "    print('PEAK', peak_rss_mib(), file=sys.stderr)",
         "predict", str(model), str(image), "--out", str(out), "--max-pixels", str(SIDE * SIDE), "--quiet",
     ]  # fmt: skip
     started = time.perf_counter()

@@ -103,6 +103,7 @@ result = CliRunner().invoke(app, ["list-models"])
 assert result.exit_code == 0 and "patchcore" in result.output, result.output
 assert matplotlib.get_backend() == "svg" and "matplotlib.pyplot" not in sys.modules
 from flawscope._memory import peak_rss_mib
+sys.platform = "win32"  # no /proc either
 assert peak_rss_mib() is None
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)

@@ -72,8 +72,20 @@ def _cgroup_room_kib() -> int | None:
 
 
 def peak_rss_mib() -> float | None:
-    """Peak resident memory of this process in MiB (Linux reports KiB, macOS bytes); None where the
-    platform has no ``resource`` module (Windows)."""
+    """Peak resident memory of this process in MiB; None where the platform tells neither (Windows).
+
+    On Linux, the high-water mark of this process's own memory (``VmHWM``): ``ru_maxrss`` also counts the memory of
+    the process that started it (a child started by fork or vfork and exec carries its parent's peak into its
+    own), so a small process started by a large one -- a benchmark's or a test's child -- would report its
+    parent's size (measured: 1,514 MiB for a child of 14). Elsewhere ``ru_maxrss`` (macOS reports bytes)."""
+    if sys.platform.startswith("linux"):
+        try:
+            with open("/proc/self/status") as status:
+                for line in status:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            pass
     try:
         import resource
     except ImportError:
