@@ -18,7 +18,7 @@ from flawscope.data.synthetic import make_texture_set
 from flawscope.data.transforms import resize_image as torch_resize_image
 from flawscope.errors import ConfigError, DataError, ModelFileError, NotFittedError
 from flawscope.export import check_parity
-from flawscope.maps import upsample_maps
+from flawscope.maps import blur_matrix, upsample_maps
 from flawscope.resize import resize_image, resize_map
 
 runner = CliRunner()
@@ -154,6 +154,18 @@ def test_export_refuses_what_it_cannot_do(fitted_patchcore, tmp_path):
         fs.create("padim").export(tmp_path)
     dictionary = fs.create("feature_dictionary")
     assert "its own size" in dictionary._export_refusal("onnx")
+
+
+def test_a_detector_scores_after_an_export_traced_its_smoothing_first(tmp_path):
+    """The smoothing matrices are cached: the first built while an export traces the map (a fresh cache, as in a
+    process that exports before it predicts: ``flawscope export --check``) must not be the trace's fake tensor."""
+    model = fs.create("patchcore", image_size=64, coreset_ratio=0.25, device="cpu", seed=0)
+    model.fit(make_texture_set(6, size=(64, 64), seed=0), progress=False)
+    images = [sample.image for sample in make_texture_set(2, 2, size=(64, 64), seed=1).samples]
+    blur_matrix.cache_clear()
+    directory = model.export(tmp_path / "exported")
+    assert check_parity(model, directory, images)["passed"]
+    assert len(model.predict(images, progress=False)) == len(images)
 
 
 def test_a_model_that_keeps_the_aspect_ratio_exports_at_its_training_images_size(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -14,9 +15,15 @@ MATRIX_BLUR_SIDE = 512  # above, a dense smoothing matrix costs more than the co
 
 def gaussian_kernel1d(sigma: float) -> torch.Tensor:
     """Normalised 1-D Gaussian of radius ``ceil(4 sigma)``."""
+    return torch.from_numpy(_gaussian_weights(sigma))
+
+
+def _gaussian_weights(sigma: float) -> np.ndarray:
+    """:func:`gaussian_kernel1d` as float32 numpy: computed without torch, so that a tensor-tracing mode (an export)
+    cannot make it a traced value."""
     radius = max(1, math.ceil(4.0 * sigma))
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    offsets = np.arange(-radius, radius + 1, dtype=np.float32)
+    kernel = np.exp(np.float32(-0.5) * (offsets / np.float32(sigma)) ** 2)
     return kernel / kernel.sum()
 
 
@@ -35,8 +42,8 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     pad_mode = "reflect" if min(maps.shape[-2:]) > radius else "replicate"
     height, width = maps.shape[-2:]
     if max(height, width) <= MATRIX_BLUR_SIDE:
-        rows = blur_matrix(height, sigma, pad_mode).to(maps.device, maps.dtype)
-        columns = blur_matrix(width, sigma, pad_mode).to(maps.device, maps.dtype)
+        rows = torch.as_tensor(blur_matrix(height, sigma, pad_mode)).to(maps.device, maps.dtype)
+        columns = torch.as_tensor(blur_matrix(width, sigma, pad_mode)).to(maps.device, maps.dtype)
         return rows @ maps @ columns.T
     out = maps[:, None]  # N x 1 x H x W
     out = F.conv2d(F.pad(out, (radius, radius, 0, 0), mode=pad_mode), kernel.view(1, 1, 1, -1))
@@ -45,20 +52,23 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=32)
-def blur_matrix(size: int, sigma: float, pad_mode: str) -> torch.Tensor:
-    """``size x size`` matrix ``M`` with ``M @ x`` the Gaussian smoothing of ``x`` along its first axis, its borders
-    padded as ``F.pad`` pads them (``reflect``: mirrored without repeating the edge; ``replicate``: the edge)."""
-    kernel = gaussian_kernel1d(sigma)
-    radius = kernel.numel() // 2
-    matrix = torch.zeros(size, size)
-    rows = torch.arange(size)
-    for tap, weight in enumerate(kernel.tolist()):
+def blur_matrix(size: int, sigma: float, pad_mode: str) -> np.ndarray:
+    """``size x size`` float32 matrix ``M`` with ``M @ x`` the Gaussian smoothing of ``x`` along its first axis, its
+    borders padded as ``F.pad`` pads them (``reflect``: mirrored without repeating the edge; ``replicate``: the edge).
+
+    Built in numpy and cached as numpy: a cached torch tensor first built while an export traces the smoothing
+    would be that trace's fake tensor, and every later smoothing in the process would fail on it."""
+    kernel = _gaussian_weights(sigma)
+    radius = kernel.size // 2
+    matrix = np.zeros((size, size), dtype=np.float32)
+    rows = np.arange(size)
+    for tap, weight in enumerate(kernel):
         source = rows + tap - radius
         if pad_mode == "reflect":
-            source = torch.where(source < 0, -source, torch.where(source >= size, 2 * (size - 1) - source, source))
+            source = np.where(source < 0, -source, np.where(source >= size, 2 * (size - 1) - source, source))
         else:
-            source = source.clamp(0, size - 1)
-        matrix.index_put_((rows, source), torch.full((size,), weight), accumulate=True)
+            source = source.clip(0, size - 1)
+        np.add.at(matrix, (rows, source), weight)
     return matrix
 
 
