@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 
 from flawscope.data.datasets import ImageDataset
-from flawscope.data.io import ImageTile, TileCache, as_float, describe, image_size
+from flawscope.data.io import ImageTile, TileCache, as_float, describe, image_size, resized_pixels
 from flawscope.errors import ConfigError, DataError
-from flawscope.resize import resize_map, resize_pixels, scaled_size
+from flawscope.resize import resize_map, scaled_size
 
 MIN_TILE = 16
 MAX_TILE_SCALE = 4.0
@@ -153,11 +153,7 @@ def score_in_tiles(
     """
     height, width = image.shape[:2]
     scaled_height, scaled_width = tiling.scaled_size(height, width)
-    scaled = (
-        image
-        if (scaled_height, scaled_width) == (height, width)
-        else resize_pixels(as_float(image), (scaled_height, scaled_width))
-    )
+    scaled = resized_pixels(image, (scaled_height, scaled_width))
     rows, columns = tiling.starts(scaled_height), tiling.starts(scaled_width)
     window = tiling.window()
     tile_weights = np.outer(window, window)

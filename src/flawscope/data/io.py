@@ -87,7 +87,7 @@ class TileCache:
                 loaded = load_image(source, limit=limit, eight_bit=True)
                 if scale != 1.0:
                     size = scaled_size(loaded.pixels.shape[0], loaded.pixels.shape[1], scale)
-                    loaded = LoadedImage(resize_pixels(as_float(loaded.pixels), size), loaded.notes, loaded.format)
+                    loaded = LoadedImage(resized_pixels(loaded.pixels, size), loaded.notes, loaded.format)
                 self._source, self._scale, self._loaded = source, scale, loaded
             return self._loaded
 
@@ -341,6 +341,14 @@ def as_float(pixels: np.ndarray) -> np.ndarray:
     if pixels.dtype == np.uint8:
         return pixels.astype(np.float32) / np.float32(255.0)
     return pixels
+
+
+def resized_pixels(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Pixels as read (float or uint8) at ``size``: themselves where they are that size already (uint8 kept), else
+    resized as floats."""
+    if tuple(pixels.shape[:2]) == tuple(size):
+        return pixels
+    return resize_pixels(as_float(pixels), size)
 
 
 def _eight_bit_to_float(image: Image.Image) -> np.ndarray:
