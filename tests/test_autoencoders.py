@@ -61,6 +61,15 @@ def test_mvtec_variant_adds_one_strided_convolution():
     assert tuple(network.decoder(latent).shape) == (1, 3, 256, 256)
 
 
+def test_ssim_is_computed_in_float32_under_autocast():
+    generator = torch.Generator().manual_seed(0)
+    images, references = torch.rand(2, 1, 32, 32, generator=generator), torch.rand(2, 1, 32, 32, generator=generator)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = ssim_map(images, references.to(torch.bfloat16))
+    assert under_autocast.dtype == torch.float32
+    torch.testing.assert_close(under_autocast, ssim_map(images, references.to(torch.bfloat16).float()))
+
+
 def test_ssim_known_answers():
     image = torch.rand(2, 1, 24, 24, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(ssim_map(image, image), torch.ones_like(image))
@@ -128,6 +137,18 @@ def test_loss_falls_and_synthetic_defects_are_found(name, texture_train, texture
     masks = [sample.read_mask(m.shape) for sample, m in zip(texture_test.samples, prediction.anomaly_maps)]
     assert pixel_metrics(prediction.anomaly_maps, masks)["pixel_auroc"] >= MIN_PIXEL_AUROC[name]
     assert auroc(texture_test.labels, prediction.scores) >= MIN_IMAGE_AUROC[name]
+
+
+@pytest.mark.parametrize("name", ["ae_l2", "ae_ssim"])
+def test_bfloat16_training_finds_the_defects_and_is_saved(name, texture_train, texture_test, tmp_path):
+    model = fs.create(name, training_precision="bfloat16", **TINY).fit(texture_train, progress=False)
+    assert model.training_precision_ == "bfloat16" and model.network_.decoder[-1].weight.dtype == torch.float32
+    assert model.loss_history_[-1] < model.loss_history_[0]
+    prediction = model.predict(texture_test, progress=False)
+    assert auroc(texture_test.labels, prediction.scores) >= MIN_IMAGE_AUROC[name]
+    masks = [sample.read_mask(m.shape) for sample, m in zip(texture_test.samples, prediction.anomaly_maps)]
+    assert pixel_metrics(prediction.anomaly_maps, masks)["pixel_auroc"] >= MIN_PIXEL_AUROC[name]
+    assert fs.load(model.save(tmp_path / name)).training_precision_ == "bfloat16"
 
 
 MIN_PIXEL_AUROC = {"ae_l2": 0.8, "ae_ssim": 0.8, "vae": 0.8, "feature_matching_ae": 0.8}

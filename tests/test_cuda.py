@@ -47,6 +47,8 @@ def test_autoencoder_trains_on_cuda(texture_train):
     )
     model.fit(texture_train, progress=False)
     assert model.loss_history_[-1] < model.loss_history_[0]
+    native = torch.cuda.is_bf16_supported(including_emulation=False)
+    assert model.training_precision_ == ("bfloat16" if native else "float32")  # training_precision="auto"
 
 
 @pytest.mark.parametrize(

@@ -34,3 +34,10 @@ def test_simplenet_training_lowers_the_loss_and_finds_defects(texture_train, tex
     mask = texture_test[defective].mask
     anomaly_map = prediction.anomaly_maps[defective]
     assert anomaly_map[mask > 0].mean() > anomaly_map[mask == 0].mean()
+
+
+def test_simplenet_trains_in_bfloat16_where_asked(texture_train, texture_test):
+    model = fs.create("simplenet", image_size=96, epochs=10, training_precision="bfloat16", device="cpu")
+    model.fit(texture_train, progress=False)
+    assert model.training_precision_ == "bfloat16" and model.adaptor_.weight.dtype == torch.float32
+    assert auroc(texture_test.labels, model.predict(texture_test, progress=False).scores) >= 0.9

@@ -1,12 +1,15 @@
 """The one training loop (flawscope.training) and the checked state helpers (flawscope.state)."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from flawscope.errors import ModelFileError
+import flawscope as fs
+from flawscope.devices import native_bfloat16
+from flawscope.errors import ConfigError, ModelFileError
 from flawscope.state import checked_tensor, module_tensors, restore_module
-from flawscope.training import EarlyStopping, TrainingLoop
+from flawscope.training import EarlyStopping, TrainingLoop, resolve_training_precision
 
 
 def regression_loop(network, early_stopping=None, stop_after_epoch=None, scheduler=None):
@@ -40,6 +43,37 @@ def test_the_loop_trains_seeded_and_records_its_history():
     assert history.epoch_losses[-1] < 0.01 * history.epoch_losses[0]
     assert history.step_losses == again.step_losses  # same generator, same draws, same steps
     assert not first.training  # evaluation mode at the end
+
+
+def test_a_bfloat16_loop_computes_in_bfloat16_and_keeps_float32_weights():
+    torch.manual_seed(0)
+    network = nn.Linear(1, 1)
+    loop = regression_loop(network)
+    loop.precision = "bfloat16"
+    output_dtypes = []
+    step_loss = loop.step_loss
+
+    def recorded(batch):
+        output_dtypes.append(network(batch[0]).dtype)
+        return step_loss(batch)
+
+    loop.step_loss = recorded
+    history = loop.run(epochs=20, steps_per_epoch=4, generator=torch.Generator().manual_seed(1), progress=False)
+    assert set(output_dtypes) == {torch.bfloat16} and network.weight.dtype == torch.float32
+    assert history.epoch_losses[-1] < 0.01 * history.epoch_losses[0]
+    assert network(torch.ones(1, 1)).dtype == torch.float32  # autocast only inside the steps
+
+
+def test_training_precision_auto_follows_the_hardware_and_the_method(caplog):
+    cpu = torch.device("cpu")
+    native = native_bfloat16()
+    assert resolve_training_precision("auto", cpu, bfloat16_pays=True) == ("bfloat16" if native else "float32")
+    assert resolve_training_precision("auto", cpu, bfloat16_pays=False) == "float32"
+    assert resolve_training_precision("float32", cpu, bfloat16_pays=True) == "float32"
+    assert resolve_training_precision("bfloat16", cpu, bfloat16_pays=False) == "bfloat16"
+    assert ("emulates bfloat16" in caplog.text) == (not native)
+    with pytest.raises(ConfigError, match="'training_precision' parameter of DFR must be a str among"):
+        fs.create("dfr", training_precision="float16").fit([np.zeros((64, 64), np.float32)] * 2, progress=False)
 
 
 def test_early_stopping_keeps_the_best_epoch_and_stops_after_patience():

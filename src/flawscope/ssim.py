@@ -33,6 +33,13 @@ def ssim_map(
         raise ConfigError(
             f"SSIM needs two tensors of one shape; got {tuple(images.shape)} and {tuple(references.shape)}."
         )
+    with torch.autocast(images.device.type, enabled=False):  # variances by cancellation need float32
+        return _ssim(images.float(), references.float(), window, dynamic_range, k1, k2)
+
+
+def _ssim(
+    images: torch.Tensor, references: torch.Tensor, window: int, dynamic_range: float, k1: float, k2: float
+) -> torch.Tensor:
     channels = images.shape[1]
     radius = window // 2
     stacked = torch.cat([images, references, images * images, references * references, images * references], dim=1)

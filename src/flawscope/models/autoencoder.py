@@ -38,7 +38,13 @@ from flawscope.models.registry import register_detector
 from flawscope.postprocess import ThresholdRule
 from flawscope.ssim import ssim_map
 from flawscope.state import module_tensors, restore_module
-from flawscope.training import EarlyStopping, TrainingLoop, announce_schedule
+from flawscope.training import (
+    TRAINING_CONSTRAINTS,
+    EarlyStopping,
+    TrainingLoop,
+    announce_schedule,
+    resolve_training_precision,
+)
 
 # Table I of Bergmann et al. (2019): the encoder's layers as (output channels, kernel, stride,
 # padding) for a 128 x 128 input; a 1-channel bottleneck convolution to d follows.
@@ -173,6 +179,9 @@ class ConvolutionalAutoencoder(Detector):
         stop after ``patience`` epochs without improvement and keep the best weights.
     validation_fraction : float
     patience : int
+    training_precision : {"auto", "float32", "bfloat16"}
+        Arithmetic of the training steps: ``"auto"`` (default) trains in bfloat16 autocast where the device
+        computes it in hardware and the method measured it faster at the same quality, float32 elsewhere.
     batch_size : int
         Images per evaluation pass.
     device : str
@@ -188,6 +197,8 @@ class ConvolutionalAutoencoder(Detector):
     # image score (the paper scores pixels only): "max" = maximum of the residual map smoothed
     # with a Gaussian of ``SCORE_SIGMA`` px (a raw maximum is one pixel's noise), "mean" = its mean
     image_score: ClassVar[str] = "max"
+    # what training_precision="auto" does where bfloat16 is native (benchmarks/results/training_speed.json)
+    bfloat16_training_pays: ClassVar[bool] = True
     opening_shape = "disk"
     default_opening = 4
 
@@ -206,6 +217,7 @@ class ConvolutionalAutoencoder(Detector):
         "early_stopping": [BOOLEAN],
         "validation_fraction": [Interval(float, 0.0, 1.0, "neither")],
         "patience": [Interval(int, 1, None)],
+        **TRAINING_CONSTRAINTS,
         **RUN_CONSTRAINTS,
     }
 
@@ -226,6 +238,7 @@ class ConvolutionalAutoencoder(Detector):
         early_stopping: bool = False,
         validation_fraction: float = 0.1,
         patience: int = 10,
+        training_precision: str = "auto",
         batch_size: int = 8,
         device: str = "auto",
         seed: int = 0,
@@ -244,6 +257,7 @@ class ConvolutionalAutoencoder(Detector):
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.patience = patience
+        self.training_precision = training_precision
         self.batch_size = batch_size
         self.device = device
         self.seed = seed
@@ -290,9 +304,12 @@ class ConvolutionalAutoencoder(Detector):
             raise ConfigError(f"patch_size={self.patch_size} exceeds image_size={self.image_size}.")
         n_patches, epochs = self.schedule()
         paper_patches, paper_epochs = self.recipes["paper"]["n_patches"], self.recipes["paper"]["epochs"]
+        self.training_precision_ = resolve_training_precision(
+            self.training_precision, self.device_, self.bfloat16_training_pays
+        )
         announce_schedule(
             self.name,
-            f"on {n_patches:,} patches x {epochs} epochs",
+            f"on {n_patches:,} patches x {epochs} epochs in {self.training_precision_}",
             f"{paper_patches:,} x {paper_epochs}",
             paper_patches * paper_epochs / (n_patches * epochs),
         )
@@ -370,6 +387,7 @@ class ConvolutionalAutoencoder(Detector):
             epoch_batches,
             partial(self._loss, generator=generator),
             early_stopping=early_stopping,
+            precision=self.training_precision_,
         )
         steps = -(-crops.shape[0] // self.patches_per_step)
         history = loop.run(epochs=epochs, steps_per_epoch=steps, generator=generator, progress=progress)
@@ -425,6 +443,7 @@ class ConvolutionalAutoencoder(Detector):
             "n_patches": n_patches,
             "epochs": epochs,
             "epochs_run": len(self.loss_history_),
+            "training_precision": self.training_precision_,
             "loss_history": self.loss_history_,
             "validation_history": self.validation_history_,
         }
@@ -434,6 +453,7 @@ class ConvolutionalAutoencoder(Detector):
         restore_module(self.network_, tensors, "network").eval()
         self.loss_history_ = list(meta["loss_history"])
         self.validation_history_ = list(meta["validation_history"])
+        self.training_precision_ = str(meta.get("training_precision", "float32"))  # older models: float32
 
 
 class L2Autoencoder(ConvolutionalAutoencoder):

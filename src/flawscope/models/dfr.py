@@ -30,7 +30,7 @@ from flawscope.maps import upsample_maps
 from flawscope.models.base import BACKBONE_CONSTRAINTS, RUN_CONSTRAINTS, BackboneDetector
 from flawscope.models.registry import register_detector
 from flawscope.state import checked_tensor, module_tensors, restore_module
-from flawscope.training import TrainingLoop
+from flawscope.training import TRAINING_CONSTRAINTS, TrainingLoop, announce_schedule, resolve_training_precision
 
 _PCA_SAMPLES = 100_000
 
@@ -90,6 +90,9 @@ class DFR(BackboneDetector):
     max_train_vectors : int
         Training feature vectors kept in memory (as float16), sampled evenly over the images
         when there are more; bounds memory for large training sets.
+    training_precision : {"auto", "float32", "bfloat16"}
+        Arithmetic of the training steps: ``"auto"`` (default) trains in bfloat16 autocast where the device
+        computes it in hardware and the method measured it faster at the same quality, float32 elsewhere.
     batch_size : int
         Images per backbone pass.
     device : str
@@ -106,6 +109,7 @@ class DFR(BackboneDetector):
         "learning_rate": [Interval(float, 0.0, None, "neither")],
         "vectors_per_step": [Interval(int, 2, None)],
         "max_train_vectors": [Interval(int, 100, None)],
+        **TRAINING_CONSTRAINTS,
         **RUN_CONSTRAINTS,
     }
 
@@ -121,6 +125,7 @@ class DFR(BackboneDetector):
         learning_rate: float = 1e-3,
         vectors_per_step: int = 8192,
         max_train_vectors: int = 1_000_000,
+        training_precision: str = "auto",
         batch_size: int = 16,
         device: str = "auto",
         seed: int = 0,
@@ -134,9 +139,15 @@ class DFR(BackboneDetector):
         self.learning_rate = learning_rate
         self.vectors_per_step = vectors_per_step
         self.max_train_vectors = max_train_vectors
+        self.training_precision = training_precision
         self.batch_size = batch_size
         self.device = device
         self.seed = seed
+
+    def _autoencoder(self, channels: int, latent: int) -> nn.Sequential:
+        """The feature autoencoder on the device, channels-last (its 1 x 1 convolutions run over the
+        channels of each position: 1.2x the training steps per second of NCHW)."""
+        return feature_autoencoder(channels, latent).to(self.device_).to(memory_format=torch.channels_last)
 
     def _grid(self) -> tuple[int, int]:
         side = max(1, self.image_size // 4)
@@ -163,8 +174,10 @@ class DFR(BackboneDetector):
                 f"latent_channels={latent} exceeds the {channels} feature channels of layers {tuple(self.layers)}."
             )
         with self._seeded():  # seeded initial weights, global RNG left alone
-            self.autoencoder_ = feature_autoencoder(channels, latent).to(self.device_)
+            self.autoencoder_ = self._autoencoder(channels, latent)
         self.latent_ = latent
+        self.training_precision_ = resolve_training_precision(self.training_precision, self.device_, True)
+        announce_schedule(self.name, f"{self.epochs} epochs in {self.training_precision_}", "", 1)
         self.loss_history_ = self._train(vectors, generator, progress)
 
     def _training_vectors(self, dataset: ImageDataset, generator: torch.Generator, progress: bool) -> torch.Tensor:
@@ -206,10 +219,12 @@ class DFR(BackboneDetector):
                     yield chunk.T[None, :, :, None]  # 1 x C x M x 1: a 1 x 1 conv over M positions
 
         def step_loss(inputs: torch.Tensor) -> torch.Tensor:
-            return F.mse_loss(self.autoencoder_(inputs), inputs)
+            return F.mse_loss(self.autoencoder_(inputs).float(), inputs)
 
         optimiser = torch.optim.Adam(self.autoencoder_.parameters(), lr=self.learning_rate)
-        loop = TrainingLoop([self.autoencoder_], optimiser, epoch_batches, step_loss)
+        loop = TrainingLoop(
+            [self.autoencoder_], optimiser, epoch_batches, step_loss, precision=self.training_precision_
+        )
         history = loop.run(epochs=self.epochs, steps_per_epoch=len(starts), generator=generator, progress=progress)
         return history.epoch_losses
 
@@ -226,14 +241,20 @@ class DFR(BackboneDetector):
         return {**tensors, "feature_mean": self.feature_mean_, "feature_std": self.feature_std_}
 
     def _state_meta(self) -> dict[str, Any]:
-        return {**super()._state_meta(), "latent_channels": self.latent_, "loss_history": self.loss_history_}
+        return {
+            **super()._state_meta(),
+            "latent_channels": self.latent_,
+            "loss_history": self.loss_history_,
+            "training_precision": self.training_precision_,
+        }
 
     def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self._restore_extractor(meta)
         channels = sum(self.extractor_.channels)
         self.latent_ = int(meta["latent_channels"])
         self.loss_history_ = list(meta["loss_history"])
-        self.autoencoder_ = feature_autoencoder(channels, self.latent_).to(self.device_)
+        self.training_precision_ = str(meta.get("training_precision", "float32"))  # older models: float32
+        self.autoencoder_ = self._autoencoder(channels, self.latent_)
         restore_module(self.autoencoder_, tensors, "autoencoder").eval()
         self.feature_mean_ = checked_tensor(tensors, "feature_mean", (channels,)).to(self.device_)
         self.feature_std_ = checked_tensor(tensors, "feature_std", (channels,)).to(self.device_)

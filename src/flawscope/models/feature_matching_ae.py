@@ -87,7 +87,7 @@ class FeatureMatchingAutoencoder(ConvolutionalAutoencoder):
         with torch.no_grad():
             targets = self._features(patches)
         for target, feature in zip(targets, self._features(reconstructions)):
-            loss = loss + self.feature_weight * (feature - target).square().flatten(1).sum(dim=1)
+            loss = loss + self.feature_weight * (feature.float() - target.float()).square().flatten(1).sum(dim=1)
         return loss.mean()
 
     def _state_meta(self) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from flawscope.maps import gaussian_blur, upsample_maps
 from flawscope.models.base import BACKBONE_CONSTRAINTS, RUN_CONSTRAINTS, BackboneDetector
 from flawscope.models.registry import register_detector
 from flawscope.state import checked_tensor, module_tensors, restore_module
-from flawscope.training import TrainingLoop, announce_schedule
+from flawscope.training import TRAINING_CONSTRAINTS, TrainingLoop, announce_schedule, resolve_training_precision
 
 
 def feature_adaptor(dim: int) -> nn.Linear:
@@ -89,6 +89,9 @@ class SimpleNet(BackboneDetector):
         weight decay (paper: 1e-4, 2e-4, 1e-5).
     smoothing_sigma : float
         Gaussian smoothing of the upsampled map, in pixels (paper: 4).
+    training_precision : {"auto", "float32", "bfloat16"}
+        Arithmetic of the training steps: ``"auto"`` (default) trains in bfloat16 autocast where the device
+        computes it in hardware and the method measured it faster at the same quality, float32 elsewhere.
     batch_size : int
         Images per backbone pass; one training step takes the features of as many images.
     device : str
@@ -110,6 +113,7 @@ class SimpleNet(BackboneDetector):
         "discriminator_lr": [Interval(float, 0.0, None, "neither")],
         "weight_decay": [Interval(float, 0.0, None)],
         "smoothing_sigma": [Interval(float, 0.0, None)],
+        **TRAINING_CONSTRAINTS,
         **RUN_CONSTRAINTS,
     }
 
@@ -129,6 +133,7 @@ class SimpleNet(BackboneDetector):
         discriminator_lr: float = 2e-4,
         weight_decay: float = 1e-5,
         smoothing_sigma: float = 4.0,
+        training_precision: str = "auto",
         batch_size: int = 8,
         device: str = "auto",
         seed: int = 0,
@@ -146,6 +151,7 @@ class SimpleNet(BackboneDetector):
         self.discriminator_lr = discriminator_lr
         self.weight_decay = weight_decay
         self.smoothing_sigma = smoothing_sigma
+        self.training_precision = training_precision
         self.batch_size = batch_size
         self.device = device
         self.seed = seed
@@ -165,7 +171,10 @@ class SimpleNet(BackboneDetector):
         self.feature_std_ = rows.std(dim=0).clamp_min(1e-6)
         epochs = self.epochs or self.recipes[self.recipe]
         paper = self.recipes["paper"]
-        announce_schedule(self.name, f"{epochs} epochs", f"{paper} epochs", paper / epochs)
+        self.training_precision_ = resolve_training_precision(self.training_precision, self.device_, True)
+        announce_schedule(
+            self.name, f"{epochs} epochs in {self.training_precision_}", f"{paper} epochs", paper / epochs
+        )
         with self._seeded():  # the layers' initial weights
             dim = rows.shape[1]
             self.adaptor_ = feature_adaptor(dim).to(self.device_)
@@ -200,7 +209,8 @@ class SimpleNet(BackboneDetector):
             ]
         )
         networks = [self.adaptor_, self.discriminator_]
-        loop = TrainingLoop(networks, optimiser, epoch_batches, partial(self._loss, generator=generator))
+        loss = partial(self._loss, generator=generator)
+        loop = TrainingLoop(networks, optimiser, epoch_batches, loss, precision=self.training_precision_)
         return loop.run(epochs=epochs, steps_per_epoch=len(starts), generator=generator, progress=progress).epoch_losses
 
     def _loss(self, normal_rows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -208,7 +218,7 @@ class SimpleNet(BackboneDetector):
         adapted = self.adaptor_(normal_rows)
         noise = torch.randn(adapted.shape, generator=generator).to(adapted.device)
         anomalous = adapted + self.noise_std * noise
-        scores = self.discriminator_(torch.cat([adapted, anomalous]))[:, 0]
+        scores = self.discriminator_(torch.cat([adapted, anomalous]))[:, 0].float()
         normal_scores, anomalous_scores = scores.split(adapted.shape[0])
         return truncated_l1_loss(normal_scores, anomalous_scores, self.margin)
 
@@ -227,7 +237,11 @@ class SimpleNet(BackboneDetector):
         return {**tensors, "feature_mean": self.feature_mean_, "feature_std": self.feature_std_}
 
     def _state_meta(self) -> dict[str, Any]:
-        return {**super()._state_meta(), "loss_history": self.loss_history_}
+        return {
+            **super()._state_meta(),
+            "loss_history": self.loss_history_,
+            "training_precision": self.training_precision_,
+        }
 
     def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self._restore_extractor(meta)
@@ -238,6 +252,7 @@ class SimpleNet(BackboneDetector):
         self.feature_mean_ = checked_tensor(tensors, "feature_mean", (dim,)).to(self.device_)
         self.feature_std_ = checked_tensor(tensors, "feature_std", (dim,)).to(self.device_)
         self.loss_history_ = list(meta["loss_history"])
+        self.training_precision_ = str(meta.get("training_precision", "float32"))  # older models: float32
 
 
 register_detector("simplenet", SimpleNet, test_params={"image_size": 64, "epochs": 3, "noise_std": 0.5})

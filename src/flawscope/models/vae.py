@@ -46,7 +46,7 @@ class VariationalAutoencoder(ConvolutionalAutoencoder):
 
     def _posterior(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and standard deviation of Q(z | x), each ``M x d x 1 x 1``."""
-        mean, log_variance = self.network_.encoder(patches).chunk(2, dim=1)
+        mean, log_variance = self.network_.encoder(patches).float().chunk(2, dim=1)  # float32 under autocast too
         return mean, torch.exp(0.5 * log_variance)
 
     def _loss(self, patches: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
