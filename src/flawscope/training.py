@@ -7,7 +7,7 @@ draw (order, crops, noise) taken from the ``torch.Generator`` it is given -- and
 ``step_loss(batch)``. The loop owns the rest, identically for every method.
 
 ``precision="bfloat16"`` computes each step's loss under bfloat16 autocast (the forward pass's matrix products
-and convolutions in bfloat16, the weights, optimiser and losses in float32): 1.5-2.5x the steps per second where
+and convolutions in bfloat16, the weights, optimiser and losses in float32): 1.2-2.1x the steps per second where
 the hardware computes bfloat16 natively (``benchmarks/results/training_speed.json``). A method offers it as its
 ``training_precision`` parameter (:func:`resolve_training_precision`).
 """
@@ -30,7 +30,7 @@ Batch = TypeVar("Batch")
 logger = logging.getLogger("flawscope")
 
 TRAINING_PRECISIONS = ("auto", "float32", "bfloat16")
-# the parameter of every method that trains through the loop
+# the parameter of the methods that offer it (the autoencoders, DFR, SimpleNet; EfficientAD has its own ``precision``)
 TRAINING_CONSTRAINTS: Constraints = {"training_precision": [Options(TRAINING_PRECISIONS)]}
 
 

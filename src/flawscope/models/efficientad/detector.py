@@ -253,7 +253,7 @@ class EfficientAD(Detector):
         self.teacher_: Teacher = teacher
 
     def _placed(self, network: ModuleT) -> ModuleT:
-        """``network`` on the device, channels-last like the teacher (1.34x the training steps per second of
+        """``network`` on the device, channels-last like the teacher (1.27x the training steps per second of
         NCHW on the 2-core CPU, ``benchmarks/results/training_speed.json``)."""
         return network.to(self.device_).to(memory_format=torch.channels_last)
 
