@@ -165,6 +165,7 @@ def test_mse_autoencoder_scores_the_mean_squared_error(texture_train, texture_te
         scores, _ = model._score_batch(batch)
     torch.testing.assert_close(scores, (reconstruction - batch).square().mean(dim=(1, 2, 3)))
     assert model.loss_history_[-1] < model.loss_history_[0]
+    assert model.training_precision_ == "float32"  # "auto": its bfloat16 training was not measured
 
 
 def test_feature_matching_with_zero_weight_is_the_l2_autoencoder(texture_train):

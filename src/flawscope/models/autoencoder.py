@@ -499,6 +499,7 @@ class MSEAutoencoder(ConvolutionalAutoencoder):
     }
     image_score = "mean"
     default_threshold = ThresholdRule("sigma", k=3.0)  # the slides' mean + 3 std of good scores
+    bfloat16_training_pays = False  # not measured for the whole-image network: "auto" trains it in float32
 
     def __init__(self, *, patch_size: int = 256, latent_dim: int = 128, grey: bool = False, **params: Any) -> None:
         super().__init__(patch_size=patch_size, latent_dim=latent_dim, grey=grey, **params)
