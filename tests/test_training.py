@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import flawscope as fs
+from flawscope import training
 from flawscope.devices import native_bfloat16
 from flawscope.errors import ConfigError, ModelFileError
 from flawscope.state import checked_tensor, module_tensors, restore_module
@@ -64,7 +65,7 @@ def test_a_bfloat16_loop_computes_in_bfloat16_and_keeps_float32_weights():
     assert network(torch.ones(1, 1)).dtype == torch.float32  # autocast only inside the steps
 
 
-def test_training_precision_auto_follows_the_hardware_and_the_method(caplog):
+def test_training_precision_auto_follows_the_hardware_and_the_method(caplog, monkeypatch):
     cpu = torch.device("cpu")
     native = native_bfloat16()
     assert resolve_training_precision("auto", cpu, bfloat16_pays=True) == ("bfloat16" if native else "float32")
@@ -72,6 +73,10 @@ def test_training_precision_auto_follows_the_hardware_and_the_method(caplog):
     assert resolve_training_precision("float32", cpu, bfloat16_pays=True) == "float32"
     assert resolve_training_precision("bfloat16", cpu, bfloat16_pays=False) == "bfloat16"
     assert ("emulates bfloat16" in caplog.text) == (not native)
+    monkeypatch.setattr(training, "native_bfloat16", lambda: False)  # a CPU that emulates bfloat16
+    assert resolve_training_precision("auto", cpu, bfloat16_pays=True) == "float32"
+    assert resolve_training_precision("bfloat16", cpu, bfloat16_pays=True) == "bfloat16"
+    assert "emulates bfloat16" in caplog.text
     with pytest.raises(ConfigError, match="'training_precision' parameter of DFR must be a str among"):
         fs.create("dfr", training_precision="float16").fit([np.zeros((64, 64), np.float32)] * 2, progress=False)
 

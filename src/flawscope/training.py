@@ -15,9 +15,9 @@ the hardware computes bfloat16 natively (``benchmarks/results/training_speed.jso
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import torch
 from torch import nn
@@ -55,6 +55,12 @@ def resolve_training_precision(requested: str, device: torch.device, bfloat16_pa
             "training_precision='bfloat16' on %s, which emulates bfloat16: slower than float32 here.", device.type
         )
     return precision
+
+
+def saved_training_precision(meta: Mapping[str, Any]) -> str:
+    """The precision a saved model trained in, from its saved ``meta`` (models saved before ``training_precision``
+    existed trained in float32)."""
+    return str(meta.get("training_precision", "float32"))
 
 
 @dataclass

@@ -44,6 +44,7 @@ from flawscope.training import (
     TrainingLoop,
     announce_schedule,
     resolve_training_precision,
+    saved_training_precision,
 )
 
 # Table I of Bergmann et al. (2019): the encoder's layers as (output channels, kernel, stride,
@@ -453,7 +454,7 @@ class ConvolutionalAutoencoder(Detector):
         restore_module(self.network_, tensors, "network").eval()
         self.loss_history_ = list(meta["loss_history"])
         self.validation_history_ = list(meta["validation_history"])
-        self.training_precision_ = str(meta.get("training_precision", "float32"))  # older models: float32
+        self.training_precision_ = saved_training_precision(meta)
 
 
 class L2Autoencoder(ConvolutionalAutoencoder):

@@ -30,7 +30,13 @@ from flawscope.maps import upsample_maps
 from flawscope.models.base import BACKBONE_CONSTRAINTS, RUN_CONSTRAINTS, BackboneDetector
 from flawscope.models.registry import register_detector
 from flawscope.state import checked_tensor, module_tensors, restore_module
-from flawscope.training import TRAINING_CONSTRAINTS, TrainingLoop, announce_schedule, resolve_training_precision
+from flawscope.training import (
+    TRAINING_CONSTRAINTS,
+    TrainingLoop,
+    announce_schedule,
+    resolve_training_precision,
+    saved_training_precision,
+)
 
 _PCA_SAMPLES = 100_000
 
@@ -253,7 +259,7 @@ class DFR(BackboneDetector):
         channels = sum(self.extractor_.channels)
         self.latent_ = int(meta["latent_channels"])
         self.loss_history_ = list(meta["loss_history"])
-        self.training_precision_ = str(meta.get("training_precision", "float32"))  # older models: float32
+        self.training_precision_ = saved_training_precision(meta)
         self.autoencoder_ = self._autoencoder(channels, self.latent_)
         restore_module(self.autoencoder_, tensors, "autoencoder").eval()
         self.feature_mean_ = checked_tensor(tensors, "feature_mean", (channels,)).to(self.device_)

@@ -33,7 +33,13 @@ from flawscope.maps import gaussian_blur, upsample_maps
 from flawscope.models.base import BACKBONE_CONSTRAINTS, RUN_CONSTRAINTS, BackboneDetector
 from flawscope.models.registry import register_detector
 from flawscope.state import checked_tensor, module_tensors, restore_module
-from flawscope.training import TRAINING_CONSTRAINTS, TrainingLoop, announce_schedule, resolve_training_precision
+from flawscope.training import (
+    TRAINING_CONSTRAINTS,
+    TrainingLoop,
+    announce_schedule,
+    resolve_training_precision,
+    saved_training_precision,
+)
 
 
 def feature_adaptor(dim: int) -> nn.Linear:
@@ -252,7 +258,7 @@ class SimpleNet(BackboneDetector):
         self.feature_mean_ = checked_tensor(tensors, "feature_mean", (dim,)).to(self.device_)
         self.feature_std_ = checked_tensor(tensors, "feature_std", (dim,)).to(self.device_)
         self.loss_history_ = list(meta["loss_history"])
-        self.training_precision_ = str(meta.get("training_precision", "float32"))  # older models: float32
+        self.training_precision_ = saved_training_precision(meta)
 
 
 register_detector("simplenet", SimpleNet, test_params={"image_size": 64, "epochs": 3, "noise_std": 0.5})
