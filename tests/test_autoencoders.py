@@ -190,6 +190,8 @@ def test_recipes_and_their_announcement(texture_train, capsys, caplog):
     assert fs.create("ae_ssim", recipe="paper").schedule() == (10_000, 200)
     assert fs.create("ae_ssim", recipe="paper", epochs=7).schedule() == (10_000, 7)
     assert fs.create("ae_mse", recipe="paper").schedule() == (10_000, 100)
+    assert fs.create("ae_ssim", recipe="long").schedule() == (10_000, 45)
+    assert fs.create("ae_l2", recipe="long").schedule() == (10_000, 80)
     with caplog.at_level(logging.INFO, logger="flawscope"):
         fs.create("ae_l2", **{**TINY, "epochs": 1, "n_patches": 64}).fit(texture_train[:4], progress=False)
     assert "64 patches x 1 epochs" in caplog.text and "recipe='paper'" in caplog.text
@@ -213,5 +215,5 @@ def test_bad_autoencoder_settings():
         fs.create("ae_l2", patch_size=100).fit([np.zeros((64, 64), np.float32)], progress=False)
     with pytest.raises(ConfigError, match="ssim_window must be odd"):
         fs.create("ae_ssim", ssim_window=10, **TINY).fit([np.zeros((64, 64), np.float32)], progress=False)
-    with pytest.raises(ConfigError, match=r"'recipe' parameter .* must be a str among \{'fast', 'paper'\}"):
+    with pytest.raises(ConfigError, match=r"'recipe' parameter .* must be a str among \{'fast', 'long', 'paper'\}"):
         fs.create("ae_l2", recipe="slow").fit([np.zeros((64, 64), np.float32)], progress=False)

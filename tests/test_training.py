@@ -1,5 +1,7 @@
 """The one training loop (flawscope.training) and the checked state helpers (flawscope.state)."""
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ import flawscope as fs
 from flawscope import training
 from flawscope.devices import native_bfloat16
 from flawscope.errors import ConfigError, ModelFileError
+from flawscope.models.registry import list_models, model_entry
 from flawscope.state import checked_tensor, module_tensors, restore_module
 from flawscope.training import EarlyStopping, TrainingLoop, resolve_training_precision
 
@@ -79,6 +82,44 @@ def test_training_precision_auto_follows_the_hardware_and_the_method(caplog, mon
     assert "emulates bfloat16" in caplog.text
     with pytest.raises(ConfigError, match="'training_precision' parameter of DFR must be a str among"):
         fs.create("dfr", training_precision="float16").fit([np.zeros((64, 64), np.float32)] * 2, progress=False)
+
+
+def training_length(schedule):
+    """Patches (or images) x epochs of an autoencoder's recipe, else the recipe's epochs or steps."""
+    return schedule["n_patches"] * schedule["epochs"] if isinstance(schedule, dict) else schedule
+
+
+def test_every_trained_method_has_fast_long_and_paper_recipes_in_that_order_of_length():
+    trained = {
+        name: model_entry(name).detector.recipes
+        for name in list_models()
+        if hasattr(model_entry(name).detector, "recipes")
+    }
+    assert set(trained) == {
+        "ae_l2",
+        "ae_ssim",
+        "ae_mse",
+        "vae",
+        "feature_matching_ae",
+        "dfr",
+        "simplenet",
+        "efficientad",
+    }
+    for name, recipes in trained.items():
+        assert tuple(recipes) == training.RECIPES, name
+        fast, long, paper = (training_length(recipes[recipe]) for recipe in training.RECIPES)
+        assert fast < long <= paper, name
+
+
+def test_dfr_trains_the_recipes_epochs_and_says_how_far_from_the_paper(caplog):
+    images = [np.random.default_rng(seed).random((64, 64), np.float32) for seed in range(2)]
+    params = {"image_size": 64, "vectors_per_step": 512, "device": "cpu"}
+    with caplog.at_level(logging.INFO, logger="flawscope"):
+        model = fs.create("dfr", epochs=2, **params).fit(images, progress=False)
+    assert len(model.loss_history_) == 2
+    assert "dfr: training 2 epochs" in caplog.text and "the paper: 700 epochs, 350x as long" in caplog.text
+    with pytest.raises(ConfigError, match=r"'recipe' parameter of DFR must be a str among \{'fast', 'long', 'paper'\}"):
+        fs.create("dfr", recipe="slow", **params).fit(images, progress=False)
 
 
 def test_early_stopping_keeps_the_best_epoch_and_stops_after_patience():

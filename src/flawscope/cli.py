@@ -150,8 +150,9 @@ def fit(
     preset: str | None = PRESET,
     recipe: str | None = typer.Option(
         None,
-        help="Training schedule of the trained methods (autoencoders, EfficientAD, SimpleNet): fast (default; "
-        "minutes on a CPU) or paper (the published schedule; hours on a CPU).",
+        help="Training schedule of the trained methods (autoencoders, EfficientAD, SimpleNet, DFR): fast (default; "
+        "minutes on a CPU), long (the longest that fits 60 minutes of a 2-core CPU, at most the paper's) or paper "
+        "(the published schedule; hours on a CPU).",
     ),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
     seed: int = typer.Option(0, help="Seed of every random step."),

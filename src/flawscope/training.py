@@ -32,6 +32,11 @@ logger = logging.getLogger("flawscope")
 TRAINING_PRECISIONS = ("auto", "float32", "bfloat16")
 # the parameter of the methods that offer it (the autoencoders, DFR, SimpleNet; EfficientAD has its own ``precision``)
 TRAINING_CONSTRAINTS: Constraints = {"training_precision": [Options(TRAINING_PRECISIONS)]}
+# the named schedules of the methods that train: "fast" (the default, minutes on a 2-core CPU), "long" (the
+# longest that fits 60 minutes of one fit on the 2-core AVX512-BF16 CPU at the steps per second of
+# benchmarks/results/training_speed.json, never longer than the paper's) and "paper" (the published one)
+RECIPES = ("fast", "long", "paper")
+RECIPE_CONSTRAINTS: Constraints = {"recipe": [Options(RECIPES)]}
 
 
 def computes_bfloat16(device: torch.device) -> bool:
