@@ -43,13 +43,10 @@ def run(model: str, dataset: str, recipe: str) -> None:
 def share_of_paper(model: str, recipe: str) -> float:
     """The recipe's training (patches x epochs, epochs or steps) as a share of the paper's."""
     from flawscope.models.registry import model_entry
+    from flawscope.training import training_length
 
     recipes = model_entry(model).detector.recipes
-
-    def length(schedule: dict[str, int] | int) -> int:
-        return schedule["n_patches"] * schedule["epochs"] if isinstance(schedule, dict) else schedule
-
-    return length(recipes[recipe]) / length(recipes["paper"])
+    return training_length(recipes[recipe]) / training_length(recipes["paper"])
 
 
 def fmt(value: float | None) -> str:

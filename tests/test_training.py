@@ -84,11 +84,6 @@ def test_training_precision_auto_follows_the_hardware_and_the_method(caplog, mon
         fs.create("dfr", training_precision="float16").fit([np.zeros((64, 64), np.float32)] * 2, progress=False)
 
 
-def training_length(schedule):
-    """Patches (or images) x epochs of an autoencoder's recipe, else the recipe's epochs or steps."""
-    return schedule["n_patches"] * schedule["epochs"] if isinstance(schedule, dict) else schedule
-
-
 def test_every_trained_method_has_fast_long_and_paper_recipes_in_that_order_of_length():
     trained = {
         name: model_entry(name).detector.recipes
@@ -107,7 +102,7 @@ def test_every_trained_method_has_fast_long_and_paper_recipes_in_that_order_of_l
     }
     for name, recipes in trained.items():
         assert tuple(recipes) == training.RECIPES, name
-        fast, long, paper = (training_length(recipes[recipe]) for recipe in training.RECIPES)
+        fast, long, paper = (training.training_length(recipes[recipe]) for recipe in training.RECIPES)
         assert fast < long <= paper, name
 
 

@@ -184,3 +184,18 @@ def announce_schedule(method: str, planned: str, paper: str, longer: float) -> N
     if longer != 1:
         line += f" (the paper: {paper}, {longer:.0f}x as long; recipe='paper' for it)"
     logger.info(line)
+
+
+def recipe_epochs(method: str, recipes: Mapping[str, int], recipe: str, epochs: int | None, precision: str) -> int:
+    """The epochs a fit trains (``epochs``, else its ``recipe``'s), announced beside the paper's
+    (:func:`announce_schedule`): for the methods whose recipes count epochs (DFR, SimpleNet)."""
+    chosen = epochs or recipes[recipe]
+    paper = recipes["paper"]
+    announce_schedule(method, f"{chosen} epochs in {precision}", f"{paper} epochs", paper / chosen)
+    return chosen
+
+
+def training_length(schedule: Mapping[str, int] | int) -> int:
+    """A recipe's training as one number, to compare recipes: patches x epochs of an autoencoder's
+    (``{"n_patches": ..., "epochs": ...}``), else its epochs or steps."""
+    return schedule["n_patches"] * schedule["epochs"] if isinstance(schedule, Mapping) else schedule

@@ -34,7 +34,7 @@ from flawscope.training import (
     RECIPE_CONSTRAINTS,
     TRAINING_CONSTRAINTS,
     TrainingLoop,
-    announce_schedule,
+    recipe_epochs,
     resolve_training_precision,
     saved_training_precision,
 )
@@ -194,11 +194,7 @@ class DFR(BackboneDetector):
             self.autoencoder_ = self._autoencoder(channels, latent)
         self.latent_ = latent
         self.training_precision_ = resolve_training_precision(self.training_precision, self.device_, True)
-        epochs = self.epochs or self.recipes[self.recipe]
-        paper = self.recipes["paper"]
-        announce_schedule(
-            self.name, f"{epochs} epochs in {self.training_precision_}", f"{paper} epochs", paper / epochs
-        )
+        epochs = recipe_epochs(self.name, self.recipes, self.recipe, self.epochs, self.training_precision_)
         self.loss_history_ = self._train(vectors, epochs, generator, progress)
 
     def _training_vectors(self, dataset: ImageDataset, generator: torch.Generator, progress: bool) -> torch.Tensor:

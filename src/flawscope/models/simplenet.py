@@ -37,7 +37,7 @@ from flawscope.training import (
     RECIPE_CONSTRAINTS,
     TRAINING_CONSTRAINTS,
     TrainingLoop,
-    announce_schedule,
+    recipe_epochs,
     resolve_training_precision,
     saved_training_precision,
 )
@@ -178,12 +178,8 @@ class SimpleNet(BackboneDetector):
         rows = self._training_rows(dataset, progress)
         self.feature_mean_ = rows.mean(dim=0)
         self.feature_std_ = rows.std(dim=0).clamp_min(1e-6)
-        epochs = self.epochs or self.recipes[self.recipe]
-        paper = self.recipes["paper"]
         self.training_precision_ = resolve_training_precision(self.training_precision, self.device_, True)
-        announce_schedule(
-            self.name, f"{epochs} epochs in {self.training_precision_}", f"{paper} epochs", paper / epochs
-        )
+        epochs = recipe_epochs(self.name, self.recipes, self.recipe, self.epochs, self.training_precision_)
         with self._seeded():  # the layers' initial weights
             dim = rows.shape[1]
             self.adaptor_ = feature_adaptor(dim).to(self.device_)
