@@ -5,19 +5,22 @@ PatchCore with default settings is fitted on ELPV mono (module split) and saved;
 their PNG files. In the same run: in-process ``predict`` on the same images (batched as by default, and one
 image per call), then ``flawscope serve`` on 127.0.0.1 (images, overlays and masks stored, as a user runs it)
 at concurrency 1, 4 and 8: images/s, and p50 / p95 / p99 of the latency each client saw; each speed figure is
-the middle one of ``--repeats`` passes. Memory: the server's resident set after 100 inspections (the first,
+the middle one of ``--repeats`` passes. CPU milliseconds per image of the in-process runs, of the server
+and of the benchmark's own client (they share the two cores, so the client's share is what a client on
+another machine would give back to the server). Memory: the server's resident set after 100 inspections (the first,
 a warm-up), then every 1,000 up to ``--memory-requests`` (default 10,000). The client runs on the same
 machine as the server, as the in-process runs do.
 
     .venv/bin/python benchmarks/service_benchmark.py [--model SAVED_MODEL_DIR]   # --model: skip the fit
 
-Writes ``benchmarks/results/service.json``.
+Writes ``benchmarks/results/service.json`` (or ``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -58,13 +61,15 @@ def in_process(model_dir: Path, files: list[bytes], repeats: int) -> dict:
     detector.predict(pixels[:8], progress=False)  # warm-up
     out: dict = {}
     for name, batch_size in (("batched", None), ("one_per_call", 1)):
-        passes = []
+        passes, cpu_ms = [], []
         for _ in range(repeats):
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             detector.predict(pixels, batch_size=batch_size, progress=False)
             passes.append(round(len(pixels) / (time.perf_counter() - started), 2))
+            cpu_ms.append(1000 * (time.process_time() - cpu_started) / len(pixels))
         out[f"images_per_second_{name}"] = sorted(passes)[len(passes) // 2]
         out[f"images_per_second_{name}_passes"] = passes
+        out[f"cpu_ms_per_image_{name}"] = round(float(np.median(cpu_ms)), 1)
     return out
 
 
@@ -85,7 +90,13 @@ def start_server(model_dir: Path, work: Path) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("the server did not come up")
 
 
-def load(url: str, files: list[bytes], concurrency: int, count: int) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def load(url: str, files: list[bytes], concurrency: int, count: int, server_pid: int) -> dict:
     local = threading.local()
     latencies: list[float] = []
     statuses: list[int] = []
@@ -98,10 +109,11 @@ def load(url: str, files: list[bytes], concurrency: int, count: int) -> dict:
         latencies.append(1000 * (time.perf_counter() - started))
         statuses.append(response.status_code)
 
-    started = time.perf_counter()
+    started, client_started, server_started = time.perf_counter(), time.process_time(), cpu_seconds(server_pid)
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(send, range(count)))
     wall = time.perf_counter() - started
+    client_cpu, server_cpu = time.process_time() - client_started, cpu_seconds(server_pid) - server_started
     p50, p95, p99 = np.percentile(latencies, [50, 95, 99])
     return {
         "concurrency": concurrency,
@@ -112,6 +124,8 @@ def load(url: str, files: list[bytes], concurrency: int, count: int) -> dict:
         "latency_ms_p95": round(float(p95), 1),
         "latency_ms_p99": round(float(p99), 1),
         "p99_over_p50": round(float(p99 / p50), 2),
+        "server_cpu_ms_per_image": round(1000 * server_cpu / count, 1),
+        "client_cpu_ms_per_image": round(1000 * client_cpu / count, 1),
     }
 
 
@@ -129,6 +143,7 @@ def main() -> None:
     parser.add_argument("--memory-requests", type=int, default=10_000)
     parser.add_argument("--model", type=Path, help="A saved calibrated model to serve instead of fitting one.")
     parser.add_argument("--repeats", type=int, default=3, help="Passes of each speed figure; the median is reported.")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "service.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
@@ -143,11 +158,11 @@ def main() -> None:
         print(json.dumps(result["in_process"]), flush=True)
         process, url = start_server(work / "patchcore", work)
         try:
-            load(url, files, 4, 100)  # warm-up, and the first memory reading
+            load(url, files, 4, 100, process.pid)  # warm-up, and the first memory reading
             memory = {"after_requests": [100], "resident_mib": [resident_mib(process.pid)]}
             result["served"] = []
             for concurrency in CONCURRENCY:
-                passes = [load(url, files, concurrency, args.requests) for _ in range(args.repeats)]
+                passes = [load(url, files, concurrency, args.requests, process.pid) for _ in range(args.repeats)]
                 middle = sorted(passes, key=lambda run: run["images_per_second"])[len(passes) // 2]
                 speeds = [run["images_per_second"] for run in passes]
                 result["served"].append({**middle, "images_per_second_passes": speeds})
@@ -155,7 +170,7 @@ def main() -> None:
             done = 100 + len(CONCURRENCY) * args.requests * args.repeats
             while done < args.memory_requests:  # a reading every 1,000 inspections: growth or a plateau
                 step = min(1000 - done % 1000, args.memory_requests - done)
-                load(url, files, 4, step)
+                load(url, files, 4, step, process.pid)
                 done += step
                 memory["after_requests"].append(done)
                 memory["resident_mib"].append(resident_mib(process.pid))
@@ -168,8 +183,11 @@ def main() -> None:
     result["served_over_in_process_at_4"] = round(
         at_four["images_per_second"] / result["in_process"]["images_per_second_batched"], 3
     )
-    out = ROOT / "benchmarks" / "results" / "service.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    # the server's own efficiency, whatever the client costs the shared cores: in-process CPU / server CPU per image
+    result["in_process_cpu_over_server_cpu_at_4"] = round(
+        result["in_process"]["cpu_ms_per_image_batched"] / at_four["server_cpu_ms_per_image"], 3
+    )
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 
