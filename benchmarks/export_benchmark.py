@@ -1,8 +1,9 @@
 """Exported models against the torch path, end to end, on ELPV mono cells split by module -- as JSON.
 
-For PatchCore (defaults) and EfficientAD-S (float32; ``--efficientad-steps`` of training, since only the
-agreement of the paths matters here, not the model's own quality): fit and calibrate, export (ONNX +
-OpenVINO IR), then for torch, onnxruntime and OpenVINO
+For PatchCore (defaults) and EfficientAD-S (float32 and int8; ``--efficientad-steps`` of training, since only
+the agreement of the paths matters here, not the model's own quality): fit and calibrate, export (ONNX +
+OpenVINO IR), check the parity of the ONNX graph on ``--images`` test cells (``flawscope.export.check_parity``),
+then for torch, onnxruntime and OpenVINO
 
 * images/s of ``predict`` from image files -- read, resize, graph, maps to image size, threshold, mask,
   boxes -- at batch 1 and batch 8 on ``--images`` test cells (median of ``--repeats`` passes, one warm-up);
@@ -62,6 +63,7 @@ print(json.dumps(measured))
 
 def main() -> None:
     from flawscope import runtime
+    from flawscope.export import check_parity
     from flawscope.metrics import auroc
     from flawscope.workflow import evaluation_data, fit_and_calibrate
 
@@ -79,6 +81,7 @@ def main() -> None:
     known = {
         "patchcore": ("patchcore", {"device": "cpu"}),
         "efficientad_s_float32": ("efficientad", {"device": "cpu", "steps": args.efficientad_steps}),
+        "efficientad_s_int8": ("efficientad", {"device": "cpu", "steps": args.efficientad_steps, "precision": "int8"}),
     }
     models = {label: known[label] for label in args.models}
     results: dict = {}
@@ -89,7 +92,9 @@ def main() -> None:
             started = time.perf_counter()
             exported = fitted.export(Path(scratch) / f"{label}.export", "openvino")
             export_seconds = time.perf_counter() - started
-            entry: dict = {"export_seconds": round(export_seconds, 1), "engines": {}}
+            parity = check_parity(fitted, exported, timed, "onnx")
+            print(label, "parity", json.dumps(parity), flush=True)
+            entry: dict = {"export_seconds": round(export_seconds, 1), "parity_onnx": parity, "engines": {}}
             for engine, kind in (("torch", "torch"), ("onnxruntime", "onnx"), ("openvino", "openvino")):
                 # speed, memory and import time in a process of its own; the image AUROC here, one engine at a time
                 row = _fresh_process(kind, saved if engine == "torch" else exported, timed, args.repeats)
@@ -113,7 +118,7 @@ def _write(args: argparse.Namespace, n_test: int, n_timed: int, results: dict) -
         "data": args.data,
         "n_test_images": n_test,
         "n_timed_images": n_timed,
-        "efficientad_steps": args.efficientad_steps if "efficientad_s_float32" in args.models else None,
+        "efficientad_steps": args.efficientad_steps if any("efficientad" in label for label in args.models) else None,
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "flawscope": fs.__version__},
         "results": results,
     }

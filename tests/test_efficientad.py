@@ -11,8 +11,9 @@ from torchvision.transforms import functional as TF
 import flawscope as fs
 from flawscope.data.synthetic import dead_leaves, make_texture_set
 from flawscope.errors import ConfigError, DataError, ModelFileError, WeightsError
+from flawscope.export import check_parity
 from flawscope.metrics import auroc
-from flawscope.models.efficientad.detector import _rescale, adjust_colour, hard_feature_loss
+from flawscope.models.efficientad.detector import INT8_PARITY, _rescale, adjust_colour, hard_feature_loss
 from flawscope.models.efficientad.pdn import (
     EfficientADAutoencoder,
     distill_teacher,
@@ -22,6 +23,7 @@ from flawscope.models.efficientad.pdn import (
     save_teacher,
     teacher_targets,
 )
+from flawscope.models.efficientad.quantize import calibrate_int8, convert_int8, qdq_network
 
 SMALL = {"image_size": 128, "steps": 40, "learning_rate": 1e-3, "device": "cpu"}
 
@@ -230,8 +232,25 @@ def test_int8_scores_follow_float32_find_defects_and_survive_save_load(
     assert np.array_equal(calibrated.predict(texture_test, progress=False).scores, float_scores)
     with pytest.raises(ConfigError, match="has precision='int8'"):
         quantized.quantize(texture_train, progress=False)
-    with pytest.raises(ConfigError, match=r"torch\.export cannot trace"):
-        quantized.export(tmp_path / "exported")
+    quantized.calibrate(texture_train, progress=False)
+    parity = check_parity(quantized, quantized.export(tmp_path / "exported"), texture_test)
+    assert parity["passed"] and parity["score_rtol"] == INT8_PARITY[0], parity  # int8 kernels in onnxruntime
+
+
+def test_the_qdq_form_computes_what_the_int8_network_does():
+    torch.manual_seed(0)
+    network, images = patch_description_network("small", 32).eval(), torch.rand(4, 3, 64, 64) * 2 - 1
+    int8 = convert_int8(calibrate_int8(network, images, 2))
+    with torch.no_grad():
+        expected, got = int8(images), qdq_network(int8)(images)
+    step = [module.scale for module in int8.modules() if hasattr(module, "scale")][-1]  # the output's step
+    differing = (got - expected).abs() > step / 2
+    assert float((got - expected).abs().max()) <= 1.01 * step  # one grid step at most
+    # 1e-5 of a layer's outputs, where a float convolution lands on a step's edge; 1 % after 6 layers (25 % if the
+    # pooling averaged dequantized values in float)
+    assert float(differing.float().mean()) < 0.03
+    with pytest.raises(ConfigError, match="qdq_network takes an int8 network"):
+        qdq_network(network)
 
 
 def test_int8_is_refused_where_the_device_is_a_gpu(texture_train, tiny_teacher, monkeypatch):

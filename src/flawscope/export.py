@@ -189,9 +189,10 @@ def check_parity(
     """Score ``images`` with the detector and with its export in ``directory``: the largest relative score
     difference, the largest map difference (absolute, in units of the map's largest value where that exceeds
     1), how many labels differ, and ``passed`` (scores within :data:`SCORE_RTOL`, maps within
-    :data:`MAP_ATOL`, labels identical)."""
+    :data:`MAP_ATOL` -- or the detector's own tolerance, an int8 model's -- labels identical)."""
     from flawscope import runtime
 
+    score_rtol, map_atol = detector._parity_tolerance() or (SCORE_RTOL, MAP_ATOL)
     exported = runtime.load(directory, graph_format)
     expected = detector.predict(images, progress=False)
     got = exported.predict(images, progress=False)
@@ -213,9 +214,9 @@ def check_parity(
         "max_score_relative_error": score_error,
         "max_map_error": map_error,
         "labels_differing": differing,
-        "score_rtol": SCORE_RTOL,
-        "map_atol": MAP_ATOL,
-        "passed": score_error <= SCORE_RTOL and map_error <= MAP_ATOL and differing == 0,
+        "score_rtol": score_rtol,
+        "map_atol": map_atol,
+        "passed": score_error <= score_rtol and map_error <= map_atol and differing == 0,
     }
 
 

@@ -451,6 +451,11 @@ class Detector(Scorer):
         """Why this method's scoring cannot be exported as a ``graph_format`` graph, or None when it can."""
         return None
 
+    def _parity_tolerance(self) -> tuple[float, float] | None:
+        """``(score relative, map absolute)`` tolerance of an export's parity where it is not
+        :data:`flawscope.export.SCORE_RTOL` / :data:`~flawscope.export.MAP_ATOL`."""
+        return None
+
     def _export_context(self) -> contextlib.AbstractContextManager[None]:
         """What holds while the scoring graph is traced (e.g. a graph-friendly nearest-neighbour search)."""
         return contextlib.nullcontext()

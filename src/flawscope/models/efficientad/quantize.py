@@ -4,14 +4,24 @@ torch's FX graph mode quantization with the ``x86`` backend (fbgemm/oneDNN kerne
 the CPU has it): weights per output channel, activations per tensor with ranges observed on
 calibration images. What a calibration learns is the observers' state -- plain float tensors --
 so a saved model stores that state and rebuilds the very same int8 network on load.
+
+:func:`qdq_network` writes an int8 network in the QDQ form ONNX runtimes execute with int8 kernels
+(QuantizeLinear / DequantizeLinear around float operators, which onnxruntime fuses into QLinearConv):
+the same int8 weights and activation parameters, so an exported int8 model computes what the torch one
+does, up to rounding at the edges of a quantization step.
 """
 
 from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 import torch
+import torch.ao.quantization.fx._decomposed  # registers torch.ops.quantized_decomposed
+import torch.nn.functional as F
 from torch import nn
 
 from flawscope.errors import ConfigError, ModelFileError
@@ -67,10 +77,113 @@ def restore_observed(network: nn.Module, example: torch.Tensor, state: dict[str,
     return observed
 
 
-def convert_int8(observed: torch.fx.GraphModule) -> nn.Module:
+def convert_int8(observed: torch.fx.GraphModule) -> torch.fx.GraphModule:
     """The int8 network of a calibrated ``observed`` one (float in, float out)."""
     from torch.ao.quantization.quantize_fx import convert_fx
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return convert_fx(copy.deepcopy(observed))
+
+
+# ---------------------------------------------------------------- the QDQ form, for export
+_QD = torch.ops.quantized_decomposed
+_ACTIVATION = (0, 255, torch.uint8)  # quint8 activations
+_WEIGHT = (-128, 127, torch.int8)  # qint8 weights, per output channel
+
+
+class _Requantize(nn.Module):
+    """Float values rounded to an activation's int8 grid and back: QuantizeLinear + DequantizeLinear."""
+
+    def __init__(self, scale: float, zero_point: int) -> None:
+        super().__init__()
+        self.scale, self.zero_point = float(scale), int(zero_point)
+
+    def integers(self, values: torch.Tensor) -> torch.Tensor:
+        """The grid's integers minus the zero point, as float (exact): what int8 kernels compute on."""
+        return _QD.quantize_per_tensor(values, self.scale, self.zero_point, *_ACTIVATION).float() - self.zero_point
+
+    def values(self, integers: torch.Tensor) -> torch.Tensor:
+        quantized = (integers + self.zero_point).to(torch.uint8)
+        return _QD.dequantize_per_tensor(quantized, self.scale, self.zero_point, *_ACTIVATION)
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        quantized = _QD.quantize_per_tensor(values, self.scale, self.zero_point, *_ACTIVATION)
+        return _QD.dequantize_per_tensor(quantized, self.scale, self.zero_point, *_ACTIVATION)
+
+
+class _QDQConvolution(nn.Module):
+    """A quantized convolution (+ ReLU): int8 weights dequantized per channel, float bias, output requantized."""
+
+    def __init__(self, quantized: Any, relu: bool) -> None:
+        super().__init__()
+        weight = quantized.weight()
+        self.weight_int8: torch.Tensor
+        self.weight_scales: torch.Tensor
+        self.weight_zero_points: torch.Tensor
+        self.bias: torch.Tensor
+        self.register_buffer("weight_int8", weight.int_repr())
+        self.register_buffer("weight_scales", weight.q_per_channel_scales().float())
+        self.register_buffer("weight_zero_points", weight.q_per_channel_zero_points().int())
+        self.register_buffer("bias", quantized.bias().detach().float())
+        self.stride: tuple[int, int] = quantized.stride
+        self.padding: tuple[int, int] = quantized.padding
+        self.dilation: tuple[int, int] = quantized.dilation
+        self.groups: int = quantized.groups
+        self.relu = relu
+        self.output = _Requantize(quantized.scale, quantized.zero_point)
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        weight = _QD.dequantize_per_channel(self.weight_int8, self.weight_scales, self.weight_zero_points, 0, *_WEIGHT)
+        out = F.conv2d(values, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return self.output(F.relu(out) if self.relu else out)
+
+
+class _QDQOnIntegers(nn.Module):
+    """A quantized op that keeps its input's parameters (average pooling, bilinear upsampling), computed as
+    torch's int8 kernels do: on the grid's integers, rounded half to even (a float pool of dequantized values
+    rounds differently on the quarter of 2 x 2 averages that end in .5)."""
+
+    def __init__(self, operation: Callable[[torch.Tensor], torch.Tensor], grid: _Requantize) -> None:
+        super().__init__()
+        self.operation, self.grid = operation, grid
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        return self.grid.values(torch.round(self.operation(self.grid.integers(values))))
+
+
+def qdq_network(network: nn.Module) -> nn.Sequential:
+    """The int8 ``network`` of :func:`convert_int8` as a float module of quantize / dequantize steps (its
+    torch.export graph is ONNX QDQ). Takes the chains of convolutions (+ ReLU), average pooling, bilinear
+    upsampling and dropout that EfficientAD's networks are; anything else raises a ConfigError."""
+    from torch.ao.nn.intrinsic.quantized import ConvReLU2d
+    from torch.ao.nn.quantized import Conv2d
+
+    if not isinstance(network, torch.fx.GraphModule):
+        raise ConfigError(f"qdq_network takes an int8 network of convert_int8, not a {type(network).__name__}.")
+    modules = dict(network.named_modules())
+    steps: list[nn.Module] = []
+    grid: _Requantize | None = None
+    for node in network.graph.nodes:
+        module = modules.get(node.target) if node.op == "call_module" else None
+        if node.op == "call_function" and node.target is torch.quantize_per_tensor:
+            scale, zero_point = (float(getattr(network, argument.target)) for argument in node.args[1:3])
+            grid = _Requantize(scale, int(zero_point))
+            steps.append(grid)
+        elif isinstance(module, ConvReLU2d | Conv2d):
+            convolution = _QDQConvolution(module, relu=isinstance(module, ConvReLU2d))
+            steps.append(convolution)
+            grid = convolution.output
+        elif isinstance(module, nn.AvgPool2d) and grid is not None:
+            steps.append(_QDQOnIntegers(module, grid))
+        elif node.op == "call_function" and node.target is F.interpolate and grid is not None:
+            steps.append(_QDQOnIntegers(partial(F.interpolate, *node.args[1:], **node.kwargs), grid))
+        elif (
+            isinstance(module, nn.Dropout)
+            or node.op in ("placeholder", "get_attr", "output")
+            or (node.op == "call_method" and node.target == "dequantize")
+        ):
+            continue
+        else:
+            raise ConfigError(f"The int8 network has a step the ONNX export does not write: {node.format_node()}")
+    return nn.Sequential(*steps)
