@@ -348,6 +348,91 @@ def test_a_failing_batch_answers_every_waiting_request(station):
     assert station.models["tiles"].batcher.decide(np.full((96, 96, 1), 0.5, dtype=np.float32)).score > 0
 
 
+def test_models_are_loaded_scored_and_updated_on_the_one_model_thread(station_model, tmp_path, monkeypatch):
+    import threading
+
+    import flawscope.serialization
+    from flawscope.models.patchcore import PatchCore
+    from flawscope.service.batching import model_thread
+
+    threads: dict[str, set[str]] = {"load": set(), "predict": set(), "update": set()}
+    load, predict, update = flawscope.serialization.load_detector, PatchCore.predict, PatchCore.update
+
+    def recorded(kind, function):
+        def call(*args, **kwargs):
+            threads[kind].add(threading.current_thread().name)
+            return function(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(flawscope.serialization, "load_detector", recorded("load", load))
+    monkeypatch.setattr(PatchCore, "predict", recorded("predict", predict))
+    monkeypatch.setattr(PatchCore, "update", recorded("update", update))
+    station = open_station([station_model], tmp_path / "log.sqlite", tmp_path / "store")
+    client = TestClient(create_app(station))
+    good = png_bytes(np.full((96, 96), 128, dtype=np.uint8))
+    answers = [inspect(client, good).json() for _ in range(3)]
+    client.post(f"/v1/inspections/{answers[0]['id']}/verdict", json={"verdict": "ok", "teach": True})
+    assert client.post("/v1/models/tiles/update").status_code == 200
+    name = model_thread()._thread.name
+    assert threads == {"load": {name}, "predict": {name}, "update": {name}}, threads
+    assert name != threading.main_thread().name
+
+
+def test_the_model_thread_batches_each_model_apart_and_keeps_the_order():
+    import threading
+    from types import SimpleNamespace
+
+    from flawscope.service.batching import Batcher, ModelThread
+
+    batches: list[tuple[str, list[float]]] = []
+
+    class Recording:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def predict(self, images, progress=False):
+            batches.append((self.name, [float(image[0, 0, 0]) for image in images]))
+            count = len(images)
+            return SimpleNamespace(
+                scores=[float(image[0, 0, 0]) for image in images],
+                anomaly_maps=[image[..., 0] for image in images],
+                labels=[False] * count,
+                masks=[image[..., 0] > 1 for image in images],
+                boxes=[[] for _ in images],
+            )
+
+    thread = ModelThread()
+    started, release = threading.Event(), threading.Event()
+
+    def block() -> str:
+        started.set()
+        release.wait()
+        return "blocked"
+
+    first = Batcher(Recording("a"), max_batch=2, thread=thread)  # type: ignore[arg-type]
+    second = Batcher(Recording("b"), max_batch=8, thread=thread)  # type: ignore[arg-type]
+    results: dict[str, object] = {}
+    blocker = threading.Thread(target=lambda: results.setdefault("call", thread.call(block)))
+    blocker.start()
+    started.wait()  # the model thread is busy: everything below queues, in this order
+    waiting = []
+    for value, batcher in ((1.0, first), (2.0, second), (3.0, first), (4.0, first), (5.0, second)):
+        image = np.full((2, 2, 1), value, dtype=np.float32)
+        waiting.append(threading.Thread(target=lambda b=batcher, i=image, v=value: results.setdefault(v, b.decide(i))))
+        waiting[-1].start()
+        while len(thread._waiting) < len(waiting):
+            threading.Event().wait(0.001)
+    release.set()
+    for worker in [blocker, *waiting]:
+        worker.join(timeout=10)
+    assert results["call"] == "blocked"
+    assert batches == [("a", [1.0, 3.0]), ("b", [2.0, 5.0]), ("a", [4.0])]
+    assert all(results[value].score == value for value in (1.0, 2.0, 3.0, 4.0, 5.0))  # type: ignore[union-attr]
+    with pytest.raises(ZeroDivisionError):
+        thread.call(lambda: 1 / 0)
+
+
 def test_serve_names_the_missing_extra_before_loading_models(tmp_path, monkeypatch):
     import importlib.util
 

@@ -26,7 +26,7 @@ from flawscope.data.io import DEFAULT_MAX_PIXELS, load_image, read_image
 from flawscope.errors import ConfigError, DataError, ModelFileError
 from flawscope.models.base import Detector
 from flawscope.models.registry import UPDATABLE
-from flawscope.service.batching import Batcher
+from flawscope.service.batching import Batcher, model_thread
 from flawscope.service.log import Inspection, InspectionLog, ServedModel
 from flawscope.service.store import ContentStore
 
@@ -66,11 +66,11 @@ class LoadedModel:
 
 
 def loaded_model(name: str, directory: Path, device: str | None, max_batch: int) -> LoadedModel:
-    """The saved model in ``directory``, served as ``name``; its parent is the version its last update (or
-    recalibration) was made from, as its lineage says."""
+    """The saved model in ``directory``, served as ``name`` (loaded on the model thread, where it will be scored);
+    its parent is the version its last update (or recalibration) was made from, as its lineage says."""
     from flawscope.serialization import load_detector
 
-    detector = load_detector(directory, device)
+    detector = model_thread().call(lambda: load_detector(directory, device))
     assert detector.version_ is not None  # set by loading
     lineage = detector.lineage_
     parent = lineage[-1].get("parent") if lineage and lineage[-1]["event"] != "fit" else None
@@ -131,6 +131,9 @@ class Station:
     version the present one was made from again. Every version served stays loaded until the station stops.
     With ``resume``, a station started on the model a later served version descends from (in this log) serves
     that later version, so teaching survives a restart.
+
+    Every model is loaded, scored, updated and recalibrated on the process's one model thread
+    (:mod:`flawscope.service.batching`), so inspections wait while a model is updated.
     """
 
     def __init__(
@@ -232,7 +235,7 @@ class Station:
             if not queued:
                 raise NotPossible(f"No images are queued to teach {name!r}; mark false alarms with teach first.")
             images = [read_image(self.store.path(key)) for _, key in queued]
-            updated = current.detector.update(images, progress=False)
+            updated = model_thread().call(lambda: current.detector.update(images, progress=False))
             model = self._serve_new_version(current, updated, "update", [inspection_id for inspection_id, _ in queued])
             return {**updated.lineage_[-1], "version": model.version}
 
@@ -251,7 +254,7 @@ class Station:
                 raise NotPossible(f"No part judged by {name!r} has an 'ok' verdict yet (taught parts do not count).")
             defective = [read_image(self.store.path(key)) for key, verdict in judged if verdict == "defect"]
             recalibrated = copy.copy(current.detector)
-            recalibrated.recalibrate(good, defective, progress=False)
+            model_thread().call(lambda: recalibrated.recalibrate(good, defective, progress=False))
             model = self._serve_new_version(current, recalibrated, "recalibrate")
             return {**recalibrated.lineage_[-1], "threshold": recalibrated.threshold_, "version": model.version}
 
