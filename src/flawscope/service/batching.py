@@ -4,8 +4,8 @@ next batch, and every model of the process is loaded and scored on that same thr
 A request hands its pixels to the model thread and waits; the thread takes the oldest waiting image and every
 other one waiting for the same model at that moment (up to the model's ``max_batch``) and scores them in one
 ``predict`` call. Nothing waits for a batch to fill: a lone request is scored at once, and under load the
-batches form by themselves. On a CPU, PatchCore scores a batch of 8 ELPV cells about 2.7x faster per image
-than 8 calls of one (``benchmarks/results/service.json``).
+batches form by themselves. On a CPU, PatchCore scores ELPV cells about 1.3x faster per image in its batches
+of 16 than one per call (``benchmarks/results/service.json``).
 
 Why one thread for all of it: torch runs its operators on an OpenMP team that belongs to the thread that
 starts them. Once a second thread has a team -- the main thread's, say, after it loaded a model -- libgomp
@@ -80,11 +80,12 @@ class ModelThread:
         if threading.current_thread() is self._thread:
             return function()
         task = _Call(function)
-        self._submit(task)
+        self.submit(task)
         task.wait()
         return task.result
 
-    def _submit(self, task: _Task) -> None:
+    def submit(self, task: _Task) -> None:
+        """Queue ``task`` behind those waiting; its ``wait()`` returns when it is done."""
         with self._changed:
             self._waiting.append(task)
             self._changed.notify()
@@ -148,7 +149,7 @@ class Batcher:
     def decide(self, pixels: np.ndarray) -> Decision:
         """Score one image (``read_image``'s float ``H x W x C``); blocks until its batch is done."""
         job = _Job(self, pixels)
-        self.thread._submit(job)
+        self.thread.submit(job)
         job.wait()
         assert job.decision is not None
         return job.decision
