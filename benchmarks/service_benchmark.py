@@ -5,7 +5,9 @@ PatchCore with default settings is fitted on ELPV mono (module split) and saved;
 their PNG files. In the same run: in-process ``predict`` on the same images (batched as by default, and one
 image per call), then ``flawscope serve`` on 127.0.0.1 (images, overlays and masks stored, as a user runs it)
 at concurrency 1, 4 and 8: images/s, and p50 / p95 / p99 of the latency each client saw; each speed figure is
-the middle one of ``--repeats`` passes. CPU milliseconds per image of the in-process runs, of the server
+the middle one of ``--repeats`` passes. Then ``--pairs`` times an in-process batched pass and a served pass at
+concurrency 4 one right after the other: the median of their ratios is the served share least moved by the
+shared machine's drifting speed (a whole run's ratio moved 0.61-0.92 for the same code). CPU milliseconds per image of the in-process runs, of the server
 and of the benchmark's own client (they share the two cores, so the client's share is what a client on
 another machine would give back to the server). Memory: the server's resident set after 100 inspections (the first,
 a warm-up), then every 1,000 up to ``--memory-requests`` (default 10,000). The client runs on the same
@@ -28,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -49,7 +52,9 @@ def test_files(count: int) -> list[bytes]:
     return [Path(sample.image).read_bytes() for sample in samples]
 
 
-def in_process(model_dir: Path, files: list[bytes], repeats: int) -> dict:
+def in_process_passes(model_dir: Path, files: list[bytes]) -> Callable[[int | None], tuple[float, float]]:
+    """A pass of in-process ``predict`` over the decoded ``files``: ``one_pass(batch_size)`` -> (images/s, CPU ms
+    per image); None: the model's default batch size."""
     import io
 
     from PIL import Image
@@ -59,18 +64,45 @@ def in_process(model_dir: Path, files: list[bytes], repeats: int) -> dict:
     detector = fs.load(model_dir, device="cpu")
     pixels = [read_image(Image.open(io.BytesIO(data))) for data in files]
     detector.predict(pixels[:8], progress=False)  # warm-up
+
+    def one_pass(batch_size: int | None) -> tuple[float, float]:
+        started, cpu_started = time.perf_counter(), time.process_time()
+        detector.predict(pixels, batch_size=batch_size, progress=False)
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+        return round(len(pixels) / seconds, 2), 1000 * cpu / len(pixels)
+
+    return one_pass
+
+
+def in_process(one_pass: Callable[[int | None], tuple[float, float]], repeats: int) -> dict:
     out: dict = {}
     for name, batch_size in (("batched", None), ("one_per_call", 1)):
-        passes, cpu_ms = [], []
-        for _ in range(repeats):
-            started, cpu_started = time.perf_counter(), time.process_time()
-            detector.predict(pixels, batch_size=batch_size, progress=False)
-            passes.append(round(len(pixels) / (time.perf_counter() - started), 2))
-            cpu_ms.append(1000 * (time.process_time() - cpu_started) / len(pixels))
+        passes, cpu_ms = zip(*(one_pass(batch_size) for _ in range(repeats)))
         out[f"images_per_second_{name}"] = sorted(passes)[len(passes) // 2]
-        out[f"images_per_second_{name}_passes"] = passes
+        out[f"images_per_second_{name}_passes"] = list(passes)
         out[f"cpu_ms_per_image_{name}"] = round(float(np.median(cpu_ms)), 1)
     return out
+
+
+def paired_at_four(
+    one_pass: Callable[[int | None], tuple[float, float]],
+    url: str,
+    files: list[bytes],
+    requests: int,
+    pairs: int,
+    pid: int,
+) -> dict:
+    """In-process batched and served-at-concurrency-4 passes one after the other, ``pairs`` times: each ratio from
+    two passes seconds apart, so a drift of the shared machine's speed moves both."""
+    runs = []
+    for _ in range(pairs):
+        in_process_speed = one_pass(None)[0]
+        served = load(url, files, 4, requests, pid)["images_per_second"]
+        runs.append(
+            {"in_process_batched": in_process_speed, "served_c4": served, "ratio": round(served / in_process_speed, 3)}
+        )
+        print(json.dumps(runs[-1]), flush=True)
+    return {"pairs": runs, "median_ratio": round(float(np.median([run["ratio"] for run in runs])), 3)}
 
 
 def start_server(model_dir: Path, work: Path) -> tuple[subprocess.Popen, str]:
@@ -143,6 +175,7 @@ def main() -> None:
     parser.add_argument("--memory-requests", type=int, default=10_000)
     parser.add_argument("--model", type=Path, help="A saved calibrated model to serve instead of fitting one.")
     parser.add_argument("--repeats", type=int, default=3, help="Passes of each speed figure; the median is reported.")
+    parser.add_argument("--pairs", type=int, default=5, help="Paired in-process / concurrency-4 passes.")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "service.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
@@ -154,7 +187,8 @@ def main() -> None:
             fitted.model.save(work / "patchcore")
         files = test_files(args.images)
         result: dict = {"model": "patchcore (defaults)", "data": "elpv:mono test cells (module split)"}
-        result["in_process"] = in_process(work / "patchcore", files, args.repeats)
+        one_pass = in_process_passes(work / "patchcore", files)
+        result["in_process"] = in_process(one_pass, args.repeats)
         print(json.dumps(result["in_process"]), flush=True)
         process, url = start_server(work / "patchcore", work)
         try:
@@ -167,7 +201,8 @@ def main() -> None:
                 speeds = [run["images_per_second"] for run in passes]
                 result["served"].append({**middle, "images_per_second_passes": speeds})
                 print(json.dumps(result["served"][-1]), flush=True)
-            done = 100 + len(CONCURRENCY) * args.requests * args.repeats
+            result["paired_at_4"] = paired_at_four(one_pass, url, files, args.requests, args.pairs, process.pid)
+            done = 100 + (len(CONCURRENCY) * args.repeats + args.pairs) * args.requests
             while done < args.memory_requests:  # a reading every 1,000 inspections: growth or a plateau
                 step = min(1000 - done % 1000, args.memory_requests - done)
                 load(url, files, 4, step, process.pid)
