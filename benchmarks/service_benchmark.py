@@ -6,12 +6,12 @@ their PNG files. In the same run: in-process ``predict`` on the same images (bat
 image per call), then ``flawscope serve`` on 127.0.0.1 (images, overlays and masks stored, as a user runs it)
 at concurrency 1, 4 and 8: images/s, and p50 / p95 / p99 of the latency each client saw; each speed figure is
 the middle one of ``--repeats`` passes. Then ``--pairs`` times an in-process batched pass and a served pass at
-concurrency 4 one right after the other: the median of their ratios is the served share least moved by the
-shared machine's drifting speed (a whole run's ratio moved 0.61-0.92 for the same code). CPU milliseconds per image of the in-process runs, of the server
-and of the benchmark's own client (they share the two cores, so the client's share is what a client on
-another machine would give back to the server). Memory: the server's resident set after 100 inspections (the first,
-a warm-up), then every 1,000 up to ``--memory-requests`` (default 10,000). The client runs on the same
-machine as the server, as the in-process runs do.
+concurrency 4 one right after the other, against the shared machine's drifting speed (a whole run's ratio
+moved 0.61-0.92 for the same code); their in-process passes run with the server started. CPU milliseconds per
+image of the in-process runs, of the server and of the benchmark's own client (they share the two cores, so
+the client's share is what a client on another machine would give back to the server). Memory: the server's
+resident set after 100 inspections (the first, a warm-up), then every 1,000 up to ``--memory-requests``
+(default 10,000). The client runs on the same machine as the server, as the in-process runs do.
 
     .venv/bin/python benchmarks/service_benchmark.py [--model SAVED_MODEL_DIR]   # --model: skip the fit
 
