@@ -18,6 +18,8 @@ seconds, predict images/s; mean and spread over the folds.
 
     .venv/bin/python benchmarks/disjoint_splits.py --models patchcore padim \\
         --magnetic-tile ../shared/datasets/magnetic_tile --bsdata ../shared/datasets/bsdata_pitting
+    .venv/bin/python benchmarks/disjoint_splits.py --datasets elpv-mono --param coreset_ratio=0.02 \\
+        --augment hflip --augment vflip --augment brightness=0.2 --augment contrast=0.2 --tag augment
 
 Writes ``benchmarks/results/disjoint_<model>.json`` (runs of earlier invocations are kept unless rerun).
 """
@@ -30,7 +32,7 @@ import statistics
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +44,7 @@ import numpy as np  # noqa: E402
 
 import flawscope as fs  # noqa: E402
 from _groups import BSDATA_POSITION, magnetic_tiles  # noqa: E402
+from flawscope.data.augment import augment  # noqa: E402
 from flawscope.data.datasets import GOOD, ImageDataset  # noqa: E402
 from flawscope.data.elpv import ELPV  # noqa: E402
 from flawscope.data.splits import group_kfold, group_split, holdout_split, with_groups  # noqa: E402
@@ -101,10 +104,15 @@ def balanced_accuracy_by_rule(calibration_scores: np.ndarray, labels: np.ndarray
     return out
 
 
-def run(model_name: str, params: dict, split: Split, out_of_fold: bool) -> dict:
+def run(
+    model_name: str, params: dict, split: Split, out_of_fold: bool, views: Sequence[str] = (), copies: int = 4
+) -> dict:
     """Fit and calibrate (on the held-out calibration images, or with ``out_of_fold`` on every training
-    and calibration image, each scored without its group), then evaluate on the test images."""
+    and calibration image, each scored without its group), then evaluate on the test images. ``views``: the
+    training images' augmented views (``copies`` of each, :func:`flawscope.datasets.augment`)."""
     name, train, calibration, test = split
+    if views:
+        train = augment(train, views, copies, params.get("seed", 0))
     model = fs.create(model_name, **{"device": "cpu", **params})
     started = time.perf_counter()
     with warnings.catch_warnings():
@@ -210,6 +218,10 @@ def main() -> None:
     parser.add_argument("--param", action="append", default=[], help="Method parameter as KEY=VALUE, repeatable.")
     parser.add_argument("--tag", default="", help="Suffix of the result file (for a variant's parameters).")
     parser.add_argument(
+        "--augment", action="append", default=[], help="Also train on views of each image (hflip, contrast=F ...)."
+    )
+    parser.add_argument("--augment-copies", type=int, default=4, help="Augmented views per training image.")
+    parser.add_argument(
         "--calibration",
         choices=("held-out", "out-of-fold"),
         default="held-out",
@@ -232,11 +244,14 @@ def main() -> None:
         out_path = RESULTS / f"disjoint_{model_name}{'_' + args.tag if args.tag else ''}.json"
         result = json.loads(out_path.read_text()) if out_path.exists() else {}
         result |= {"model": model_name, "params": params, "calibration": args.calibration}
+        if args.augment:
+            result |= {"augment": args.augment, "augment_copies": args.augment_copies}
         for dataset in args.datasets:
             splits, disjoint = sources[dataset]
             runs = []
             for split in splits():
-                runs.append(run(model_name, params, split, args.calibration == "out-of-fold"))
+                out_of_fold = args.calibration == "out-of-fold"
+                runs.append(run(model_name, params, split, out_of_fold, args.augment, args.augment_copies))
                 print(model_name, dataset, json.dumps(runs[-1]), flush=True)
             result[dataset] = {"disjoint": summary(runs, disjoint), "runs": runs}
             out_path.write_text(json.dumps(result, indent=2))
