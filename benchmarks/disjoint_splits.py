@@ -240,6 +240,7 @@ def main() -> None:
         "magnetic_tile": (lambda: magnetic_tile_splits(args.magnetic_tile), "tile"),
         "bsdata_pitting": (lambda: bsdata_splits(args.bsdata), "position"),
     }
+    out_of_fold = args.calibration == "out-of-fold"
     for model_name in args.models:
         out_path = RESULTS / f"disjoint_{model_name}{'_' + args.tag if args.tag else ''}.json"
         result = json.loads(out_path.read_text()) if out_path.exists() else {}
@@ -250,7 +251,6 @@ def main() -> None:
             splits, disjoint = sources[dataset]
             runs = []
             for split in splits():
-                out_of_fold = args.calibration == "out-of-fold"
                 runs.append(run(model_name, params, split, out_of_fold, args.augment, args.augment_copies))
                 print(model_name, dataset, json.dumps(runs[-1]), flush=True)
             result[dataset] = {"disjoint": summary(runs, disjoint), "runs": runs}
