@@ -32,7 +32,7 @@ import statistics
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,6 +83,17 @@ def bsdata_splits(root: Path) -> Iterator[Split]:
     train = open_data(root, "train", groups=BSDATA_POSITION)
     fitted, calibration = group_split(train, (1 - CALIBRATION_SHARE, CALIBRATION_SHARE), seed=0)
     yield ("position (shipped)", fitted, calibration, open_data(root, "test", groups=BSDATA_POSITION))
+
+
+def split_sources(magnetic_tile: Path, bsdata: Path) -> dict[str, tuple[Callable[[], Iterator[Split]], str]]:
+    """Per data set: its splits (the disjoint folds, then the shuffled or shipped split) and the prefix of
+    the disjoint splits' names."""
+    return {
+        "elpv-mono": (lambda: elpv_splits("mono"), "module"),
+        "elpv-poly": (lambda: elpv_splits("poly"), "module"),
+        "magnetic_tile": (lambda: magnetic_tile_splits(magnetic_tile), "tile"),
+        "bsdata_pitting": (lambda: bsdata_splits(bsdata), "position"),
+    }
 
 
 # threshold rules compared on the calibration scores: (rule, k, target_fpr)
@@ -152,14 +163,14 @@ def summary(runs: list[dict], prefix: str) -> dict:
     for key in KEYS:
         values = [r[key] for r in chosen if key in r]
         if values:
-            out[key] = _mean_spread(values)
+            out[key] = mean_spread(values)
     out["balanced_accuracy_by_rule"] = {
-        rule: _mean_spread([r["balanced_accuracy_by_rule"][rule] for r in chosen]) for rule in RULES
+        rule: mean_spread([r["balanced_accuracy_by_rule"][rule] for r in chosen]) for rule in RULES
     }
     return out
 
 
-def _mean_spread(values: list[float]) -> dict:
+def mean_spread(values: list[float]) -> dict:
     return {"mean": statistics.fmean(values), "spread": statistics.pstdev(values)}
 
 
@@ -177,10 +188,10 @@ def report() -> str:
             if not isinstance(entry, dict) or "disjoint" not in entry:
                 continue
             part, other = entry["disjoint"], [r for r in entry["runs"] if r["split"] in ("shuffled", "shipped")]
-            cells = [_cell(part.get(key)) for key in ("image_auroc", "pixel_auroc", "aupro")]
+            cells = [cell(part.get(key)) for key in ("image_auroc", "pixel_auroc", "aupro")]
             by_rule = part["balanced_accuracy_by_rule"]
             balanced = " / ".join(
-                [_cell(by_rule["fpr 5 %"]), _cell(by_rule["sigma k=3"]), _cell(part.get("balanced_accuracy_oracle"))]
+                [cell(by_rule["fpr 5 %"]), cell(by_rule["sigma k=3"]), cell(part.get("balanced_accuracy_oracle"))]
             )
             shuffled = f"{other[0]['image_auroc']:.3f}" if other else "--"
             lines.append(
@@ -203,7 +214,7 @@ def rule_report(tag: str = "heldout") -> str:
     return "\n".join(lines)
 
 
-def _cell(summary: dict | None) -> str:
+def cell(summary: dict | None) -> str:
     if summary is None:
         return "--"
     return f"{summary['mean']:.3f} +- {summary['spread']:.3f}" if summary["spread"] else f"{summary['mean']:.3f}"
@@ -234,12 +245,7 @@ def main() -> None:
         print(report(), rule_report(), sep="\n\n")
         return
     params = parse_params(args.param)
-    sources = {
-        "elpv-mono": (lambda: elpv_splits("mono"), "module"),
-        "elpv-poly": (lambda: elpv_splits("poly"), "module"),
-        "magnetic_tile": (lambda: magnetic_tile_splits(args.magnetic_tile), "tile"),
-        "bsdata_pitting": (lambda: bsdata_splits(args.bsdata), "position"),
-    }
+    sources = split_sources(args.magnetic_tile, args.bsdata)
     out_of_fold = args.calibration == "out-of-fold"
     for model_name in args.models:
         out_path = RESULTS / f"disjoint_{model_name}{'_' + args.tag if args.tag else ''}.json"
