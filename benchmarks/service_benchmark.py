@@ -105,12 +105,14 @@ def paired_at_four(
     return {"pairs": runs, "median_ratio": round(float(np.median([run["ratio"] for run in runs])), 3)}
 
 
-def start_server(model_dir: Path, work: Path) -> tuple[subprocess.Popen, str]:
+def start_server(model_dir: Path, work: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """``flawscope serve model_dir`` on a free loopback port, its log and store in ``work``, with ``env`` added to
+    its environment; returns once ``/health`` answers."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     command = [sys.executable, "-m", "flawscope.cli", "serve", str(model_dir), "--port", str(port)]
-    process = subprocess.Popen([*command, "--db", str(work / "log.sqlite")])
+    process = subprocess.Popen([*command, "--db", str(work / "log.sqlite")], env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
