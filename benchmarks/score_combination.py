@@ -27,7 +27,6 @@ import argparse
 import json
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +38,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import numpy as np  # noqa: E402
 
 import flawscope as fs  # noqa: E402
-from disjoint_splits import Split, cell, mean_spread, split_sources  # noqa: E402
+from disjoint_splits import RULES, Split, cell, mean_spread, split_sources  # noqa: E402
 from flawscope.data.datasets import DEFECTIVE, ImageDataset  # noqa: E402
 from flawscope.metrics import auroc, balanced_accuracy, best_balanced_accuracy, pixel_metrics  # noqa: E402
 from flawscope.postprocess import threshold_from_scores  # noqa: E402
@@ -70,9 +69,7 @@ def fitted_member(model_name: str, train: ImageDataset) -> tuple[fs.Detector, fl
     """A member fitted on the split's training images, and the seconds that took."""
     model = fs.create(model_name, device="cpu")
     started = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", fs.CalibrationWarning)
-        model.fit(train, progress=False)
+    model.fit(train, progress=False)
     return model, time.perf_counter() - started
 
 
@@ -118,7 +115,7 @@ def run(members: list[str], split: Split) -> dict:
     masks = [s.read_mask(m.shape) for s, m in zip(test_images.samples, test[members[0]].maps, strict=False)]
     figures = {}
     for rule, (good, scores, maps) in rules(members, calibration, test).items():
-        threshold = threshold_from_scores(good, "fpr", 3.0, 0.05)
+        threshold = threshold_from_scores(good, *RULES["fpr 5 %"])
         entry = {
             "image_auroc": auroc(labels, scores),
             "balanced_accuracy": balanced_accuracy(labels, scores > threshold),

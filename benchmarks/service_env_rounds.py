@@ -79,6 +79,10 @@ def main() -> None:
         "rounds": rounds,
         "median_in_process_batched": in_process,
         "median_served_c4": medians,
+        "median_ratio": {
+            name: round(statistics.median(e[name]["images_per_second"] / e["in_process_batched"] for e in rounds), 3)
+            for name in variants
+        },
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 
