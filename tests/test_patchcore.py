@@ -35,6 +35,19 @@ def test_image_score_is_the_largest_patch_distance(fitted_patchcore, texture_tes
     assert float(score[0]) == pytest.approx(float(exact), rel=1e-4)
 
 
+def test_the_neighbourhood_is_the_window_each_feature_map_is_averaged_over(texture_train, texture_test):
+    model = fs.create("patchcore", image_size=64, coreset_ratio=0.2, neighbourhood=5, device="cpu")
+    model.fit(texture_train, progress=False)
+    batch = model._to_tensor([np.asarray(texture_test[15].image, np.float32)[..., None] / 255])
+    with torch.inference_mode():
+        finer = model.extractor_(batch)[0]  # 1 x 40 x 8 x 8: the finer stage is not resampled
+        patches = model._patch_features(batch)
+    torch.testing.assert_close(patches[0, :40, 3, 4], finer[0, :, 1:6, 2:7].mean((1, 2)), rtol=1e-5, atol=1e-6)
+    assert auroc(texture_test.labels, model.predict(texture_test, progress=False).scores) >= 0.9
+    with pytest.raises(fs.ConfigError, match="neighbourhood.*odd"):
+        fs.create("patchcore", image_size=64, neighbourhood=4).fit(texture_train, progress=False)
+
+
 def test_search_backends_agree(texture_train, texture_test):
     scores = {}
     for backend in ("torch", "faiss"):

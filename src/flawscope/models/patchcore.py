@@ -20,7 +20,7 @@ import torch
 
 from flawscope._memory import available_mib
 from flawscope._progress import notice
-from flawscope._validation import BOOLEAN, Interval, Options
+from flawscope._validation import BOOLEAN, Check, Interval, Options
 from flawscope.data.datasets import ImageDataset
 from flawscope.data.io import image_size
 from flawscope.data.sizes import aspect_size
@@ -38,6 +38,8 @@ CHUNK_BYTES = 256 * 2**20  # the most full-dimension patch features held for one
 FIT_BASELINE_MIB = 900  # what a fitting process holds beside the features (torch, the backbone, a batch): measured
 OUT_OF_GROUP_NEIGHBOURS = 16  # nearest bank rows searched for one outside the query's own group
 OUT_OF_GROUP_CHUNK = 256  # queries searched at once over the whole bank when none of those is outside it
+ODD = Check(lambda value: isinstance(value, int) and not isinstance(value, bool) and value >= 1 and value % 2 == 1,
+            "an odd int >= 1 (a window with a centre patch)")
 
 
 def reweighted_scores(
@@ -82,6 +84,9 @@ class PatchCore(BackboneDetector):
     weights : str or None
         ``None`` for the offline weights of the EfficientNet-Lite backbones, a weights file, or
         ``"hub"`` (download).
+    neighbourhood : int
+        Side ``p`` of the window each feature map is averaged over (the paper's patch size; odd, default 3 as the
+        paper; 1 = no aggregation).
     image_size : int
         Images are resized to ``image_size x image_size`` (nothing cropped), or with ``input_shape``
         keeping their aspect ratio, to a short side of ``image_size``.
@@ -144,6 +149,7 @@ class PatchCore(BackboneDetector):
 
     _parameter_constraints = {
         **BACKBONE_CONSTRAINTS,
+        "neighbourhood": [ODD],
         "image_size": [Interval(int, 32, 4096)],
         "coreset_ratio": [Interval(float, 0.0, 1.0, "right")],
         "coreset_chunk": [Interval(int, 1, None)],
@@ -166,6 +172,7 @@ class PatchCore(BackboneDetector):
         backbone: str = "tf_efficientnet_lite0",
         layers: tuple[int, ...] = (2, 3),
         weights: str | None = None,
+        neighbourhood: int = 3,
         image_size: int = 224,
         coreset_ratio: float = 0.1,
         coreset_chunk: int = 16_384,
@@ -185,6 +192,7 @@ class PatchCore(BackboneDetector):
     ) -> None:
         self.backbone = backbone
         self.layers = layers
+        self.neighbourhood = neighbourhood
         self.weights = weights
         self.image_size = image_size
         self.coreset_ratio = coreset_ratio
@@ -234,7 +242,7 @@ class PatchCore(BackboneDetector):
     # ------------------------------------------------------------------ features
     def _patch_features(self, batch: torch.Tensor) -> torch.Tensor:
         """``B x 3 x S x S`` -> ``B x D x h x w`` locally aware patch features."""
-        return local_patch_features(self.extractor_(batch)).float()
+        return local_patch_features(self.extractor_(batch), self.neighbourhood).float()
 
     # ------------------------------------------------------------------ fit
     def _fit(self, dataset: ImageDataset, progress: bool) -> None:
