@@ -44,7 +44,7 @@ def test_the_neighbourhood_is_the_window_each_feature_map_is_averaged_over(textu
         patches = model._patch_features(batch)
     torch.testing.assert_close(patches[0, :40, 3, 4], finer[0, :, 1:6, 2:7].mean((1, 2)), rtol=1e-5, atol=1e-6)
     assert auroc(texture_test.labels, model.predict(texture_test, progress=False).scores) >= 0.9
-    with pytest.raises(fs.ConfigError, match="neighbourhood.*odd"):
+    with pytest.raises(fs.ConfigError, match=r"neighbourhood.*odd"):
         fs.create("patchcore", image_size=64, neighbourhood=4).fit(texture_train, progress=False)
 
 

@@ -38,8 +38,10 @@ CHUNK_BYTES = 256 * 2**20  # the most full-dimension patch features held for one
 FIT_BASELINE_MIB = 900  # what a fitting process holds beside the features (torch, the backbone, a batch): measured
 OUT_OF_GROUP_NEIGHBOURS = 16  # nearest bank rows searched for one outside the query's own group
 OUT_OF_GROUP_CHUNK = 256  # queries searched at once over the whole bank when none of those is outside it
-ODD = Check(lambda value: isinstance(value, int) and not isinstance(value, bool) and value >= 1 and value % 2 == 1,
-            "an odd int >= 1 (a window with a centre patch)")
+ODD = Check(
+    lambda value: isinstance(value, int) and not isinstance(value, bool) and value >= 1 and value % 2 == 1,
+    "an odd int >= 1 (a window with a centre patch)",
+)
 
 
 def reweighted_scores(
