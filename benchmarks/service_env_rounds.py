@@ -15,6 +15,7 @@ Writes ``benchmarks/results/service_env.json`` (or ``--out``).
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import statistics
 import subprocess
@@ -25,6 +26,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import torch  # noqa: E402
+
+from flawscope.devices import native_bfloat16  # noqa: E402
 from service_benchmark import load, start_server, test_files  # noqa: E402
 
 
@@ -75,6 +79,8 @@ def main() -> None:
     medians = {name: statistics.median(entry[name]["images_per_second"] for entry in rounds) for name in variants}
     in_process = statistics.median(entry["in_process_batched"] for entry in rounds)
     result = {
+        "how": f"benchmarks/service_env_rounds.py {' '.join(sys.argv[1:])}, {datetime.date.today()}",
+        "machine": {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "bfloat16_native": native_bfloat16()},
         "variants": variants,
         "rounds": rounds,
         "median_in_process_batched": in_process,

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 import flawscope as fs
 from flawscope.data.synthetic import write_mvtec_layout
@@ -72,6 +73,8 @@ def test_run_benchmark_writes_the_benchmark_record(category):
     assert record["n_train"] + record["n_calibration"] == 20 and record["n_test"] == len(result.test) == 8
     assert record["metrics"]["image_auroc"] >= 0.8 and record["peak_rss_mib"] > 0
     assert record["machine"]["device"] == "cpu"
+    assert record["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()  # results say their CPU
+    assert isinstance(record["machine"]["bfloat16_native"], bool)
     json.dumps(record)  # JSON-ready
 
 
