@@ -26,9 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import torch  # noqa: E402
-
-from flawscope.devices import native_bfloat16  # noqa: E402
+from flawscope.devices import cpu_description  # noqa: E402
 from service_benchmark import load, start_server, test_files  # noqa: E402
 
 
@@ -80,7 +78,7 @@ def main() -> None:
     in_process = statistics.median(entry["in_process_batched"] for entry in rounds)
     result = {
         "how": f"benchmarks/service_env_rounds.py {' '.join(sys.argv[1:])}, {datetime.date.today()}",
-        "machine": {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "bfloat16_native": native_bfloat16()},
+        "machine": cpu_description(),
         "variants": variants,
         "rounds": rounds,
         "median_in_process_batched": in_process,

@@ -24,3 +24,9 @@ def native_bfloat16() -> bool:
     emulate it, slower than float32."""
     capabilities = torch.cpu.get_capabilities()
     return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+
+
+def cpu_description() -> dict[str, str | bool]:
+    """What a benchmark record says of its CPU: the instruction set torch's kernels use (``AVX2``, ``AVX512``) and
+    whether it computes bfloat16 natively (where ``training_precision="auto"`` trains in bfloat16)."""
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "bfloat16_native": native_bfloat16()}

@@ -27,7 +27,7 @@ from flawscope.data import augment as augmentation
 from flawscope.data.datasets import GOOD, IMAGE_SUFFIXES, ImageDataset, Sample, open_dataset
 from flawscope.data.elpv import ELPV
 from flawscope.data.splits import group_split, holdout_split, stratified_split, with_groups
-from flawscope.devices import native_bfloat16
+from flawscope.devices import cpu_description
 from flawscope.errors import ConfigError, DataError
 from flawscope.evaluation import Report, evaluate
 from flawscope.models.base import Detector
@@ -224,8 +224,7 @@ def run_benchmark(
     predict_seconds = time.perf_counter() - started
     machine = {
         "cpu_threads": torch.get_num_threads(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # AVX2, AVX512: what the kernels use
-        "bfloat16_native": native_bfloat16(),  # where training_precision="auto" trains in bfloat16
+        **cpu_description(),
         "platform": platform.platform(),
         "torch": torch.__version__,
         "device": str(fitted.model.device_),
