@@ -41,7 +41,7 @@ from flawscope.data.splits import holdout_split
 from flawscope.data.synthetic import dead_leaves
 from flawscope.data.transforms import luma, normalise, resize_image
 from flawscope.devices import resolve_device
-from flawscope.errors import ConfigError, DataError
+from flawscope.errors import ConfigError, DataError, ModelFileError
 from flawscope.maps import upsample_maps
 from flawscope.models.base import RUN_CONSTRAINTS, Detector, check_fingerprint
 from flawscope.models.efficientad.pdn import (
@@ -55,6 +55,7 @@ from flawscope.models.efficientad.pdn import (
     patch_description_network,
 )
 from flawscope.models.efficientad.quantize import (
+    INT8_SCHEME,
     calibrate_int8,
     convert_int8,
     observer_state,
@@ -471,7 +472,8 @@ class EfficientAD(Detector):
         }
 
     def _state_meta(self) -> dict[str, Any]:
-        return {"teacher_fingerprint": self.teacher_.fingerprint, "loss_history": self.loss_history_}
+        meta = {"teacher_fingerprint": self.teacher_.fingerprint, "loss_history": self.loss_history_}
+        return meta | {"int8_scheme": INT8_SCHEME} if self.precision == "int8" else meta
 
     def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self._load_teacher()
@@ -486,6 +488,7 @@ class EfficientAD(Detector):
         self.local_quantiles_ = checked_tensor(tensors, "local_quantiles", (2,)).to(self.device_)
         self.global_quantiles_ = checked_tensor(tensors, "global_quantiles", (2,)).to(self.device_)
         if self.precision == "int8":
+            _check_int8_scheme(meta.get("int8_scheme"))
             example = torch.zeros(1, 3, self.image_size, self.image_size)
             self._set_int8(
                 {
@@ -494,6 +497,16 @@ class EfficientAD(Detector):
                 }
             )
         self.loss_history_ = list(meta["loss_history"])
+
+
+def _check_int8_scheme(saved: str | None) -> None:
+    """A saved int8 model rebuilds its networks from its calibration: only with the scheme that made them."""
+    if saved != INT8_SCHEME:
+        raise ModelFileError(
+            f"its int8 networks were made with the scheme {saved or '8-bit weights, float bias'!r}, this flawscope "
+            f"makes {INT8_SCHEME!r} (the same arithmetic on every x86 CPU and in an export); fit it again with "
+            "precision='int8', or quantize a float32 model of the same fit."
+        )
 
 
 def _require_cpu_for_int8(device: torch.device, remedy: str) -> None:
