@@ -113,13 +113,19 @@ def main() -> None:
 
 def _write(args: argparse.Namespace, n_test: int, n_timed: int, results: dict) -> None:
     import flawscope as fs
+    from flawscope.devices import cpu_description
 
     payload = {
         "data": args.data,
         "n_test_images": n_test,
         "n_timed_images": n_timed,
         "efficientad_steps": args.efficientad_steps if any("efficientad" in label for label in args.models) else None,
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "flawscope": fs.__version__},
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "flawscope": fs.__version__,
+            **cpu_description(),
+        },
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
