@@ -8,10 +8,10 @@ so a saved model stores that state and rebuilds the very same int8 network on lo
 Two choices make the int8 arithmetic the same on every x86 CPU and in onnxruntime, so an export
 keeps its scores (:data:`INT8_SCHEME`):
 
-- weights take 7 bits (-64..63): CPUs without VNNI (AVX2 only) multiply uint8 activations by int8
+- weights take 7 bits (-63..63): CPUs without VNNI (AVX2 only) multiply uint8 activations by int8
   weights in pairs summed into 16 bits (``vpmaddubsw``), which saturate when both are near full
   range -- measured on an AVX2 CPU, 4 % of a PDN's outputs off by up to 5 steps in torch and in
-  onnxruntime alike, each differently; 255 x 64 x 2 stays below 2**15;
+  onnxruntime alike, each differently; 255 x 63 x 2 stays below 2**15;
 - each convolution's bias is rounded to the grid of its int32 accumulator (input step x weight
   step, per channel), as onnxruntime's QLinearConv must hold it; torch adds the bias in float, and
   that difference alone put 0.04 % of a layer's outputs one step apart, a difference the next
@@ -41,7 +41,7 @@ from flawscope.errors import ConfigError, ModelFileError
 BACKEND = "x86"
 OBSERVER_KEY = "activation_post_process"
 INT8_SCHEME = "7-bit weights, bias on the accumulator grid"  # saved with a model; see the module docstring
-WEIGHT_RANGE = (-64, 63)
+WEIGHT_RANGE = (-63, 63)  # symmetric: the largest weight of a channel is 63 steps, none rounds to 64
 
 
 def _check_backend() -> None:
