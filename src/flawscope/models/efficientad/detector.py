@@ -72,11 +72,11 @@ HARD_QUANTILE = 0.999
 MAP_QUANTILES = (0.9, 0.995)
 MAP_BORDER = 4  # grid cells padded around the map: the image border no PDN patch is centred on
 INT8_CALIBRATION_IMAGES = 32  # training images whose activations set the int8 ranges
-# parity of an int8 export (score relative, map absolute): onnxruntime's int8 kernels round a few activations to
-# the neighbouring step of the grid where torch's do not (see flawscope.export for float32's 1e-4 / 1e-3); a
-# 1,000-step model on ELPV cells measured 1.2 % and 0.0084 (benchmarks/results/export_efficientad.json), a
-# 40-step model on synthetic textures up to 5.5 % and 0.012
-INT8_PARITY = (6e-2, 2e-2)
+# parity of an int8 export (score relative, map absolute): torch and onnxruntime compute the same integers (see
+# quantize.py) but for the ties of the autoencoder's bilinear upsampling, which each engine breaks its own way (see
+# flawscope.export for float32's 1e-4 / 1e-3); on a CPU with AVX2 only a 1,000-step model on ELPV cells measured
+# 0.26 % and 0.0047 (benchmarks/results/export_efficientad_avx2.json), the 40-step test model 0.04 % and 0.0087
+INT8_PARITY = (1e-2, 2e-2)
 
 
 def hard_feature_loss(distance: torch.Tensor, quantile: float = HARD_QUANTILE) -> torch.Tensor:

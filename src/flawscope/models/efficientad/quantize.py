@@ -55,14 +55,14 @@ def _check_backend() -> None:
 
 def _qconfig_mapping() -> Any:
     """The backend's default (activations per tensor, 7 of 8 bits used) with 7-bit per-channel weights."""
-    from torch.ao.quantization import QConfig, get_default_qconfig_mapping
+    from torch.ao.quantization import QConfig, get_default_qconfig, get_default_qconfig_mapping
     from torch.ao.quantization.observer import PerChannelMinMaxObserver
 
-    default = get_default_qconfig_mapping(BACKEND)
     weight = PerChannelMinMaxObserver.with_args(
         dtype=torch.qint8, qscheme=torch.per_channel_symmetric, quant_min=WEIGHT_RANGE[0], quant_max=WEIGHT_RANGE[1]
     )
-    return default.set_global(QConfig(activation=default.global_qconfig.activation, weight=weight))
+    activation = get_default_qconfig(BACKEND).activation
+    return get_default_qconfig_mapping(BACKEND).set_global(QConfig(activation=activation, weight=weight))
 
 
 def observe_int8(network: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
