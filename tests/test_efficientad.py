@@ -250,13 +250,18 @@ def test_int8_scores_follow_float32_find_defects_and_survive_save_load(
     assert parity["passed"] and parity["score_rtol"] == INT8_PARITY[0], parity  # int8 kernels in onnxruntime
 
 
+def _output_step(int8: torch.nn.Module) -> float:
+    """The step of an int8 network's output grid: its last quantized module's scale."""
+    return [module.scale for module in int8.modules() if hasattr(module, "scale")][-1]
+
+
 def test_the_qdq_form_computes_what_the_int8_network_does():
     torch.manual_seed(0)
     network, images = patch_description_network("small", 32).eval(), torch.rand(4, 3, 64, 64) * 2 - 1
     int8 = convert_int8(calibrate_int8(network, images, 2))
     with torch.no_grad():
         expected, got = int8(images), qdq_network(int8)(images)
-    step = [module.scale for module in int8.modules() if hasattr(module, "scale")][-1]  # the output's step
+    step = _output_step(int8)
     differing = (got - expected).abs() > step / 2
     assert float((got - expected).abs().max()) <= 1.01 * step  # one grid step at most
     # 1e-5 of a layer's outputs, where a float convolution lands on a step's edge; 0.5 % after 6 layers (25 % if the
@@ -285,7 +290,7 @@ def test_onnxruntime_computes_the_very_integers_of_the_torch_int8_network(tmp_pa
     exported = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: images.numpy()})[0])
     with torch.no_grad():
         expected = int8(images)
-    step = [module.scale for module in int8.modules() if hasattr(module, "scale")][-1]
+    step = _output_step(int8)
     # where a float multiplier lands on a step's edge (none here; 5 % before, 4 % off by up to 5 steps on AVX2)
     assert float(((exported - expected).abs() > step / 2).float().mean()) < 1e-4
 
