@@ -6,7 +6,7 @@ import flawscope as fs
 from flawscope.data.synthetic import make_texture_set
 from flawscope.devices import native_bfloat16
 from flawscope.features.coreset import projection_matrix
-from flawscope.features.neighbours import ClusteredSearch, TorchSearch
+from flawscope.features.neighbours import ClusteredSearch, GraphSearch, TorchSearch
 from flawscope.metrics import auroc, pixel_metrics
 from flawscope.models.patchcore import reweighted_scores
 
@@ -164,6 +164,20 @@ def test_the_bfloat16_openvino_engine_detects_where_the_cpu_has_bfloat16_and_is_
     np.testing.assert_allclose(found.scores, expected_scores, rtol=0.1)
     assert not np.allclose(found.scores, expected_scores, rtol=1e-5)  # it did compute in bfloat16
     assert auroc(texture_test.labels, found.scores) >= auroc(texture_test.labels, expected_scores) - 0.02
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_graph_search_in_chunks_finds_the_exact_neighbours(k):
+    """The exported graph's search takes the bank in chunks (the last one shorter, one shorter than k); each chunk's
+    nearest rows, then the nearest of those, are the exact search's: same rows, same distances."""
+    generator = torch.Generator().manual_seed(0)
+    bank, queries = torch.randn(203, 8, generator=generator), torch.randn(40, 8, generator=generator)
+    expected_distance, expected_index = TorchSearch().fit(bank).query(queries, k=k)
+    search = GraphSearch(chunk_rows=50).fit(bank)
+    assert [len(rows_sq) for _, rows_sq in search.chunks] == [50, 50, 50, 50, 3]
+    distance, index = search.query(queries, k=k)
+    assert torch.equal(index, expected_index)
+    torch.testing.assert_close(distance, expected_distance, rtol=1e-5, atol=1e-5)
 
 
 def test_reweighting_matches_equation_7():

@@ -464,8 +464,8 @@ class PatchCore(BackboneDetector):
 
     @contextlib.contextmanager
     def _export_context(self) -> Iterator[None]:
-        """The exported graph searches the bank with one MatMul + ReduceMin / ArgMin (:class:`GraphSearch`) and runs
-        the backbone's torch modules (whatever engine runs them here)."""
+        """The exported graph searches the bank in chunks of rows, a MatMul + ReduceMin / ArgMin each
+        (:class:`GraphSearch`), and runs the backbone's torch modules (whatever engine runs them here)."""
         search = self.search_index_
         self.search_index_ = GraphSearch().fit(self.memory_bank_)
         try:
